@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -12,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mmcam.errors import MMCamError
 
-ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | torch.Tensor | np.ndarray
 
 
 def load_image(image: ImageInput) -> Image.Image:

@@ -1,0 +1,47 @@
+"""Grad-CAM and Guided Grad-CAM equal captum's on torchvision nets with random weights."""
+
+import pytest
+import torch
+import torchvision
+
+captum_attr = pytest.importorskip("captum.attr")
+
+from mmcam.classify import ClassExplainer  # noqa: E402
+
+
+@pytest.mark.parametrize("name,layer", [("vgg11", "features.19"), ("resnet18", "layer4")])
+def test_matches_captum(name, layer):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    target = torch.tensor([3, 500])
+    r = ClassExplainer(model, layer=layer).explain_batch(x, target[:, None], guided=True)
+    lay = model.get_submodule(layer)
+    ref = captum_attr.LayerGradCam(model, lay).attribute(x, target=target, relu_attributions=True)
+    ref_up = captum_attr.LayerAttribution.interpolate(ref, (64, 64), interpolate_mode="bilinear")
+    assert ref_up.abs().max() > 0
+    torch.testing.assert_close(r["layer_maps"][:, 0], ref[:, 0], rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(r["maps"][:, 0], ref_up[:, 0], rtol=1e-5, atol=1e-8)
+    gg = captum_attr.GuidedGradCam(model, lay).attribute(
+        x, target=target, interpolate_mode="bilinear"
+    )
+    assert gg.abs().max() > 0
+    torch.testing.assert_close(r["guided_gradcam"][:, 0], gg, rtol=1e-5, atol=1e-10)
+    gb = captum_attr.GuidedBackprop(model).attribute(x, target=target)
+    torch.testing.assert_close(r["guided_backprop"][:, 0], gb, rtol=1e-5, atol=1e-10)
+
+
+def test_logprob_score_matches_captum_on_log_softmax():
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    ex = ClassExplainer(model, layer="layer4", score="logprob")
+    r = ex.explain_batch(x, torch.tensor([[7]]))
+
+    def logp(inp):
+        return torch.log_softmax(model(inp), dim=1)
+
+    ref = captum_attr.LayerGradCam(logp, model.layer4).attribute(
+        x, target=7, relu_attributions=True
+    )
+    torch.testing.assert_close(r["layer_maps"][:, 0], ref[:, 0], rtol=1e-5, atol=1e-8)
