@@ -1,0 +1,42 @@
+"""mmcam: word-by-word Grad-CAM for image captioning and VQA models."""
+
+from mmcam.cam import box_iou, localize, normalize, upsample
+from mmcam.classify import ClassExplainer, ClassExplanation
+from mmcam.errors import MMCamError
+
+__version__ = "0.1.0"
+
+
+def load_model(name_or_path: str):  # noqa: ANN201 - returns one of the adapters
+    """Load a shipped reference model by name or a model folder; see ``mmcam.models.hub``."""
+    from mmcam.models.hub import load_model as _load
+
+    return _load(name_or_path)
+
+
+def __getattr__(name: str):  # lazy: heavy modules load on first use
+    if name in ("CaptionExplainer", "CaptionExplanation"):
+        from mmcam import caption
+
+        return getattr(caption, name)
+    if name in ("VQAExplainer", "VQAExplanation"):
+        from mmcam import vqa
+
+        return getattr(vqa, name)
+    raise AttributeError(f"module 'mmcam' has no attribute {name!r}")
+
+
+__all__ = [
+    "CaptionExplainer",
+    "CaptionExplanation",
+    "ClassExplainer",
+    "ClassExplanation",
+    "MMCamError",
+    "VQAExplainer",
+    "VQAExplanation",
+    "box_iou",
+    "load_model",
+    "localize",
+    "normalize",
+    "upsample",
+]

@@ -1,0 +1,179 @@
+"""The ``mmcam`` command line. Bad input prints one line and exits with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mmcam.errors import MMCamError
+
+METHOD_CHOICES = ["gradcam", "gradcam++", "hirescam", "counterfactual"]
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from mmcam.adapters.torchvision import build_classifier
+    from mmcam.classify import ClassExplainer
+    from mmcam.images import load_image
+
+    image = load_image(args.image)  # fail on a bad image before building a model
+    if args.model.startswith("shapes-") or Path(args.model).is_dir():
+        from mmcam.models.hub import load_model
+
+        adapter = load_model(args.model)
+        if args.layer:
+            adapter.layer = args.layer
+    else:
+        adapter = build_classifier(args.model, weights=args.weights, layer=args.layer)
+    explainer = ClassExplainer(adapter, method=args.method)
+    n = len(adapter.labels)
+    if args.cls is not None and not 0 <= args.cls < n:
+        raise MMCamError(f"--class {args.cls} is out of range: the model has {n} classes")
+    classes = None if args.cls is None else [args.cls]
+    result = explainer.explain(image, classes=classes, top=args.top, guided=True)
+    files = result.save(args.out)
+    for c, lab, p, b in zip(result.classes, result.labels, result.probabilities, result.boxes):
+        print(f"class {c} ({lab}): p={p:.4f} box={b}")
+    print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from mmcam.caption import CaptionExplainer
+    from mmcam.images import load_image
+    from mmcam.models.hub import load_model
+
+    image = load_image(args.image)
+    if args.caption is not None and not args.caption.strip():
+        raise MMCamError("the caption is empty: give some words or leave --caption out")
+    explainer = CaptionExplainer(load_model(args.model), method=args.method)
+    result = explainer.explain(image, caption=args.caption, beam_size=args.beam)
+    result.save(args.out)
+    print(f"caption: {result.caption}")
+    for w, lp, b in zip(result.words, result.logprobs, result.boxes):
+        print(f"  {w:>12s}  log p = {lp:8.4f}  box = {b}")
+    print(f"wrote {args.out}/index.html")
+    return 0
+
+
+def _vqa(args: argparse.Namespace) -> int:
+    from mmcam.images import load_image
+    from mmcam.models.hub import load_model
+    from mmcam.vqa import VQAExplainer
+
+    image = load_image(args.image)
+    if not args.question.strip():
+        raise MMCamError("the question is empty: ask something about the image")
+    explainer = VQAExplainer(load_model(args.model), method=args.method)
+    result = explainer.explain(
+        image, args.question, answer=args.answer, contrast=args.contrast, top_k=args.top
+    )
+    result.save(args.out)
+    print(f"question: {result.question}")
+    if result.unknown_words:
+        print(f"  words the model does not know (read as <unk>): {', '.join(result.unknown_words)}")
+    print(f"answer: {result.answer}  box = {result.box}")
+    for a, p, _ in result.top_answers:
+        print(f"  {a:>10s}  p = {p:.4f}")
+    print(f"wrote {args.out}/index.html")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mmcam.models.train import train
+
+    metrics = train(args.kind, args.out, seed=args.seed, steps=args.steps)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mmcam.models.evaluate import evaluate
+
+    kwargs = {"n": args.n}
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    print(json.dumps(evaluate(args.model, **kwargs), indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mmcam.app import launch
+
+    launch(host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmcam", description="Grad-CAM for captions, VQA, classes")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("classify", help="explain a CNN classifier's top classes")
+    c.add_argument("image")
+    c.add_argument("--model", default="resnet50", help="torchvision name or shapes-classifier")
+    c.add_argument("--weights", default=None, help="PATH to a state dict, DEFAULT or enum name")
+    c.add_argument("--layer", default=None, help="dotted layer name (default: last conv block)")
+    c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
+    c.add_argument("--class", dest="cls", type=int, default=None, help="explain this class id")
+    c.add_argument("--top", type=int, default=3)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_classify)
+
+    c = sub.add_parser("caption", help="explain every word of a caption")
+    c.add_argument("image")
+    c.add_argument("--caption", default=None, help="explain this caption (default: generate)")
+    c.add_argument("--model", default="shapes-captioner")
+    c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES + ["guided-gradcam"])
+    c.add_argument("--beam", type=int, default=1, help="beam size for generation")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_caption)
+
+    c = sub.add_parser("vqa", help="explain a VQA answer")
+    c.add_argument("image")
+    c.add_argument("question")
+    c.add_argument("--answer", default=None, help="explain this answer (default: the model's)")
+    c.add_argument("--contrast", default=None, help="why --answer rather than this one")
+    c.add_argument("--model", default="shapes-vqa")
+    c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
+    c.add_argument("--top", type=int, default=5)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_vqa)
+
+    c = sub.add_parser("train", help="train a reference model from scratch")
+    c.add_argument("kind", choices=["captioner", "vqa", "classifier"])
+    c.add_argument("--out", required=True)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--steps", type=int, default=None)
+    c.set_defaults(func=_train)
+
+    c = sub.add_parser("evaluate-model", help="measure a reference model on fresh scenes")
+    c.add_argument("model")
+    c.add_argument("--n", type=int, default=500)
+    c.add_argument("--seed", type=int, default=None)
+    c.set_defaults(func=_evaluate)
+
+    c = sub.add_parser("demo", help="start the Gradio app on the shipped models")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=7860)
+    c.add_argument("--share", action="store_true", help="ask Gradio for a public link")
+    c.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for bad input, no traceback)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MMCamError as e:
+        print(f"mmcam {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
