@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -85,3 +85,29 @@ def guided_gradcam(gradcam_maps: torch.Tensor, guided: torch.Tensor) -> torch.Te
     H, W = guided.shape[-2:]
     up = upsample(gradcam_maps.reshape(-1, h, w), (H, W)).reshape(*lead, 1, H, W)
     return guided * up
+
+
+def guided_backprop_from_layer(
+    module: nn.Module,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    pixels: torch.Tensor,
+    layer_grads: torch.Tensor,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Guided Backprop from given gradients at the explained layer down to the pixels.
+
+    pixels (1,3,H,W); layer_grads (N,C,h,w) = dy_i/dA (the exact gradients above the layer).
+    Returns (N,3,H,W): ``dy_i/dpixels`` through ``encode`` with the ReLUs of ``module``
+    guided. One encoder forward/backward per chunk of N copies.
+    """
+    n_total = layer_grads.shape[0]
+    step = n_total if not chunk_size or chunk_size <= 0 else chunk_size
+    out = []
+    with guided_relus(module), torch.enable_grad():
+        for start in range(0, n_total, step):
+            g = layer_grads[start : start + step]
+            x = pixels.detach().expand(g.shape[0], *pixels.shape[1:]).clone().requires_grad_()
+            feats = encode(x)
+            (gx,) = torch.autograd.grad(feats, x, grad_outputs=g)
+            out.append(gx)
+    return torch.cat(out, dim=0)

@@ -1,0 +1,307 @@
+"""Result dataclasses for captions and VQA, with ``plot``, ``save`` and ``to_dict``.
+
+Maps are stored un-normalized (words stay comparable). For display, maps of one group
+(the words of a caption, the answers of a question) share one scale: ``m / max over group``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from mmcam.cam import normalize
+from mmcam.viz import draw_boxes, guided_image, overlay
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One map to show: a title, its map (H,W), its box and its scale group."""
+
+    title: str
+    map: torch.Tensor
+    box: Box | None
+    group: str
+    detail: str = ""
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "x"
+
+
+class _Shows:
+    """Shared display code; subclasses define ``image``, ``method`` and ``panels()``."""
+
+    image: Image.Image
+    method: str
+
+    def panels(self) -> list[Panel]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def heatmaps(self) -> list[torch.Tensor]:
+        """Display maps in [0,1], one shared scale per group."""
+        panels = self.panels()
+        out: list[torch.Tensor] = [torch.empty(0)] * len(panels)
+        for group in dict.fromkeys(p.group for p in panels):
+            idx = [i for i, p in enumerate(panels) if p.group == group]
+            stacked = normalize(torch.stack([panels[i].map for i in idx]), shared=True)
+            for i, m in zip(idx, stacked):
+                out[i] = m
+        return out
+
+    def overlays(self, alpha: float = 0.5, boxes: bool = False) -> list[Image.Image]:
+        """One overlay image per panel (group-shared scale), optionally with its box."""
+        out = []
+        for p, h in zip(self.panels(), self.heatmaps()):
+            im = overlay(self.image, h, alpha)
+            out.append(draw_boxes(im, [p.box]) if boxes else im)
+        return out
+
+    def plot(self, alpha: float = 0.5, ncols: int = 6) -> Any:
+        """A matplotlib figure: the image, then one overlay per panel (shared scale)."""
+        import matplotlib.pyplot as plt
+
+        panels = self.panels()
+        ims = [self.image] + self.overlays(alpha, boxes=True)
+        titles = ["image"] + [p.title for p in panels]
+        n = len(ims)
+        cols = min(ncols, n)
+        rows = (n + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for ax, im, t in zip(axes.ravel(), ims, titles):
+            ax.imshow(im)
+            ax.set_title(t, fontsize=10)
+        fig.suptitle(self._headline(), fontsize=11)
+        fig.tight_layout()
+        return fig
+
+    def _headline(self) -> str:
+        return ""
+
+    def _save_common(self, out: Path, names: list[str]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        out.mkdir(parents=True, exist_ok=True)
+        fig = self.plot()
+        fig.savefig(out / "grid.png", dpi=100)
+        plt.close(fig)
+        for name, im in zip(names, self.overlays(boxes=True)):
+            im.save(out / name)
+        (out / "result.json").write_text(json.dumps(self.to_dict(), indent=2))
+        (out / "index.html").write_text(self.to_html())
+
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def to_html(self, alpha: float = 0.5) -> str:
+        """A self-contained HTML page: hover or click an item to show its map."""
+        panels = self.panels()
+        srcs = [
+            "data:image/png;base64," + base64.b64encode(_png(im)).decode()
+            for im in [self.image] + self.overlays(alpha, boxes=True)
+        ]
+        items = "\n".join(
+            f'<span class="item" data-i="{i + 1}" tabindex="0" title="{html.escape(p.detail)}">'
+            f"{html.escape(p.title)}</span>"
+            for i, p in enumerate(panels)
+        )
+        data = json.dumps(srcs)
+        return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>mmcam: {html.escape(self._headline())}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; }}
+.item {{ display: inline-block; padding: .2em .5em; margin: .15em; border-radius: .3em;
+  background: #eef; cursor: pointer; }}
+.item.on {{ background: #36c; color: white; }}
+#view {{ max-width: 90vw; max-height: 70vh; image-rendering: auto; border: 1px solid #ccc; }}
+#info {{ color: #555; min-height: 1.5em; }}
+</style></head><body>
+<h2>{html.escape(self._headline())}</h2>
+<p>method: {html.escape(self.method)}; hover or click an item to see its map
+(one color scale per group; press Esc for the plain image).</p>
+<div id="items">{items}</div>
+<p id="info"></p>
+<img id="view" alt="heat map" src="{srcs[0]}">
+<script>
+const SRC = {data};
+const view = document.getElementById('view'), info = document.getElementById('info');
+let pinned = 0;
+function show(i) {{
+  view.src = SRC[i];
+  view.dataset.shown = i;
+  document.querySelectorAll('.item').forEach(e => e.classList.toggle('on', +e.dataset.i === i));
+  const el = document.querySelector('.item[data-i="' + i + '"]');
+  info.textContent = el ? el.title : '';
+}}
+document.querySelectorAll('.item').forEach(e => {{
+  e.addEventListener('mouseenter', () => show(+e.dataset.i));
+  e.addEventListener('mouseleave', () => show(pinned));
+  e.addEventListener('click', () => {{ pinned = +e.dataset.i; show(pinned); }});
+}});
+document.addEventListener('keydown', ev => {{
+  if (ev.key === 'Escape') {{ pinned = 0; show(0); }}
+}});
+</script></body></html>
+"""
+
+
+def _box_list(box: Box | None) -> list[int] | None:
+    return list(box) if box is not None else None
+
+
+@dataclass(frozen=True)
+class CaptionExplanation(_Shows):
+    """Word-by-word maps for one caption of one image.
+
+    ``maps`` (n_words,H,W): map of ``log p(word_t | words_<t, image)`` at the image's own
+    size, ReLU'd and un-normalized; ``sentence_map`` (H,W): map of the caption's total
+    log-probability ``sum_t log p(word_t | ...)``; ``boxes``: 15%-of-max boxes (image pixels).
+    """
+
+    image: Image.Image
+    caption: str
+    words: list[str]
+    logprobs: list[float]
+    maps: torch.Tensor
+    layer_maps: torch.Tensor
+    boxes: list[Box | None]
+    sentence_map: torch.Tensor
+    sentence_box: Box | None
+    method: str
+    generated: bool
+    guided: torch.Tensor | None = field(default=None, repr=False)
+
+    def panels(self) -> list[Panel]:
+        out = [
+            Panel(w, m, b, "words", f"log p = {lp:.4f}")
+            for w, m, b, lp in zip(self.words, self.maps, self.boxes, self.logprobs)
+        ]
+        total = sum(self.logprobs)
+        out.append(
+            Panel("whole caption", self.sentence_map, self.sentence_box, "sentence",
+                  f"sum of log p = {total:.4f}")
+        )
+        return out
+
+    def _headline(self) -> str:
+        return f"caption: {self.caption}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: words, log-probs, boxes, map maxima (no pixel data)."""
+        return {
+            "caption": self.caption,
+            "generated": self.generated,
+            "method": self.method,
+            "image_size": list(self.image.size),
+            "words": [
+                {"word": w, "logprob": lp, "box": _box_list(b), "map_max": float(m.max())}
+                for w, lp, b, m in zip(self.words, self.logprobs, self.boxes, self.maps)
+            ],
+            "sentence": {
+                "logprob": float(sum(self.logprobs)),
+                "box": _box_list(self.sentence_box),
+                "map_max": float(self.sentence_map.max()),
+            },
+        }
+
+    def save(self, out: str | Path) -> Path:
+        """Write grid.png, one PNG per word, sentence.png, result.json and index.html."""
+        out = Path(out)
+        names = [f"word_{i:02d}_{_slug(w)}.png" for i, w in enumerate(self.words)]
+        self._save_common(out, names + ["sentence.png"])
+        if self.guided is not None:
+            for i, w in enumerate(self.words):
+                guided_image(self.guided[i]).resize(self.image.size).save(
+                    out / f"guided_{i:02d}_{_slug(w)}.png"
+                )
+        return out
+
+
+@dataclass(frozen=True)
+class VQAExplanation(_Shows):
+    """Maps for a VQA answer, the top-k answers and an optional contrast.
+
+    ``map``: map of ``log p(answer | question, image)``; ``contrast_map``: map of
+    ``log p(answer) - log p(contrast)``; ``top_answers``: (answer, probability, map).
+    """
+
+    image: Image.Image
+    question: str
+    unknown_words: list[str]
+    answer: str
+    probability: float
+    map: torch.Tensor
+    box: Box | None
+    top_answers: list[tuple[str, float, torch.Tensor]]
+    method: str
+    model_answer: str
+    contrast: str | None = None
+    contrast_map: torch.Tensor | None = None
+    contrast_box: Box | None = None
+
+    def panels(self) -> list[Panel]:
+        out = [Panel(f"{self.answer}", self.map, self.box, "answers",
+                     f"explained answer, p = {self.probability:.4f}")]
+        from mmcam.cam import localize
+
+        for a, p, m in self.top_answers:
+            out.append(Panel(f"{a} ({p:.2f})", m, localize(m)[0], "answers", f"p = {p:.4f}"))
+        if self.contrast is not None and self.contrast_map is not None:
+            out.append(Panel(f"{self.answer} rather than {self.contrast}", self.contrast_map,
+                             self.contrast_box, "contrast",
+                             "log p(answer) - log p(contrast)"))
+        return out
+
+    def _headline(self) -> str:
+        return f"Q: {self.question}  A: {self.answer}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no pixel data)."""
+        d: dict[str, Any] = {
+            "question": self.question,
+            "unknown_words": self.unknown_words,
+            "model_answer": self.model_answer,
+            "answer": self.answer,
+            "probability": self.probability,
+            "box": _box_list(self.box),
+            "method": self.method,
+            "image_size": list(self.image.size),
+            "top_answers": [
+                {"answer": a, "probability": p, "map_max": float(m.max())}
+                for a, p, m in self.top_answers
+            ],
+        }
+        if self.contrast is not None:
+            d["contrast"] = {"answer": self.contrast, "box": _box_list(self.contrast_box)}
+        return d
+
+    def save(self, out: str | Path) -> Path:
+        """Write grid.png, one PNG per map, result.json and index.html."""
+        out = Path(out)
+        names = ["answer.png"] + [f"top_{i}_{_slug(a)}.png" for i, (a, _, _) in
+                                  enumerate(self.top_answers)]
+        if self.contrast is not None:
+            names.append("contrast.png")
+        self._save_common(out, names)
+        return out
