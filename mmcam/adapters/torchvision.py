@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def build_classifier(
     if path is not None and (path.suffix in (".pth", ".pt", ".safetensors") or path.exists()):
         if not path.exists():
             raise MMCamError(f"weights file not found: {path}")
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
         state = _load_state_dict(path)
         try:
             model.load_state_dict(state)
@@ -101,7 +104,9 @@ def build_classifier(
             ) from None
         labels = list(w.meta.get("categories", [])) or None
     else:
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        with warnings.catch_warnings():  # googlenet/inception: a FutureWarning on random init
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
     model.eval()
     n_out = _num_outputs(model)
     if labels is None:

@@ -1,0 +1,101 @@
+"""The command line: outputs written, bad input exits 2 with one line and no traceback."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from mmcam.cli import main
+
+SKIMAGE_DATA = None
+try:
+    import skimage
+
+    SKIMAGE_DATA = os.path.join(os.path.dirname(skimage.__file__), "data")
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    """A real photo from scikit-image's data folder, shrunk to keep the test fast."""
+    if SKIMAGE_DATA is None:
+        pytest.skip("scikit-image is not installed")
+    im = Image.open(os.path.join(SKIMAGE_DATA, "chelsea.png")).convert("RGB")
+    path = tmp_path_factory.mktemp("img") / "chelsea_small.png"
+    im.resize((150, 100)).save(path)
+    return path
+
+
+def test_classify_with_a_weights_file(photo, tmp_path):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=1000)
+    weights = tmp_path / "r18.pth"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "out"
+    rc = main(["classify", str(photo), "--model", "resnet18", "--weights", str(weights),
+               "--top", "2", "--method", "gradcam++", "--out", str(out)])
+    assert rc == 0
+    data = json.loads((out / "result.json").read_text())
+    # independent oracle for the top classes: the model itself on the same preprocessing
+    from mmcam.adapters.torchvision import build_classifier
+
+    clf = build_classifier("resnet18", weights=weights)
+    with torch.no_grad():
+        logits = model.eval()(clf.prepare(Image.open(photo)))[0]
+    top = logits.topk(2)
+    assert [c["id"] for c in data["classes"]] == top.indices.tolist()
+    assert data["classes"][0]["score"] == pytest.approx(float(top.values[0]), rel=1e-5)
+    for c in data["classes"]:
+        box = c["box"]
+        assert 0 <= box[0] < box[2] <= 150 and 0 <= box[1] < box[3] <= 100
+        for kind in ("gradcam++", "box", "guided_gradcam"):
+            name = f"class{data['classes'].index(c)}_{c['id']}_{kind}.png"
+            assert Image.open(out / name).size == (150, 100)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mmcam", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "make_input,extra,message",
+    [
+        (lambda d: d / "missing.png", [], "image not found"),
+        (lambda d: (d / "t.txt").write_text("hi") and d / "t.txt", [], "not an image file"),
+        (lambda d: d / "cut.png", [], "truncated"),
+        (None, ["--model", "resnet5"], "unknown torchvision model 'resnet5'"),
+        (None, ["--model", "resnet18", "--layer", "layer9"], "no layer named 'layer9'"),
+        (None, ["--model", "resnet18", "--layer", "fc"], "choose a conv layer"),
+        (None, ["--model", "resnet18", "--weights", "/nope.pth"], "weights file not found"),
+        (None, ["--model", "resnet18", "--class", "1000"], "out of range"),
+    ],
+)
+def test_classify_bad_input_exits_2_with_one_line(
+    photo, tmp_path, capsys, make_input, extra, message
+):
+    full = photo.read_bytes()
+    (tmp_path / "cut.png").write_bytes(full[: len(full) // 3])
+    image = make_input(tmp_path) if make_input else photo
+    rc = main(["classify", str(image), *extra, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreached_layer_exits_2_without_traceback(photo, tmp_path):
+    # googlenet's auxiliary heads do not run in eval mode: a layer the forward never reaches
+    r = run_cli("classify", str(photo), "--model", "googlenet", "--layer", "aux1.conv.conv",
+                "--out", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "mmcam classify: error: the forward pass never reached layer 'aux1.conv.conv': "
+        "choose a layer the model uses"
+    ]
