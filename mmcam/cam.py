@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -85,21 +86,50 @@ def normalize(maps: torch.Tensor, shared: bool = True, eps: float = 1e-12) -> to
     return maps / scale.clamp_min(eps)
 
 
-def _components(mask: torch.Tensor) -> torch.Tensor:
-    """Label 8-connected components of boolean masks (N,H,W); background is 0.
+def _largest_segment(mask: np.ndarray) -> Box | None:
+    """Box of the largest 8-connected segment of a boolean mask (H,W), or None if empty.
 
-    Labels are propagated by repeated 3x3 max-pooling restricted to the mask until stable,
-    so each component ends up labelled with its largest initial pixel id.
+    Run-length labelling: horizontal runs are found with numpy, runs of neighbouring rows
+    that touch (8-connectivity) are merged with union-find. Ties between equally large
+    segments go to the one holding the highest row-major pixel index.
     """
-    n, h, w = mask.shape
-    ids = torch.arange(1, h * w + 1, dtype=torch.float64).reshape(1, h, w).expand(n, h, w)
-    labels = torch.where(mask, ids, torch.zeros((), dtype=torch.float64))
-    m = mask.to(torch.float64)
-    while True:
-        grown = F.max_pool2d(labels.unsqueeze(1), 3, stride=1, padding=1)[:, 0] * m
-        if torch.equal(grown, labels):
-            return labels.to(torch.long)
-        labels = grown
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    d = np.diff(padded, axis=1)
+    rows, x0 = np.nonzero(d == 1)
+    _, x1 = np.nonzero(d == -1)  # exclusive ends, same (row, col) order as the starts
+    if rows.size == 0:
+        return None
+    parent = list(range(rows.size))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    row_start = np.searchsorted(rows, np.arange(h + 1))
+    for y in range(1, h):
+        a, a_end = int(row_start[y - 1]), int(row_start[y])
+        b, b_end = a_end, int(row_start[y + 1])
+        while a < a_end and b < b_end:
+            if x0[a] <= x1[b] and x0[b] <= x1[a]:  # touching, diagonals included
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[ra] = rb
+            if x1[a] < x1[b]:
+                a += 1
+            else:
+                b += 1
+    roots = np.array([find(i) for i in range(rows.size)])
+    size = np.bincount(roots, weights=x1 - x0, minlength=rows.size)
+    last = np.zeros(rows.size, dtype=np.int64)
+    np.maximum.at(last, roots, rows.astype(np.int64) * w + x1 - 1)
+    cand = np.nonzero(size == size.max())[0]
+    best = cand[np.argmax(last[cand])]
+    sel = roots == best
+    return (int(x0[sel].min()), int(rows[sel].min()), int(x1[sel].max()), int(rows[sel].max()) + 1)
 
 
 def localize(maps: torch.Tensor, threshold: float = 0.15) -> list[Box | None]:
@@ -107,26 +137,15 @@ def localize(maps: torch.Tensor, threshold: float = 0.15) -> list[Box | None]:
 
     For each map (N,H,W): keep pixels ``>= threshold * max``, take the largest 8-connected
     segment, return its box ``(x0, y0, x1, y1)`` with x1, y1 exclusive. A map whose max is
-    not positive gets ``None``. Ties between equally large segments go to the one whose
-    largest pixel index (row-major) is highest.
+    not positive gets ``None``. Ties between equally large segments go to the one holding
+    the highest row-major pixel index.
     """
     if maps.dim() == 2:
         maps = maps.unsqueeze(0)
     maps = maps.detach().to(torch.float64).cpu()
     peak = maps.amax(dim=(-2, -1), keepdim=True)
-    mask = (maps >= threshold * peak) & (peak > 0)
-    labels = _components(mask)
-    boxes: list[Box | None] = []
-    for i in range(maps.shape[0]):
-        lab = labels[i]
-        if not bool(mask[i].any()):
-            boxes.append(None)
-            continue
-        values, counts = torch.unique(lab[lab > 0], return_counts=True)
-        best = values[counts == counts.max()].max()
-        ys, xs = torch.nonzero(lab == best, as_tuple=True)
-        boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
-    return boxes
+    masks = ((maps >= threshold * peak) & (peak > 0)).numpy()
+    return [_largest_segment(m) for m in masks]
 
 
 def box_iou(a: Box, b: Box) -> float:

@@ -48,3 +48,19 @@ def test_box_iou():
     assert box_iou((0, 0, 2, 2), (0, 0, 2, 2)) == 1.0
     assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
     assert box_iou((0, 0, 2, 2), (2, 2, 4, 4)) == 0.0
+
+
+def test_tie_goes_to_the_segment_with_the_last_pixel():
+    m = torch.zeros(8, 8)
+    m[1, 1:3] = 1.0  # two 2-pixel segments of equal size
+    m[5, 4:6] = 1.0
+    assert localize(m) == [(4, 5, 6, 6)]
+
+
+def test_u_shape_merges_into_one_segment():
+    m = torch.zeros(6, 7)
+    m[0:5, 1] = 1.0  # left arm
+    m[0:5, 5] = 1.0  # right arm, joined only at the bottom row
+    m[4, 1:6] = 1.0
+    m[0, 3] = 1.0  # an isolated pixel between the arms
+    assert localize(m) == [(1, 0, 6, 5)]
