@@ -1,0 +1,172 @@
+"""Latency of the app as a client sees it: a word click, and a new caption with all its maps.
+
+    python benchmarks/bench_app.py [--captions 8] [--clicks 4] [--out benchmarks/results]
+
+Launches the app on the shipped models at 127.0.0.1 (a free port) and drives it with
+``gradio_client``, which uploads the image and downloads every image the app returns, as a
+browser does. Timed per request, from the call to the last output on disk:
+  - new caption: ``/caption`` on a fresh scene (generate, explain every word in one batched
+    backward, draw the word map, the whole-caption map and the grid of all words);
+  - word click: ``/show_word`` (draw one stored map; nothing is recomputed);
+  - the same for Guided Grad-CAM, and for a 512x512 photo when scikit-image is installed.
+Each row gives the median and the 90th percentile over the repeats; the targets are 2 s and
+0.3 s on 2 CPU cores. Writes ``app_latency.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TARGETS = {"new caption": 2.0, "word click": 0.3}
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    """(seconds, result) of one call."""
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t, out
+
+
+def summary(name: str, times: list[float], target: float | None) -> dict[str, Any]:
+    """Median, p90, min and max of ``times`` (seconds)."""
+    s = sorted(times)
+    p90 = s[min(len(s) - 1, round(0.9 * (len(s) - 1)))]
+    return {"what": name, "n": len(s), "median_s": statistics.median(s), "p90_s": p90,
+            "min_s": s[0], "max_s": s[-1], "target_s": target,
+            "meets_target": None if target is None else statistics.median(s) <= target}
+
+
+def measure(client: Any, images: list[Path], method: str, clicks: int, model: str
+            ) -> tuple[list[float], list[float], list[int]]:
+    """Caption each image with ``method``, then click ``clicks`` of its words."""
+    from gradio_client import handle_file
+
+    new, click, lengths = [], [], []
+    for path in images:
+        dt, out = timed(client.predict, handle_file(str(path)), "", model, method, 0.5,
+                        False, False, api_name="/caption")
+        if not str(out[0]).startswith("**Caption:**"):
+            raise RuntimeError(f"the app did not caption {path.name}: {out[0]}")
+        new.append(dt)
+        n = len(out[1]["choices"])
+        lengths.append(n)
+        for k in range(clicks):
+            dt, _ = timed(client.predict, (k + 1) % n, 0.5, False, False,
+                          api_name="/show_word")
+            click.append(dt)
+    return new, click, lengths
+
+
+def run(app: Any = None, captions: int = 8, clicks: int = 4, out: Path | None = None
+        ) -> dict[str, Any]:
+    """Launch the app (shipped models unless ``app`` is given), measure, write the JSON."""
+    import torch
+    from gradio_client import Client
+
+    from mmcam import scenes
+    from mmcam.app import launch, photos
+
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    port = free_port()
+    t_build = time.perf_counter()
+    app = launch(port=port, app=app, block=False)
+    startup = time.perf_counter() - t_build
+    tmp = Path(tempfile.mkdtemp(prefix="mmcam-bench-"))
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp))
+        model_name = _dropdown_choices(app, "cap_model")[0]
+        images = []
+        for k, sc in enumerate(scenes.generate(captions + 1, seed=4242, start=10**7)):
+            p = tmp / f"scene_{k}.png"
+            sc.image.save(p)
+            images.append(p)
+        measure(client, images[:1], "gradcam", 1, model_name)  # warm-up (not counted)
+        rows = []
+        new, click, lengths = measure(client, images[1:], "gradcam", clicks, model_name)
+        rows.append(summary("new caption (Grad-CAM, 128x128 scene)", new,
+                            TARGETS["new caption"]))
+        rows.append(summary("word click (Grad-CAM, 128x128 scene)", click,
+                            TARGETS["word click"]))
+        new, click, _ = measure(client, images[1:4], "guided-gradcam", clicks, model_name)
+        rows.append(summary("new caption (Guided Grad-CAM, 128x128 scene)", new,
+                            TARGETS["new caption"]))
+        rows.append(summary("word click (Guided Grad-CAM, 128x128 scene)", click,
+                            TARGETS["word click"]))
+        photo = photos().get("astronaut")
+        if photo is not None:
+            new, click, _ = measure(client, [photo] * 3, "gradcam", clicks, model_name)
+            rows.append(summary("new caption (Grad-CAM, 512x512 photo)", new, None))
+            rows.append(summary("word click (Grad-CAM, 512x512 photo)", click, None))
+        client.close()
+    finally:
+        app.close()
+    result = {
+        "benchmark": "app latency through gradio_client (upload, compute, draw, download)",
+        "command": "python benchmarks/bench_app.py " + " ".join(sys.argv[1:]),
+        "model": model_name,
+        "caption_words_median": statistics.median(lengths),
+        "startup_s": startup,
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "processor": platform.processor() or platform.machine()},
+        "rows": rows,
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "app_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _dropdown_choices(app: Any, elem_id: str) -> list[str]:
+    for block in app.blocks.values():
+        if getattr(block, "elem_id", None) == elem_id:
+            return [v for _, v in block.choices]
+    raise KeyError(elem_id)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The rows as a plain-text table."""
+    lines = [f"{'what':48s} {'n':>3s} {'median':>8s} {'p90':>8s} {'target':>7s}  ok"]
+    for r in result["rows"]:
+        target = f"{r['target_s']:.1f}s" if r["target_s"] is not None else "-"
+        ok = {True: "yes", False: "NO", None: "-"}[r["meets_target"]]
+        lines.append(f"{r['what']:48s} {r['n']:3d} {r['median_s']:7.3f}s {r['p90_s']:7.3f}s "
+                     f"{target:>7s}  {ok}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, app: Any = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--captions", type=int, default=8, help="scenes to caption")
+    parser.add_argument("--clicks", type=int, default=4, help="word clicks per caption")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = parser.parse_args(argv)
+    result = run(app, args.captions, args.clicks, Path(args.out))
+    print(f"model: {result['model']}; median caption length {result['caption_words_median']} "
+          f"words; {result['machine']['cpus']} CPUs, torch threads "
+          f"{result['machine']['torch_threads']}")
+    print(table(result))
+    print(f"wrote {Path(args.out) / 'app_latency.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
