@@ -85,6 +85,7 @@ def run(app: Any = None, captions: int = 8, clicks: int = 4, out: Path | None = 
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     port = free_port()
+    load_before = os.getloadavg()[0]
     t_build = time.perf_counter()
     app = launch(port=port, app=app, block=False)
     startup = time.perf_counter() - t_build
@@ -123,6 +124,7 @@ def run(app: Any = None, captions: int = 8, clicks: int = 4, out: Path | None = 
         "model": model_name,
         "caption_words_median": statistics.median(lengths),
         "startup_s": startup,
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "processor": platform.processor() or platform.machine()},
@@ -160,9 +162,11 @@ def main(argv: list[str] | None = None, app: Any = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     result = run(app, args.captions, args.clicks, Path(args.out))
+    load = result["load_average_1min"]
     print(f"model: {result['model']}; median caption length {result['caption_words_median']} "
           f"words; {result['machine']['cpus']} CPUs, torch threads "
-          f"{result['machine']['torch_threads']}")
+          f"{result['machine']['torch_threads']}; load average {load['before']:.1f} before, "
+          f"{load['after']:.1f} after (other processes share the CPUs)")
     print(table(result))
     print(f"wrote {Path(args.out) / 'app_latency.json'}")
     return 0

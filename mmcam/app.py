@@ -705,6 +705,13 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
             "",
         )
 
+    def reask(image_path: Any, question: str, model: str, method: str, alpha: float, box: bool,
+              session: Session) -> tuple:
+        """Ask the shown question again with another method (nothing asked yet: no-op)."""
+        if session.vqa is None:
+            return tuple([gr.skip()] * 7)
+        return ask(image_path, question, model, method, alpha, box, session)
+
     def show_answer(index: int | None, alpha: float, box: bool, session: Session) -> tuple:
         """The map of top answer number ``index`` (0-based), from the maps already computed."""
         view = session.vqa
@@ -789,6 +796,13 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                 session.png(class_image(view, 0, alpha, box), "class"),
                 session.png(view.guided[0] if view.guided else None, "class_guided"),
                 _class_info(view, 0))
+
+    def reclassify(image_path: Any, model: str, method: str, alpha: float, box: bool,
+                   session: Session) -> tuple:
+        """Classify again with another method (nothing classified yet: no-op)."""
+        if session.classes is None:
+            return tuple([gr.skip()] * 5)
+        return classify(image_path, model, method, alpha, box, session)
 
     def show_class(index: int | None, alpha: float, box: bool, session: Session) -> tuple:
         """The map and Guided Grad-CAM of class number ``index`` (0-based)."""
@@ -877,7 +891,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                             cap_box = gr.Checkbox(False, label="Localization box",
                                                   elem_id="cap_box")
                             cap_gt = gr.Checkbox(False, label="Ground-truth boxes (scenes)",
-                                                 elem_id="cap_gt")
+                                                 interactive=False, elem_id="cap_gt")
                 cap_grid = gr.Image(label="All words and the whole caption (words share one "
                                           "color scale)", type="filepath", format="png",
                                     interactive=False, elem_id="cap_grid")
@@ -1017,7 +1031,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                       **model_events)
         vqa_question.submit(_guarded(ask, 7, 0), ask_inputs, ask_outputs,
                             api_visibility="private", **model_events)
-        vqa_method.input(_guarded(ask, 7, 0), ask_inputs, ask_outputs,
+        vqa_method.input(_guarded(reask, 7, 0), ask_inputs, ask_outputs,
                          api_visibility="private", **model_events)
         vqa_top.input(_guarded(show_answer, 2, 1), [vqa_top, vqa_alpha, vqa_box, session],
                       [vqa_map, vqa_info], api_name="show_answer", **draw_events)
@@ -1041,7 +1055,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         cls_outputs = [cls_status, cls_top, cls_map, cls_guided, cls_info]
         cls_run.click(_guarded(classify, 5, 0), cls_inputs, cls_outputs, api_name="classify",
                       **model_events)
-        cls_method.input(_guarded(classify, 5, 0), cls_inputs, cls_outputs,
+        cls_method.input(_guarded(reclassify, 5, 0), cls_inputs, cls_outputs,
                          api_visibility="private", **model_events)
         cls_top.input(_guarded(show_class, 3, 2), [cls_top, cls_alpha, cls_box, session],
                       [cls_map, cls_guided, cls_info], api_name="show_class", **draw_events)

@@ -29,6 +29,11 @@ from mmcam.images import load_image
 from mmcam.viz import guided_image
 from mmcam.vqa import VQAExplainer
 
+# gradio's queue calls a pandas option deprecated in pandas 3: not ours to fix
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
 QUESTION = "what color is the circle?"
 OWN_CAPTION = "a red circle"
 
