@@ -1,0 +1,128 @@
+"""Loading and saving model folders laid out like a hub repo: config.json + model.safetensors.
+
+``config.json`` holds ``"kind"`` ("captioner" | "vqa" | "classifier"), the architecture
+hyper-parameters (``"arch"``), preprocessing (``image_size``, ``mean``, ``std``) and the
+vocabularies, so the folder alone rebuilds the model. Weights are safetensors (no pickles).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmcam.errors import MMCamError
+
+KNOWN_MODELS = ("shapes-captioner", "shapes-vqa", "shapes-classifier")
+KINDS = ("captioner", "vqa", "classifier")
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """The model folder: an existing folder path, else ``$MMCAM_MODELS/NAME``, else
+    ``<repo root>/models/NAME``. Raises :class:`MMCamError` naming the known models."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise MMCamError(f"model path {path} is a file: give a folder with {CONFIG} and {WEIGHTS}")
+    name = str(name_or_path)
+    roots = [Path(os.environ["MMCAM_MODELS"])] if os.environ.get("MMCAM_MODELS") else []
+    roots.append(REPO_MODELS)
+    for root in roots:
+        if (root / name).is_dir():
+            return root / name
+    known = ", ".join(KNOWN_MODELS)
+    if name in KNOWN_MODELS:
+        where = " or ".join(str(r) for r in roots)
+        raise MMCamError(
+            f"model {name!r} is not in {where}: train it with `mmcam train` or "
+            "set MMCAM_MODELS to the folder that holds it"
+        )
+    raise MMCamError(
+        f"unknown model {name!r}: use one of {known}, or a folder with {CONFIG} and {WEIGHTS}"
+    )
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """Parse ``folder/config.json`` and check its ``kind``."""
+    cfg_path = folder / CONFIG
+    if not cfg_path.is_file():
+        raise MMCamError(f"{folder} holds no {CONFIG}: not a model folder")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise MMCamError(f"{cfg_path} is not valid JSON: {e}") from None
+    if config.get("kind") not in KINDS:
+        raise MMCamError(
+            f"{cfg_path}: 'kind' must be one of {', '.join(KINDS)}, got {config.get('kind')!r}"
+        )
+    return config
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """An untrained model for ``config`` (random weights)."""
+    from mmcam.models import captioner, classifier, vqa
+
+    return {"captioner": captioner, "vqa": vqa, "classifier": classifier}[config["kind"]].build(
+        config
+    )
+
+
+def wrap(model: nn.Module, config: dict[str, Any]) -> Any:
+    """The adapter for ``model``: CaptionerAdapter, VQAModelAdapter or ClassifierModelAdapter."""
+    from mmcam.models.captioner import CaptionerAdapter
+    from mmcam.models.classifier import ClassifierModelAdapter
+    from mmcam.models.text import Vocab
+    from mmcam.models.vqa import VQAModelAdapter
+
+    kind = config["kind"]
+    if kind == "captioner":
+        return CaptionerAdapter(model, Vocab(config["vocab"]), config)
+    if kind == "vqa":
+        return VQAModelAdapter(model, Vocab(config["vocab"]), config["answers"], config)
+    return ClassifierModelAdapter(model, config["labels"], config)
+
+
+def load_model(name_or_path: str | os.PathLike) -> Any:
+    """Load a model folder by name or path and return its adapter, in eval mode on the CPU.
+
+    Names: shapes-captioner, shapes-vqa, shapes-classifier (see :func:`resolve`).
+    """
+    folder = resolve(name_or_path)
+    config = read_config(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise MMCamError(f"{folder} holds no {WEIGHTS}: the model folder is incomplete")
+    model = build_model(config)
+    try:
+        state = load_file(str(weights), device="cpu")
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MMCamError(f"cannot load weights {weights}: {first}") from None
+    model.eval()
+    return wrap(model, config)
+
+
+def save_model(model: nn.Module, config: dict[str, Any], out: str | os.PathLike) -> Path:
+    """Write ``out/config.json`` and ``out/model.safetensors``; return the folder."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS), metadata={"kind": config["kind"]})
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["KNOWN_MODELS", "build_model", "load_model", "resolve", "save_model"]
