@@ -7,8 +7,9 @@ All maps of a caption (or of a question's top answers, or of an image's top clas
 computed in one explainer call; clicking a word, an answer or a class, moving the opacity
 slider or toggling boxes only re-draws from the stored display maps.
 
-Every event has an ``api_name`` (see ``API`` in the tests) and every component a stable
-``elem_id``, so the app can be driven by ``gradio_client`` and by a browser alike.
+Every event has an ``api_name`` (``/caption``, ``/show_word``, ``/vqa``, ...) and every
+component a stable ``elem_id``, so the app can be driven by ``gradio_client`` and by a
+browser alike.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ CAPTION_METHODS = [
 METHODS = CAPTION_METHODS[:3]
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
 SCENE_SEED = 777  # the app's scene stream; scene indices are drawn at random (fresh scenes)
-MAX_SIDE = 1024  # larger uploads are shrunk (the models see 128x128 anyway)
+MAX_SIDE = 512  # larger images are shrunk: the models see 128x128, and a session keeps
+# every map at the image's size (n_words x H x W floats)
+SESSION_TTL_S = 1800  # a session's results are dropped this long after its last event
+MAX_SESSIONS = 100
 N_SCENES = 5
 TOP_ANSWERS = 5
 TOP_CLASSES = 3
@@ -319,23 +323,33 @@ def tolerant(component: gr.Image) -> gr.Image:
 # ----------------------------------------------------------------------------- errors
 
 
-def _guarded(fn: Callable[..., tuple], n_out: int, status: int | None) -> Callable[..., tuple]:
+def _guarded(fn: Callable[..., Any], n_out: int, status: int | None, touch: bool = True
+             ) -> Callable[..., Any]:
     """Wrap an event: an error becomes a message (gr.Warning and output ``status``); the
-    other outputs are left as they were, and the app keeps running."""
+    other outputs are left as they were, and the app keeps running.
 
-    def run(*args: Any) -> tuple:
+    With ``touch`` the event's last input, the session, is also returned as a last output:
+    gradio re-stores it, which restarts its time-to-live (in-place changes do not).
+    """
+
+    def run(*args: Any) -> Any:
         try:
-            return fn(*args)
+            out = fn(*args)
+            out = list(out) if n_out != 1 else [out]
         except MMCamError as e:
-            message = str(e)
+            out, message = None, str(e)
         except Exception as e:  # noqa: BLE001 - a user's model may fail in any way
             _log.exception("mmcam app: event %s failed", fn.__name__)
+            out = None
             message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        gr.Warning(message)
-        out: list[Any] = [gr.skip()] * n_out
-        if status is not None:
-            out[status] = f"**Error:** {message}"
-        return tuple(out) if n_out != 1 else out[0]
+        if out is None:
+            gr.Warning(message)
+            out = [gr.skip()] * n_out
+            if status is not None:
+                out[status] = f"**Error:** {message}"
+        if touch:
+            out.append(args[-1])
+        return tuple(out) if len(out) != 1 else out[0]
 
     run.__name__ = fn.__name__
     run.__doc__ = fn.__doc__
@@ -850,11 +864,13 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
     first = fresh_indices()
     with gr.Blocks(title="mmcam: word-by-word Grad-CAM", analytics_enabled=False,
                    delete_cache=(3600, 3600)) as app:
-        session = gr.State(Session(), delete_callback=_close_session)
+        session = gr.State(Session(), time_to_live=SESSION_TTL_S,
+                           delete_callback=_close_session)
         gr.Markdown(
             "# mmcam: where each word comes from\n"
             "Grad-CAM maps for every word of a caption, every VQA answer and every class, "
-            "computed together in one backward pass. Pick a sample or upload an image."
+            "computed together in one backward pass. Pick a sample or upload an image "
+            f"(larger than {MAX_SIDE} px: shrunk)."
         )
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Captioning", id="captioning", elem_id="tab_captioning"):
@@ -983,93 +999,94 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                 folder_run = gr.Button("Load", elem_id="model_load", scale=1)
             folder_status = gr.Markdown("", elem_id="model_status")
 
+        def on(trigger: Callable[..., Any], fn: Callable[..., Any], inputs: list[Any],
+               outputs: list[Any], status: int | None = None, **kw: Any) -> None:
+            """Wire ``fn``: errors become messages (output ``status``) and the session, when
+            it is an input, is stored back (restarting its time-to-live)."""
+            touch = inputs[-1] is session
+            trigger(_guarded(fn, len(outputs), status, touch), inputs,
+                    outputs + [session] if touch else outputs, **kw)
+
+        private = {"api_visibility": "private"}
+
         # ---- events: captioning
         cap_outputs = [cap_status, cap_words, cap_map, cap_info, cap_sentence, cap_guided,
                        cap_grid, cap_gt]
         cap_inputs = [cap_image, cap_text, cap_model, cap_method, cap_alpha, cap_box, cap_gt,
                       session]
-        cap_sample.input(_guarded(caption_sample, 2, None), [cap_sample, session],
-                         [cap_image, cap_text], api_name="caption_sample", **draw_events)
-        cap_new.click(_guarded(caption_new_scene, 3, None), [session],
-                      [cap_image, cap_sample, cap_text], api_name="caption_new_scene",
-                      **draw_events)
-        cap_run.click(_guarded(explain_caption, 8, 0), cap_inputs, cap_outputs,
-                      api_name="caption", **model_events)
-        cap_text.submit(_guarded(explain_caption, 8, 0), cap_inputs, cap_outputs,
-                        api_visibility="private", **model_events)
-        cap_method.input(_guarded(rerun_caption, 8, 0),
-                         [cap_method, cap_alpha, cap_box, cap_gt, cap_model, session],
-                         cap_outputs, api_name="caption_method", **model_events)
-        cap_words.input(_guarded(show_word, 3, 1), [cap_words, cap_alpha, cap_box, cap_gt,
-                                                   session],
-                        [cap_map, cap_info, cap_guided], api_name="show_word", **draw_events)
+        on(cap_sample.input, caption_sample, [cap_sample, session], [cap_image, cap_text],
+           api_name="caption_sample", **draw_events)
+        on(cap_new.click, caption_new_scene, [session], [cap_image, cap_sample, cap_text],
+           api_name="caption_new_scene", **draw_events)
+        on(cap_run.click, explain_caption, cap_inputs, cap_outputs, 0, api_name="caption",
+           **model_events)
+        on(cap_text.submit, explain_caption, cap_inputs, cap_outputs, 0, **private,
+           **model_events)
+        on(cap_method.input, rerun_caption,
+           [cap_method, cap_alpha, cap_box, cap_gt, cap_model, session], cap_outputs, 0,
+           api_name="caption_method", **model_events)
+        cap_method.change(lambda m: gr.update(visible=m == "guided-gradcam"), [cap_method],
+                          [cap_guided], queue=False, **private)
+        on(cap_words.input, show_word, [cap_words, cap_alpha, cap_box, cap_gt, session],
+           [cap_map, cap_info, cap_guided], 1, api_name="show_word", **draw_events)
         render_in = [cap_alpha, cap_box, cap_gt, session]
         render_out = [cap_map, cap_sentence, cap_grid]
-        cap_alpha.change(_guarded(render_caption, 3, None), render_in, render_out,
-                         api_name="render_caption", trigger_mode="always_last", **draw_events)
-        cap_method.change(lambda m: gr.update(visible=m == "guided-gradcam"), [cap_method],
-                          [cap_guided], api_visibility="private", queue=False)
+        on(cap_alpha.change, render_caption, render_in, render_out, api_name="render_caption",
+           trigger_mode="always_last", **draw_events)
         for c in (cap_box, cap_gt):
-            c.input(_guarded(render_caption, 3, None), render_in, render_out,
-                    api_visibility="private", **draw_events)
-        cap_save.click(_guarded(download_caption, 2, 1), [session], [cap_file, cap_status],
-                       api_name="download_caption", **model_events)
+            on(c.input, render_caption, render_in, render_out, **private, **draw_events)
+        on(cap_save.click, download_caption, [session], [cap_file, cap_status], 1,
+           api_name="download_caption", **model_events)
 
         # ---- events: VQA
-        vqa_sample_dd.input(_guarded(vqa_sample, 3, None), [vqa_sample_dd, session],
-                            [vqa_image_in, vqa_question, vqa_suggest], api_name="vqa_sample",
-                            **draw_events)
-        vqa_new.click(_guarded(vqa_new_scene, 4, None), [session],
-                      [vqa_image_in, vqa_sample_dd, vqa_question, vqa_suggest],
-                      api_name="vqa_new_scene", **draw_events)
-        vqa_suggest.input(lambda q: q or gr.skip(), [vqa_suggest], [vqa_question],
-                          api_visibility="private")
+        on(vqa_sample_dd.input, vqa_sample, [vqa_sample_dd, session],
+           [vqa_image_in, vqa_question, vqa_suggest], api_name="vqa_sample", **draw_events)
+        on(vqa_new.click, vqa_new_scene, [session],
+           [vqa_image_in, vqa_sample_dd, vqa_question, vqa_suggest], api_name="vqa_new_scene",
+           **draw_events)
+        vqa_suggest.input(lambda q: q or gr.skip(), [vqa_suggest], [vqa_question], queue=False,
+                          **private)
         ask_inputs = [vqa_image_in, vqa_question, vqa_model, vqa_method, vqa_alpha, vqa_box,
                       session]
         ask_outputs = [vqa_answer, vqa_top, vqa_map, vqa_info, vqa_other, vqa_cmap, vqa_cinfo]
-        vqa_run.click(_guarded(ask, 7, 0), ask_inputs, ask_outputs, api_name="vqa",
-                      **model_events)
-        vqa_question.submit(_guarded(ask, 7, 0), ask_inputs, ask_outputs,
-                            api_visibility="private", **model_events)
-        vqa_method.input(_guarded(reask, 7, 0), ask_inputs, ask_outputs,
-                         api_visibility="private", **model_events)
-        vqa_top.input(_guarded(show_answer, 2, 1), [vqa_top, vqa_alpha, vqa_box, session],
-                      [vqa_map, vqa_info], api_name="show_answer", **draw_events)
-        vqa_crun.click(_guarded(contrast, 2, 1),
-                       [vqa_other, vqa_method, vqa_alpha, vqa_box, vqa_model, session],
-                       [vqa_cmap, vqa_cinfo], api_name="vqa_contrast", **model_events)
-        vqa_alpha.change(_guarded(render_vqa, 2, None), [vqa_alpha, vqa_box, session],
-                         [vqa_map, vqa_cmap], api_name="render_vqa",
-                         trigger_mode="always_last", **draw_events)
-        vqa_box.input(_guarded(render_vqa, 2, None), [vqa_alpha, vqa_box, session],
-                      [vqa_map, vqa_cmap], api_visibility="private", **draw_events)
-        vqa_save.click(_guarded(download_vqa, 2, 1), [session], [vqa_file, vqa_answer],
-                       api_name="download_vqa", **model_events)
+        on(vqa_run.click, ask, ask_inputs, ask_outputs, 0, api_name="vqa", **model_events)
+        on(vqa_question.submit, ask, ask_inputs, ask_outputs, 0, **private, **model_events)
+        on(vqa_method.input, reask, ask_inputs, ask_outputs, 0, **private, **model_events)
+        on(vqa_top.input, show_answer, [vqa_top, vqa_alpha, vqa_box, session],
+           [vqa_map, vqa_info], 1, api_name="show_answer", **draw_events)
+        on(vqa_crun.click, contrast,
+           [vqa_other, vqa_method, vqa_alpha, vqa_box, vqa_model, session],
+           [vqa_cmap, vqa_cinfo], 1, api_name="vqa_contrast", **model_events)
+        on(vqa_alpha.change, render_vqa, [vqa_alpha, vqa_box, session], [vqa_map, vqa_cmap],
+           api_name="render_vqa", trigger_mode="always_last", **draw_events)
+        on(vqa_box.input, render_vqa, [vqa_alpha, vqa_box, session], [vqa_map, vqa_cmap],
+           **private, **draw_events)
+        on(vqa_save.click, download_vqa, [session], [vqa_file, vqa_answer], 1,
+           api_name="download_vqa", **model_events)
 
         # ---- events: classification
-        cls_sample.input(_guarded(class_sample, 1, None), [cls_sample, session], [cls_image],
-                         api_name="classify_sample", **draw_events)
-        cls_new.click(_guarded(class_new_scene, 2, None), [session], [cls_image, cls_sample],
-                      api_name="classify_new_scene", **draw_events)
+        on(cls_sample.input, class_sample, [cls_sample, session], [cls_image],
+           api_name="classify_sample", **draw_events)
+        on(cls_new.click, class_new_scene, [session], [cls_image, cls_sample],
+           api_name="classify_new_scene", **draw_events)
         cls_inputs = [cls_image, cls_model, cls_method, cls_alpha, cls_box, session]
         cls_outputs = [cls_status, cls_top, cls_map, cls_guided, cls_info]
-        cls_run.click(_guarded(classify, 5, 0), cls_inputs, cls_outputs, api_name="classify",
-                      **model_events)
-        cls_method.input(_guarded(reclassify, 5, 0), cls_inputs, cls_outputs,
-                         api_visibility="private", **model_events)
-        cls_top.input(_guarded(show_class, 3, 2), [cls_top, cls_alpha, cls_box, session],
-                      [cls_map, cls_guided, cls_info], api_name="show_class", **draw_events)
-        cls_alpha.change(_guarded(render_class, 1, None), [cls_alpha, cls_box, session],
-                         [cls_map], api_name="render_class", trigger_mode="always_last",
-                         **draw_events)
-        cls_box.input(_guarded(render_class, 1, None), [cls_alpha, cls_box, session],
-                      [cls_map], api_visibility="private", **draw_events)
-        cls_save.click(_guarded(download_class, 2, 1), [session], [cls_file, cls_status],
-                       api_name="download_classify", **model_events)
+        on(cls_run.click, classify, cls_inputs, cls_outputs, 0, api_name="classify",
+           **model_events)
+        on(cls_method.input, reclassify, cls_inputs, cls_outputs, 0, **private,
+           **model_events)
+        on(cls_top.input, show_class, [cls_top, cls_alpha, cls_box, session],
+           [cls_map, cls_guided, cls_info], 2, api_name="show_class", **draw_events)
+        on(cls_alpha.change, render_class, [cls_alpha, cls_box, session], [cls_map],
+           api_name="render_class", trigger_mode="always_last", **draw_events)
+        on(cls_box.input, render_class, [cls_alpha, cls_box, session], [cls_map], **private,
+           **draw_events)
+        on(cls_save.click, download_class, [session], [cls_file, cls_status], 1,
+           api_name="download_classify", **model_events)
 
-        folder_run.click(_guarded(load_folder, 4, 0), [folder],
-                         [folder_status, cap_model, vqa_model, cls_model],
-                         api_name="load_model", **model_events)
+        on(folder_run.click, load_folder, [folder],
+           [folder_status, cap_model, vqa_model, cls_model], 0, api_name="load_model",
+           **model_events)
     return app
 
 
@@ -1095,7 +1112,8 @@ def launch(
     app = app or build_app()
     app.queue(default_concurrency_limit=1)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-               inbrowser=False, quiet=not block, css=CSS, show_error=True)
+               inbrowser=False, quiet=not block, css=CSS, show_error=True,
+               state_session_capacity=MAX_SESSIONS)
     return app
 
 
