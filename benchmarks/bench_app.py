@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmcam
+
 TARGETS = {"new caption": 2.0, "word click": 0.3}
 
 
