@@ -63,14 +63,14 @@ def measure(client: Any, images: list[Path], method: str, clicks: int, model: st
     new, click, lengths = [], [], []
     for path in images:
         dt, out = timed(client.predict, handle_file(str(path)), "", model, method, 0.5,
-                        False, False, api_name="/caption")
+                        False, False, False, api_name="/caption")
         if not str(out[0]).startswith("**Caption:**"):
             raise RuntimeError(f"the app did not caption {path.name}: {out[0]}")
         new.append(dt)
         n = len(out[1]["choices"])
         lengths.append(n)
         for k in range(clicks):
-            dt, _ = timed(client.predict, (k + 1) % n, 0.5, False, False,
+            dt, _ = timed(client.predict, (k + 1) % n, 0.5, False, False, False,
                           api_name="/show_word")
             click.append(dt)
     return new, click, lengths

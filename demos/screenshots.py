@@ -44,6 +44,21 @@ def pick(page: Any, elem_id: str, option: str | int = 0) -> str:
     return label
 
 
+def richest_scene(page: Any, elem_id: str, one_large: bool = False) -> str:
+    """The dropdown's scene entry with the most objects (the most telling screenshot)."""
+    from mmcam.app import make_scene
+
+    page.click(f"#{elem_id} input")
+    page.locator(f"#{elem_id} li[role=option]").first.wait_for(timeout=TIMEOUT_MS)
+    labels = [x.get_attribute("aria-label") or "" for x in
+              page.locator(f"#{elem_id} li[role=option]").all()]
+    page.mouse.click(5, 5)  # close the list
+    page.locator(f"#{elem_id} li[role=option]").first.wait_for(state="detached",
+                                                                timeout=TIMEOUT_MS)
+    scenes = [lab for lab in labels if lab.startswith("scene ")]
+    return max(scenes, key=lambda lab: len(make_scene(int(lab.split()[1]), one_large).objects))
+
+
 def image_src(page: Any, elem_id: str) -> str:
     """The ``src`` of the image shown in component ``elem_id`` ('' if none)."""
     loc = page.locator(f"#{elem_id} img")
@@ -98,15 +113,20 @@ def shoot(url: str, out: Path) -> list[str]:
         page.goto(url)
         page.wait_for_selector("#cap_run", timeout=TIMEOUT_MS)
 
-        # captioning: a scene, its caption, a word clicked, boxes on
-        pick(page, "cap_sample", 0)
+        # captioning: a scene, its caption, a color or shape word clicked, boxes on
+        from mmcam.scenes import COLORS, SHAPES
+
+        pick(page, "cap_sample", richest_scene(page, "cap_sample"))
         wait_src_change(page, "cap_image", "")
         page.click("#cap_run")
         page.locator("#cap_words label").first.wait_for(timeout=TIMEOUT_MS)
         old = wait_src_change(page, "cap_word_map", "")
         words = page.locator("#cap_words label")
-        words.nth(min(1, words.count() - 1)).click()
-        wait_src_change(page, "cap_word_map", old)
+        texts = [w.strip() for w in words.all_inner_texts()]
+        named = [i for i, w in enumerate(texts) if w in COLORS or w in SHAPES]
+        words.nth(named[0] if named else len(texts) - 1).click()
+        if (named[0] if named else len(texts) - 1) != 0:
+            wait_src_change(page, "cap_word_map", old)
         page.check("#cap_box input")
         page.check("#cap_gt input")
         page.wait_for_timeout(800)
@@ -115,7 +135,7 @@ def shoot(url: str, out: Path) -> list[str]:
         # VQA: a scene, its first question, the answers, a contrast
         page.click("#tab_vqa-button")
         page.wait_for_selector("#vqa_run", state="visible", timeout=TIMEOUT_MS)
-        pick(page, "vqa_sample", 1)
+        pick(page, "vqa_sample", richest_scene(page, "vqa_sample"))
         wait_src_change(page, "vqa_image", "")
         page.click("#vqa_run")
         wait_text(page, "vqa_answer", "Answer:")
@@ -128,7 +148,7 @@ def shoot(url: str, out: Path) -> list[str]:
         # classification: a one-large-object scene, its top classes, Guided Grad-CAM
         page.click("#tab_classify-button")
         page.wait_for_selector("#cls_run", state="visible", timeout=TIMEOUT_MS)
-        page.click("#cls_new_scene")
+        pick(page, "cls_sample", richest_scene(page, "cls_sample", one_large=True))
         wait_src_change(page, "cls_image", "")
         page.click("#cls_run")
         page.locator("#cls_top label").first.wait_for(timeout=TIMEOUT_MS)

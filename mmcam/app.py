@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from mmcam.cam import normalize
 from mmcam.errors import MMCamError
 from mmcam.images import load_image
 from mmcam.viz import draw_boxes, guided_image, overlay
@@ -81,6 +82,16 @@ class CaptionView:
     guided: list[Image.Image] | None  # Guided Grad-CAM image per word (guided method only)
     truth: Any = None  # the Scene when the image is a scene sample, else None
     selected: int = 0
+    own: list[torch.Tensor] | None = None  # each map on its own scale (made on first use)
+
+    def display(self, own: bool = False) -> list[torch.Tensor]:
+        """Display maps: the caption's shared scale, or each map divided by its own max."""
+        if not own:
+            return self.heat
+        if self.own is None:
+            r = self.result
+            self.own = list(normalize(torch.cat([r.maps, r.sentence_map[None]]), shared=False))
+        return self.own
 
 
 @dataclass
@@ -94,6 +105,17 @@ class VQAView:
     selected: int = 0
     contrast: Any = None  # VQAExplanation with .contrast set
     contrast_heat: torch.Tensor | None = None
+    own: list[torch.Tensor] | None = None
+
+    def display(self, own: bool = False) -> list[torch.Tensor]:
+        """Display maps of [explained answer, top answers]: shared scale or each its own."""
+        if not own:
+            return self.heat
+        if self.own is None:
+            r = self.result
+            maps = torch.stack([r.map] + [m for _, _, m in r.top_answers])
+            self.own = list(normalize(maps, shared=False))
+        return self.own
 
 
 @dataclass
@@ -104,6 +126,10 @@ class ClassView:
     heat: torch.Tensor
     guided: list[Image.Image]
     selected: int = 0
+
+    def display(self, own: bool = False) -> torch.Tensor:
+        """Display maps: one scale shared by the classes, or each map its own."""
+        return normalize(self.result.maps, shared=False) if own else self.heat
 
 
 @dataclass
@@ -381,12 +407,13 @@ def caption_view(result: Any, truth: Any = None) -> CaptionView:
     return CaptionView(result, result.heatmaps(), [p.box for p in panels], guided, truth)
 
 
-def caption_image(view: CaptionView, i: int, alpha: float, box: bool, truth: bool
-                  ) -> Image.Image:
+def caption_image(view: CaptionView, i: int, alpha: float, box: bool, truth: bool,
+                  own: bool = False) -> Image.Image:
     """Overlay of panel ``i`` (a word, or the whole caption for i = n_words), with its
-    localization box and the ground-truth boxes of the objects it names if asked."""
+    localization box and the ground-truth boxes of the objects it names if asked; ``own``:
+    the map on its own color scale instead of the caption's shared one."""
     r = view.result
-    im = overlay(r.image, view.heat[i], alpha)
+    im = overlay(r.image, view.display(own)[i], alpha)
     width = _box_width(r.image)
     if truth and view.truth is not None:
         objs = view.truth.objects if i >= len(r.words) else view.truth.objects_named(r.words[i])
@@ -419,15 +446,16 @@ def _caption_status(view: CaptionView) -> str:
     return text
 
 
-def grid_image(view: CaptionView, alpha: float, box: bool, truth: bool, cols: int = 7
-               ) -> Image.Image:
+def grid_image(view: CaptionView, alpha: float, box: bool, truth: bool, own: bool = False,
+               cols: int = 7) -> Image.Image:
     """All words and the whole caption in one picture: a tile per panel (the overlay drawn
-    at tile size, on the caption's shared scale) with the word and its log p under it."""
+    at tile size, on the caption's shared scale unless ``own``) with the word and its log p
+    under it."""
     r = view.result
     scale = min(1.0, TILE / max(r.image.size))
     tw, th = max(1, round(r.image.width * scale)), max(1, round(r.image.height * scale))
     small = r.image if scale == 1.0 else r.image.resize((tw, th), Image.BILINEAR)
-    heat = torch.stack(view.heat)
+    heat = torch.stack(view.display(own))
     if scale != 1.0:
         heat = F.interpolate(heat[:, None], size=(th, tw), mode="bilinear",
                              align_corners=False, antialias=True)[:, 0]
@@ -483,10 +511,11 @@ def vqa_view(result: Any, truth: Any = None) -> VQAView:
     return VQAView(result, result.heatmaps(), [p.box for p in panels], truth)
 
 
-def vqa_image(view: VQAView, i: int, alpha: float, box: bool) -> Image.Image:
-    """Overlay of top answer ``i`` (its map on the answers' shared scale)."""
+def vqa_image(view: VQAView, i: int, alpha: float, box: bool, own: bool = False
+              ) -> Image.Image:
+    """Overlay of top answer ``i`` (on the answers' shared scale unless ``own``)."""
     r = view.result
-    im = overlay(r.image, view.heat[1 + i], alpha)
+    im = overlay(r.image, view.display(own)[1 + i], alpha)
     if box:
         im = draw_boxes(im, [view.boxes[1 + i]], BOX_COLOR, _box_width(r.image))
     return im
@@ -532,18 +561,17 @@ def _answer_info(view: VQAView, i: int) -> str:
 
 def class_view(result: Any) -> ClassView:
     """Display maps on one shared scale (as ``result.overlays()``) and guided images."""
-    from mmcam.cam import normalize
-
     guided = []
     if result.guided_gradcam is not None:
         guided = [guided_image(g).resize(result.image.size) for g in result.guided_gradcam]
     return ClassView(result, normalize(result.maps, shared=True), guided)
 
 
-def class_image(view: ClassView, i: int, alpha: float, box: bool) -> Image.Image:
-    """Overlay of class ``i`` (shared scale) with its localization box if asked."""
+def class_image(view: ClassView, i: int, alpha: float, box: bool, own: bool = False
+                ) -> Image.Image:
+    """Overlay of class ``i`` (shared scale unless ``own``) with its box if asked."""
     r = view.result
-    im = overlay(r.image, view.heat[i], alpha)
+    im = overlay(r.image, view.display(own)[i], alpha)
     if box:
         im = draw_boxes(im, [r.boxes[i]], BOX_COLOR, _box_width(r.image))
     return im
@@ -613,7 +641,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                 gr.update(choices=choices, value=scene_label(index)), "")
 
     def explain_caption(image_path: Any, text: str, model: str, method: str, alpha: float,
-                        box: bool, truth: bool, session: Session) -> tuple:
+                        box: bool, truth: bool, own: bool, session: Session) -> tuple:
         """Caption the image (or explain your caption) and compute every word's map."""
         image = read_image(image_path)
         explainer = CaptionExplainer(models.get(model, "captioner"), method=method or "gradcam")
@@ -621,23 +649,23 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         result = explainer.explain(image, caption=text or None)
         view = caption_view(result, _truth(session, "caption", image))
         session.caption = view
-        return _caption_outputs(view, alpha, box, truth, session)
+        return _caption_outputs(view, alpha, box, truth, own, session)
 
-    def _caption_outputs(view: CaptionView, alpha: float, box: bool, truth: bool,
+    def _caption_outputs(view: CaptionView, alpha: float, box: bool, truth: bool, own: bool,
                          session: Session) -> tuple:
         n = len(view.result.words)
         return (
             _caption_status(view),
             gr.update(choices=_word_choices(view), value=0),
-            session.png(caption_image(view, 0, alpha, box, truth), "word"),
+            session.png(caption_image(view, 0, alpha, box, truth, own), "word"),
             _word_info(view, 0),
-            session.png(caption_image(view, n, alpha, box, truth), "sentence"),
+            session.png(caption_image(view, n, alpha, box, truth, own), "sentence"),
             session.png(view.guided[0] if view.guided else None, "guided"),
-            session.png(grid_image(view, alpha, box, truth), "grid"),
+            session.png(grid_image(view, alpha, box, truth, own), "grid"),
             gr.update(interactive=view.truth is not None),
         )
 
-    def rerun_caption(method: str, alpha: float, box: bool, truth: bool, model: str,
+    def rerun_caption(method: str, alpha: float, box: bool, truth: bool, own: bool, model: str,
                       session: Session) -> tuple:
         """Explain the shown caption again with another method (same image and words)."""
         if session.caption is None:
@@ -646,9 +674,9 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         explainer = CaptionExplainer(models.get(model, "captioner"), method=method)
         result = explainer.explain(r.image, caption=None if r.generated else r.caption)
         session.caption = caption_view(result, session.caption.truth)
-        return _caption_outputs(session.caption, alpha, box, truth, session)
+        return _caption_outputs(session.caption, alpha, box, truth, own, session)
 
-    def show_word(word: int | None, alpha: float, box: bool, truth: bool,
+    def show_word(word: int | None, alpha: float, box: bool, truth: bool, own: bool,
                   session: Session) -> tuple:
         """The map of word number ``word`` (0-based), from the maps already computed."""
         view = session.caption
@@ -658,19 +686,20 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         if word is None or not 0 <= int(word) < n:
             raise MMCamError(f"word index {word} is out of range: the caption has {n} words")
         i = view.selected = int(word)
-        return (session.png(caption_image(view, i, alpha, box, truth), "word"),
+        return (session.png(caption_image(view, i, alpha, box, truth, own), "word"),
                 _word_info(view, i),
                 session.png(view.guided[i] if view.guided else None, "guided"))
 
-    def render_caption(alpha: float, box: bool, truth: bool, session: Session) -> tuple:
-        """Re-draw the shown maps with a new opacity or box setting (no recomputation)."""
+    def render_caption(alpha: float, box: bool, truth: bool, own: bool, session: Session
+                       ) -> tuple:
+        """Re-draw the shown maps with new display settings (no recomputation)."""
         view = session.caption
         if view is None:
             return gr.skip(), gr.skip(), gr.skip()
         n = len(view.result.words)
-        return (session.png(caption_image(view, view.selected, alpha, box, truth), "word"),
-                session.png(caption_image(view, n, alpha, box, truth), "sentence"),
-                session.png(grid_image(view, alpha, box, truth), "grid"))
+        return (session.png(caption_image(view, view.selected, alpha, box, truth, own), "word"),
+                session.png(caption_image(view, n, alpha, box, truth, own), "sentence"),
+                session.png(grid_image(view, alpha, box, truth, own), "grid"))
 
     def download_caption(session: Session) -> tuple:
         if session.caption is None:
@@ -697,7 +726,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                 qs[0], gr.update(choices=qs, value=None))
 
     def ask(image_path: Any, question: str, model: str, method: str, alpha: float, box: bool,
-            session: Session) -> tuple:
+            own: bool, session: Session) -> tuple:
         """Answer the question; maps of the top-5 answers."""
         if not isinstance(question, str) or not question.strip():
             raise MMCamError("the question is empty: ask something about the image")
@@ -712,7 +741,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         return (
             _vqa_status(view),
             gr.update(choices=_answer_choices(view), value=0),
-            session.png(vqa_image(view, 0, alpha, box), "answer"),
+            session.png(vqa_image(view, 0, alpha, box, own), "answer"),
             _answer_info(view, 0),
             gr.update(choices=list(adapter.answers), value=second),
             None,
@@ -720,13 +749,14 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         )
 
     def reask(image_path: Any, question: str, model: str, method: str, alpha: float, box: bool,
-              session: Session) -> tuple:
+              own: bool, session: Session) -> tuple:
         """Ask the shown question again with another method (nothing asked yet: no-op)."""
         if session.vqa is None:
             return tuple([gr.skip()] * 7)
-        return ask(image_path, question, model, method, alpha, box, session)
+        return ask(image_path, question, model, method, alpha, box, own, session)
 
-    def show_answer(index: int | None, alpha: float, box: bool, session: Session) -> tuple:
+    def show_answer(index: int | None, alpha: float, box: bool, own: bool, session: Session
+                    ) -> tuple:
         """The map of top answer number ``index`` (0-based), from the maps already computed."""
         view = session.vqa
         if view is None:
@@ -735,7 +765,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         if index is None or not 0 <= int(index) < n:
             raise MMCamError(f"answer index {index} is out of range: there are {n} answers")
         view.selected = int(index)
-        return (session.png(vqa_image(view, view.selected, alpha, box), "answer"),
+        return (session.png(vqa_image(view, view.selected, alpha, box, own), "answer"),
                 _answer_info(view, view.selected))
 
     def contrast(other: str, method: str, alpha: float, box: bool, model: str,
@@ -759,11 +789,11 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                 f"log p({a}) − log p({c.contrast}).")
         return session.png(contrast_image(view, alpha, box), "contrast"), text
 
-    def render_vqa(alpha: float, box: bool, session: Session) -> tuple:
+    def render_vqa(alpha: float, box: bool, own: bool, session: Session) -> tuple:
         view = session.vqa
         if view is None:
             return gr.skip(), gr.skip()
-        return (session.png(vqa_image(view, view.selected, alpha, box), "answer"),
+        return (session.png(vqa_image(view, view.selected, alpha, box, own), "answer"),
                 session.png(contrast_image(view, alpha, box), "contrast"))
 
     def download_vqa(session: Session) -> tuple:
@@ -787,7 +817,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         return (session.png(scene.image, "cls_sample"),
                 gr.update(choices=choices, value=scene_label(index)))
 
-    def classify(image_path: Any, model: str, method: str, alpha: float, box: bool,
+    def classify(image_path: Any, model: str, method: str, alpha: float, box: bool, own: bool,
                  session: Session) -> tuple:
         """Top classes, their maps, Guided Grad-CAM and localization boxes."""
         image = read_image(image_path)
@@ -807,18 +837,19 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                 status += f"; ground truth: the large object is a **{large[0]}** ({ok})"
         return (status + "  \nClick a class to see its map.",
                 gr.update(choices=_class_choices(view), value=0),
-                session.png(class_image(view, 0, alpha, box), "class"),
+                session.png(class_image(view, 0, alpha, box, own), "class"),
                 session.png(view.guided[0] if view.guided else None, "class_guided"),
                 _class_info(view, 0))
 
     def reclassify(image_path: Any, model: str, method: str, alpha: float, box: bool,
-                   session: Session) -> tuple:
+                   own: bool, session: Session) -> tuple:
         """Classify again with another method (nothing classified yet: no-op)."""
         if session.classes is None:
             return tuple([gr.skip()] * 5)
-        return classify(image_path, model, method, alpha, box, session)
+        return classify(image_path, model, method, alpha, box, own, session)
 
-    def show_class(index: int | None, alpha: float, box: bool, session: Session) -> tuple:
+    def show_class(index: int | None, alpha: float, box: bool, own: bool, session: Session
+                   ) -> tuple:
         """The map and Guided Grad-CAM of class number ``index`` (0-based)."""
         view = session.classes
         if view is None:
@@ -827,15 +858,15 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         if index is None or not 0 <= int(index) < n:
             raise MMCamError(f"class index {index} is out of range: there are {n} classes")
         i = view.selected = int(index)
-        return (session.png(class_image(view, i, alpha, box), "class"),
+        return (session.png(class_image(view, i, alpha, box, own), "class"),
                 session.png(view.guided[i] if view.guided else None, "class_guided"),
                 _class_info(view, i))
 
-    def render_class(alpha: float, box: bool, session: Session) -> Any:
+    def render_class(alpha: float, box: bool, own: bool, session: Session) -> Any:
         view = session.classes
         if view is None:
             return gr.skip()
-        return session.png(class_image(view, view.selected, alpha, box), "class")
+        return session.png(class_image(view, view.selected, alpha, box, own), "class")
 
     def download_class(session: Session) -> tuple:
         if session.classes is None:
@@ -908,6 +939,8 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                                                   elem_id="cap_box")
                             cap_gt = gr.Checkbox(False, label="Ground-truth boxes (scenes)",
                                                  interactive=False, elem_id="cap_gt")
+                            cap_own = gr.Checkbox(False, label="Each map on its own color "
+                                                  "scale", elem_id="cap_own")
                 cap_grid = gr.Image(label="All words and the whole caption (words share one "
                                           "color scale)", type="filepath", format="png",
                                     interactive=False, elem_id="cap_grid")
@@ -946,7 +979,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                         with gr.Row():
                             vqa_other = gr.Dropdown([], value=None, label="B (rather than)",
                                                     elem_id="vqa_contrast", scale=2)
-                            vqa_crun = gr.Button("Why A rather than B?",
+                            vqa_crun = gr.Button("Why the selected answer rather than B?",
                                                  elem_id="vqa_contrast_run", scale=1)
                         vqa_cinfo = gr.Markdown("", elem_id="vqa_contrast_info")
                         with gr.Row():
@@ -954,6 +987,8 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                                                   label="Overlay opacity", elem_id="vqa_alpha")
                             vqa_box = gr.Checkbox(False, label="Localization box",
                                                   elem_id="vqa_box")
+                            vqa_own = gr.Checkbox(False, label="Each map on its own color "
+                                                  "scale", elem_id="vqa_own")
                 with gr.Row():
                     vqa_save = gr.Button("Download result (zip)", elem_id="vqa_save")
                     vqa_file = gr.File(label="Result bundle", elem_id="vqa_file",
@@ -987,6 +1022,8 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                                                   label="Overlay opacity", elem_id="cls_alpha")
                             cls_box = gr.Checkbox(True, label="Localization box",
                                                   elem_id="cls_box")
+                            cls_own = gr.Checkbox(False, label="Each map on its own color "
+                                                  "scale", elem_id="cls_own")
                 with gr.Row():
                     cls_save = gr.Button("Download result (zip)", elem_id="cls_save")
                     cls_file = gr.File(label="Result bundle", elem_id="cls_file",
@@ -1013,7 +1050,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         cap_outputs = [cap_status, cap_words, cap_map, cap_info, cap_sentence, cap_guided,
                        cap_grid, cap_gt]
         cap_inputs = [cap_image, cap_text, cap_model, cap_method, cap_alpha, cap_box, cap_gt,
-                      session]
+                      cap_own, session]
         on(cap_sample.input, caption_sample, [cap_sample, session], [cap_image, cap_text],
            api_name="caption_sample", **draw_events)
         on(cap_new.click, caption_new_scene, [session], [cap_image, cap_sample, cap_text],
@@ -1023,17 +1060,18 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         on(cap_text.submit, explain_caption, cap_inputs, cap_outputs, 0, **private,
            **model_events)
         on(cap_method.input, rerun_caption,
-           [cap_method, cap_alpha, cap_box, cap_gt, cap_model, session], cap_outputs, 0,
+           [cap_method, cap_alpha, cap_box, cap_gt, cap_own, cap_model, session], cap_outputs, 0,
            api_name="caption_method", **model_events)
         cap_method.change(lambda m: gr.update(visible=m == "guided-gradcam"), [cap_method],
                           [cap_guided], queue=False, **private)
-        on(cap_words.input, show_word, [cap_words, cap_alpha, cap_box, cap_gt, session],
+        on(cap_words.input, show_word,
+           [cap_words, cap_alpha, cap_box, cap_gt, cap_own, session],
            [cap_map, cap_info, cap_guided], 1, api_name="show_word", **draw_events)
-        render_in = [cap_alpha, cap_box, cap_gt, session]
+        render_in = [cap_alpha, cap_box, cap_gt, cap_own, session]
         render_out = [cap_map, cap_sentence, cap_grid]
         on(cap_alpha.change, render_caption, render_in, render_out, api_name="render_caption",
            trigger_mode="always_last", **draw_events)
-        for c in (cap_box, cap_gt):
+        for c in (cap_box, cap_gt, cap_own):
             on(c.input, render_caption, render_in, render_out, **private, **draw_events)
         on(cap_save.click, download_caption, [session], [cap_file, cap_status], 1,
            api_name="download_caption", **model_events)
@@ -1047,20 +1085,22 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         vqa_suggest.input(lambda q: q or gr.skip(), [vqa_suggest], [vqa_question], queue=False,
                           **private)
         ask_inputs = [vqa_image_in, vqa_question, vqa_model, vqa_method, vqa_alpha, vqa_box,
-                      session]
+                      vqa_own, session]
         ask_outputs = [vqa_answer, vqa_top, vqa_map, vqa_info, vqa_other, vqa_cmap, vqa_cinfo]
         on(vqa_run.click, ask, ask_inputs, ask_outputs, 0, api_name="vqa", **model_events)
         on(vqa_question.submit, ask, ask_inputs, ask_outputs, 0, **private, **model_events)
         on(vqa_method.input, reask, ask_inputs, ask_outputs, 0, **private, **model_events)
-        on(vqa_top.input, show_answer, [vqa_top, vqa_alpha, vqa_box, session],
+        on(vqa_top.input, show_answer, [vqa_top, vqa_alpha, vqa_box, vqa_own, session],
            [vqa_map, vqa_info], 1, api_name="show_answer", **draw_events)
         on(vqa_crun.click, contrast,
            [vqa_other, vqa_method, vqa_alpha, vqa_box, vqa_model, session],
            [vqa_cmap, vqa_cinfo], 1, api_name="vqa_contrast", **model_events)
-        on(vqa_alpha.change, render_vqa, [vqa_alpha, vqa_box, session], [vqa_map, vqa_cmap],
+        vqa_render_in = [vqa_alpha, vqa_box, vqa_own, session]
+        on(vqa_alpha.change, render_vqa, vqa_render_in, [vqa_map, vqa_cmap],
            api_name="render_vqa", trigger_mode="always_last", **draw_events)
-        on(vqa_box.input, render_vqa, [vqa_alpha, vqa_box, session], [vqa_map, vqa_cmap],
-           **private, **draw_events)
+        for c in (vqa_box, vqa_own):
+            on(c.input, render_vqa, vqa_render_in, [vqa_map, vqa_cmap], **private,
+               **draw_events)
         on(vqa_save.click, download_vqa, [session], [vqa_file, vqa_answer], 1,
            api_name="download_vqa", **model_events)
 
@@ -1069,18 +1109,19 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
            api_name="classify_sample", **draw_events)
         on(cls_new.click, class_new_scene, [session], [cls_image, cls_sample],
            api_name="classify_new_scene", **draw_events)
-        cls_inputs = [cls_image, cls_model, cls_method, cls_alpha, cls_box, session]
+        cls_inputs = [cls_image, cls_model, cls_method, cls_alpha, cls_box, cls_own, session]
         cls_outputs = [cls_status, cls_top, cls_map, cls_guided, cls_info]
         on(cls_run.click, classify, cls_inputs, cls_outputs, 0, api_name="classify",
            **model_events)
         on(cls_method.input, reclassify, cls_inputs, cls_outputs, 0, **private,
            **model_events)
-        on(cls_top.input, show_class, [cls_top, cls_alpha, cls_box, session],
+        on(cls_top.input, show_class, [cls_top, cls_alpha, cls_box, cls_own, session],
            [cls_map, cls_guided, cls_info], 2, api_name="show_class", **draw_events)
-        on(cls_alpha.change, render_class, [cls_alpha, cls_box, session], [cls_map],
-           api_name="render_class", trigger_mode="always_last", **draw_events)
-        on(cls_box.input, render_class, [cls_alpha, cls_box, session], [cls_map], **private,
-           **draw_events)
+        cls_render_in = [cls_alpha, cls_box, cls_own, session]
+        on(cls_alpha.change, render_class, cls_render_in, [cls_map], api_name="render_class",
+           trigger_mode="always_last", **draw_events)
+        for c in (cls_box, cls_own):
+            on(c.input, render_class, cls_render_in, [cls_map], **private, **draw_events)
         on(cls_save.click, download_class, [session], [cls_file, cls_status], 1,
            api_name="download_classify", **model_events)
 

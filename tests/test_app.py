@@ -26,7 +26,7 @@ from mmcam.caption import CaptionExplainer
 from mmcam.classify import ClassExplainer
 from mmcam.errors import MMCamError
 from mmcam.images import load_image
-from mmcam.viz import guided_image
+from mmcam.viz import guided_image, overlay
 from mmcam.vqa import VQAExplainer
 
 # gradio's queue calls a pandas option deprecated in pandas 3: not ours to fix
@@ -66,9 +66,9 @@ def pixels(path: str | Path) -> np.ndarray:
 
 
 def caption_call(c: Client, app, image: Path, text: str = "", method: str = "gradcam",
-                 alpha: float = 0.5, box: bool = False, gt: bool = False):
+                 alpha: float = 0.5, box: bool = False, gt: bool = False, own: bool = False):
     return c.predict(handle_file(str(image)), text, app[1]["cap_model"], method, alpha, box,
-                     gt, api_name="/caption")
+                     gt, own, api_name="/caption")
 
 
 def test_endpoints_are_named(app, tmp_path):
@@ -97,20 +97,50 @@ def test_word_maps_equal_the_library(app, models, scene_png, tmp_path):
 
     # a click shows that word's own map; another opacity re-draws the same maps
     for i in {1, len(lib.words) - 1} & set(range(len(lib.words))):
-        shown, info, _ = c.predict(i, 0.7, False, False, api_name="/show_word")
+        shown, info, _ = c.predict(i, 0.7, False, False, False, api_name="/show_word")
         np.testing.assert_array_equal(pixels(shown), np.asarray(lib.overlays(0.7)[i]))
         assert f"word {i + 1} of {len(lib.words)}" in info
-    word_map, sentence, _ = c.predict(0.25, False, False, api_name="/render_caption")
+    word_map, sentence, _ = c.predict(0.25, False, False, False, api_name="/render_caption")
     last = len(lib.words) - 1 if len(lib.words) > 1 else 0
     np.testing.assert_array_equal(pixels(word_map), np.asarray(lib.overlays(0.25)[last]))
     np.testing.assert_array_equal(pixels(sentence), np.asarray(lib.overlays(0.25)[-1]))
+
+
+def own_scale(image: Image.Image, m, alpha: float) -> np.ndarray:
+    """The oracle for "each map on its own color scale": the map divided by its own max."""
+    return np.asarray(overlay(image, m / m.max() if m.max() > 0 else m, alpha))
+
+
+def test_own_color_scale(app, models, scene_png, tmp_path):
+    c = client(app, tmp_path)
+    image = load_image(scene_png)
+    out = caption_call(c, app, scene_png, own=True)
+    lib = CaptionExplainer(models["captioner"]).explain(image)
+    np.testing.assert_array_equal(pixels(out[2]), own_scale(image, lib.maps[0], 0.5))
+    np.testing.assert_array_equal(pixels(out[4]), own_scale(image, lib.sentence_map, 0.5))
+    i = len(lib.words) - 1
+    shown, _, _ = c.predict(i, 0.4, False, False, True, api_name="/show_word")
+    np.testing.assert_array_equal(pixels(shown), own_scale(image, lib.maps[i], 0.4))
+
+    c.predict(handle_file(str(scene_png)), QUESTION, app[1]["vqa_model"], "gradcam", 0.5,
+              False, True, api_name="/vqa")
+    vqa = VQAExplainer(models["vqa"]).explain(image, QUESTION, top_k=5)
+    k = len(vqa.top_answers) - 1
+    shown, _ = c.predict(k, 0.5, False, True, api_name="/show_answer")
+    np.testing.assert_array_equal(pixels(shown), own_scale(image, vqa.top_answers[k][2], 0.5))
+
+    c.predict(handle_file(str(scene_png)), app[1]["cls_model"], "gradcam", 0.5, False, True,
+              api_name="/classify")
+    cls = ClassExplainer(models["classifier"]).explain(image, top=3)
+    shown, _, _ = c.predict(2, 0.5, False, True, api_name="/show_class")
+    np.testing.assert_array_equal(pixels(shown), own_scale(image, cls.maps[2], 0.5))
 
 
 def test_box_is_the_library_box(app, models, scene_png, tmp_path):
     c = client(app, tmp_path)
     caption_call(c, app, scene_png)
     lib = CaptionExplainer(models["captioner"]).explain(load_image(scene_png))
-    shown, _, _ = c.predict(0, 0.5, True, False, api_name="/show_word")
+    shown, _, _ = c.predict(0, 0.5, True, False, False, api_name="/show_word")
     plain = np.asarray(lib.overlays(0.5)[0])
     changed = np.argwhere((pixels(shown) != plain).any(axis=-1))  # (y, x) of drawn pixels
     x0, y0, x1, y1 = lib.boxes[0]
@@ -132,14 +162,14 @@ def test_own_caption_and_method_switch(app, models, scene_png, tmp_path):
     np.testing.assert_array_equal(pixels(word0), np.asarray(lib.overlays(0.5)[0]))
 
     # switching the method re-explains the same words; Guided Grad-CAM adds guided images
-    out = c.predict("guided-gradcam", 0.5, False, False, app[1]["cap_model"],
+    out = c.predict("guided-gradcam", 0.5, False, False, False, app[1]["cap_model"],
                     api_name="/caption_method")
     lib = CaptionExplainer(models["captioner"], method="guided-gradcam").explain(
         load_image(scene_png), caption=OWN_CAPTION)
     np.testing.assert_array_equal(pixels(out[2]), np.asarray(lib.overlays(0.5)[0]))
     assert "Guided Grad-CAM" in out[0]
     i = len(lib.words) - 1
-    _, _, guided = c.predict(i, 0.5, False, False, api_name="/show_word")
+    _, _, guided = c.predict(i, 0.5, False, False, False, api_name="/show_word")
     want = guided_image(lib.guided[i]).resize(lib.image.size)
     np.testing.assert_array_equal(pixels(guided), np.asarray(want))
 
@@ -155,8 +185,8 @@ def test_clicks_and_opacity_do_not_recompute(app, scene_png, tmp_path, monkeypat
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(CaptionExplainer, "explain", counting)
-    c.predict(0, 0.4, True, False, api_name="/show_word")
-    c.predict(0.9, True, False, api_name="/render_caption")
+    c.predict(0, 0.4, True, False, False, api_name="/show_word")
+    c.predict(0.9, True, False, False, api_name="/render_caption")
     assert calls == []
     caption_call(c, app, scene_png)
     assert calls == [1]
@@ -166,7 +196,7 @@ def test_vqa_answers_and_maps_equal_the_library(app, models, scene_png, tmp_path
     c = client(app, tmp_path)
     answer, top, shown, info, other, cmap, cinfo = c.predict(
         handle_file(str(scene_png)), QUESTION, app[1]["vqa_model"], "gradcam", 0.5, False,
-        api_name="/vqa")
+        False, api_name="/vqa")
     lib = VQAExplainer(models["vqa"]).explain(load_image(scene_png), QUESTION, top_k=5)
     assert answer.startswith(f"**Answer: {lib.answer}** (p = {lib.probability:.3f})")
     labels = [label for label, _ in top["choices"]]
@@ -180,7 +210,7 @@ def test_vqa_answers_and_maps_equal_the_library(app, models, scene_png, tmp_path
     assert cmap is None
 
     k = len(lib.top_answers) - 1
-    shown, info = c.predict(k, 0.5, False, api_name="/show_answer")
+    shown, info = c.predict(k, 0.5, False, False, api_name="/show_answer")
     np.testing.assert_array_equal(pixels(shown), np.asarray(expected[1 + k]))
     assert lib.top_answers[k][0] in info
 
@@ -197,7 +227,7 @@ def test_vqa_answers_and_maps_equal_the_library(app, models, scene_png, tmp_path
 def test_classify_equals_the_library(app, models, scene_png, tmp_path):
     c = client(app, tmp_path)
     status, top, shown, guided, info = c.predict(
-        handle_file(str(scene_png)), app[1]["cls_model"], "gradcam", 0.5, False,
+        handle_file(str(scene_png)), app[1]["cls_model"], "gradcam", 0.5, False, False,
         api_name="/classify")
     lib = ClassExplainer(models["classifier"]).explain(load_image(scene_png), top=3)
     assert status.startswith(f"**{lib.labels[0]}** (p = {lib.probabilities[0]:.3f})")
@@ -205,7 +235,7 @@ def test_classify_equals_the_library(app, models, scene_png, tmp_path):
     np.testing.assert_array_equal(pixels(shown), np.asarray(lib.overlays(0.5)[0]))
     want = guided_image(lib.guided_gradcam[0]).resize(lib.image.size)
     np.testing.assert_array_equal(pixels(guided), np.asarray(want))
-    shown, guided, info = c.predict(2, 0.5, False, api_name="/show_class")
+    shown, guided, info = c.predict(2, 0.5, False, False, api_name="/show_class")
     np.testing.assert_array_equal(pixels(shown), np.asarray(lib.overlays(0.5)[2]))
     assert lib.labels[2] in info
 
@@ -213,7 +243,7 @@ def test_classify_equals_the_library(app, models, scene_png, tmp_path):
 def test_errors_come_back_as_messages(app, scene_png, tmp_path):
     c = client(app, tmp_path)
     out = c.predict(handle_file(str(scene_png)), "   ", app[1]["vqa_model"], "gradcam", 0.5,
-                    False, api_name="/vqa")
+                    False, False, api_name="/vqa")
     assert out[0] == "**Error:** the question is empty: ask something about the image"
     bad = tmp_path / "photo.png"
     bad.write_bytes(b"this is not a picture")
@@ -221,15 +251,15 @@ def test_errors_come_back_as_messages(app, scene_png, tmp_path):
     assert out[0].startswith("**Error:** cannot read the uploaded file 'photo.png'")
     assert "upload a PNG or JPEG image" in out[0]
     with pytest.raises(AppError, match="not in the list of choices"):  # no caption, no words
-        c.predict(3, 0.5, False, False, api_name="/show_word")
+        c.predict(3, 0.5, False, False, False, api_name="/show_word")
     out = c.predict("/no/such/folder", api_name="/load_model")
     assert out[0] == "**Error:** no such folder: /no/such/folder"
     # the app still answers, in the same session
     out = caption_call(c, app, scene_png)
     assert out[0].startswith("**Caption:**")
     with pytest.raises(AppError, match="not in the list of choices"):
-        c.predict(99, 0.5, False, False, api_name="/show_word")
-    assert c.predict(0, 0.5, False, False, api_name="/show_word")[1].startswith("**")
+        c.predict(99, 0.5, False, False, False, api_name="/show_word")
+    assert c.predict(0, 0.5, False, False, False, api_name="/show_word")[1].startswith("**")
 
 
 def test_sessions_do_not_share_results(app, models, scene_png, tmp_path):
@@ -239,7 +269,7 @@ def test_sessions_do_not_share_results(app, models, scene_png, tmp_path):
     caption_call(a, app, scene_png)
     caption_call(b, app, other_png)
     lib_a = CaptionExplainer(models["captioner"]).explain(load_image(scene_png))
-    shown, _, _ = a.predict(0, 0.5, False, False, api_name="/show_word")
+    shown, _, _ = a.predict(0, 0.5, False, False, False, api_name="/show_word")
     np.testing.assert_array_equal(pixels(shown), np.asarray(lib_a.overlays(0.5)[0]))
 
 
