@@ -54,32 +54,38 @@ class _Shows:
     def panels(self) -> list[Panel]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def heatmaps(self) -> list[torch.Tensor]:
-        """Display maps in [0,1], one shared scale per group."""
+    def heatmaps(self, shared: bool = True) -> list[torch.Tensor]:
+        """Display maps in [0,1]: one shared scale per group, or each map by its own max."""
         panels = self.panels()
         out: list[torch.Tensor] = [torch.empty(0)] * len(panels)
         for group in dict.fromkeys(p.group for p in panels):
             idx = [i for i, p in enumerate(panels) if p.group == group]
-            stacked = normalize(torch.stack([panels[i].map for i in idx]), shared=True)
+            stacked = normalize(torch.stack([panels[i].map for i in idx]), shared=shared)
             for i, m in zip(idx, stacked):
                 out[i] = m
         return out
 
-    def overlays(self, alpha: float = 0.5, boxes: bool = False) -> list[Image.Image]:
-        """One overlay image per panel (group-shared scale), optionally with its box."""
+    def overlays(
+        self, alpha: float = 0.5, boxes: bool = False, shared: bool = True
+    ) -> list[Image.Image]:
+        """One overlay image per panel, optionally with its box (scale as in ``heatmaps``)."""
         out = []
-        for p, h in zip(self.panels(), self.heatmaps()):
+        for p, h in zip(self.panels(), self.heatmaps(shared)):
             im = overlay(self.image, h, alpha)
             out.append(draw_boxes(im, [p.box]) if boxes else im)
         return out
 
-    def plot(self, alpha: float = 0.5, ncols: int = 6) -> Any:
-        """A matplotlib figure: the image, then one overlay per panel (shared scale)."""
+    def plot(self, alpha: float = 0.5, ncols: int = 6, shared: bool = True) -> Any:
+        """A matplotlib figure: the image, then one overlay per panel with its map's max.
+
+        ``shared=True``: one color scale per group (words comparable); ``False``: each map
+        scaled by its own max (shape of weak maps visible).
+        """
         import matplotlib.pyplot as plt
 
         panels = self.panels()
-        ims = [self.image] + self.overlays(alpha, boxes=True)
-        titles = ["image"] + [p.title for p in panels]
+        ims = [self.image] + self.overlays(alpha, boxes=True, shared=shared)
+        titles = ["image"] + [f"{p.title}\nmax {float(p.map.max()):.3g}" for p in panels]
         n = len(ims)
         cols = min(ncols, n)
         rows = (n + cols - 1) // cols
@@ -89,7 +95,8 @@ class _Shows:
         for ax, im, t in zip(axes.ravel(), ims, titles):
             ax.imshow(im)
             ax.set_title(t, fontsize=10)
-        fig.suptitle(self._headline(), fontsize=11)
+        scale = "one scale per group" if shared else "each map scaled to its own max"
+        fig.suptitle(f"{self._headline()}   ({self.method}; {scale})", fontsize=11)
         fig.tight_layout()
         return fig
 
@@ -103,9 +110,10 @@ class _Shows:
         import matplotlib.pyplot as plt
 
         out.mkdir(parents=True, exist_ok=True)
-        fig = self.plot()
-        fig.savefig(out / "grid.png", dpi=100)
-        plt.close(fig)
+        for name, shared in (("grid.png", True), ("grid_per_map_scale.png", False)):
+            fig = self.plot(shared=shared)
+            fig.savefig(out / name, dpi=100)
+            plt.close(fig)
         for name, im in zip(names, self.overlays(boxes=True)):
             im.save(out / name)
         (out / "result.json").write_text(json.dumps(self.to_dict(), indent=2))
@@ -118,8 +126,11 @@ class _Shows:
         """A self-contained HTML page: hover or click an item to show its map."""
         panels = self.panels()
         srcs = [
-            "data:image/png;base64," + base64.b64encode(_png(im)).decode()
-            for im in [self.image] + self.overlays(alpha, boxes=True)
+            [
+                "data:image/png;base64," + base64.b64encode(_png(im)).decode()
+                for im in [self.image] + self.overlays(alpha, boxes=True, shared=shared)
+            ]
+            for shared in (True, False)
         ]
         items = "\n".join(
             f'<span class="item" data-i="{i + 1}" tabindex="0" title="{html.escape(p.detail)}">'
@@ -139,16 +150,20 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; }}
 </style></head><body>
 <h2>{html.escape(self._headline())}</h2>
 <p>method: {html.escape(self.method)}; hover or click an item to see its map
-(one color scale per group; press Esc for the plain image).</p>
+(press Esc for the plain image).</p>
+<p><label><input type="checkbox" id="own"> scale each map to its own max
+(default: one color scale per group, so maps are comparable)</label></p>
 <div id="items">{items}</div>
 <p id="info"></p>
-<img id="view" alt="heat map" src="{srcs[0]}">
+<img id="view" alt="heat map" src="{srcs[0][0]}">
 <script>
 const SRC = {data};
 const view = document.getElementById('view'), info = document.getElementById('info');
-let pinned = 0;
+const own = document.getElementById('own');
+let pinned = 0, shown = 0;
 function show(i) {{
-  view.src = SRC[i];
+  shown = i;
+  view.src = SRC[own.checked ? 1 : 0][i];
   view.dataset.shown = i;
   document.querySelectorAll('.item').forEach(e => e.classList.toggle('on', +e.dataset.i === i));
   const el = document.querySelector('.item[data-i="' + i + '"]');
@@ -159,6 +174,7 @@ document.querySelectorAll('.item').forEach(e => {{
   e.addEventListener('mouseleave', () => show(pinned));
   e.addEventListener('click', () => {{ pinned = +e.dataset.i; show(pinned); }});
 }});
+own.addEventListener('change', () => show(shown));
 document.addEventListener('keydown', ev => {{
   if (ev.key === 'Escape') {{ pinned = 0; show(0); }}
 }});

@@ -171,14 +171,15 @@ def test_save_writes_grid_pngs_json_and_html(tmp_path):
     res = CaptionExplainer(ad).explain(image(5), "a red circle")
     res.save(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(["grid.png", "index.html", "result.json", "sentence.png",
+    assert names == sorted(["grid.png", "grid_per_map_scale.png", "index.html", "result.json",
+                            "sentence.png",
                             "word_00_a.png", "word_01_red.png", "word_02_circle.png"])
     data = json.loads((tmp_path / "result.json").read_text())
     assert [w["word"] for w in data["words"]] == ["a", "red", "circle"]
     assert data["words"][1]["logprob"] == pytest.approx(res.logprobs[1])
     assert data["words"][1]["map_max"] == pytest.approx(float(res.maps[1].max()))
     page = (tmp_path / "index.html").read_text()
-    assert page.count('class="item"') == 4 and "data:image/png;base64," in page
+    assert page.count('class="item"') == 4 and page.count("data:image/png;base64,") == 2 * 5 + 1
     from PIL import Image
 
     assert Image.open(tmp_path / "word_01_red.png").size == (40, 30)
