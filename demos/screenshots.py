@@ -14,6 +14,7 @@ import argparse
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pick(page: Any, elem_id: str, option: str | int = 0) -> str:
-    """Open dropdown ``elem_id`` and click an option (its label, or its position)."""
+def pick(page: Any, elem_id: str, option: str | int | Callable[[list[str]], str] = 0) -> str:
+    """Open dropdown ``elem_id`` and click an option: its label, its position, or the label
+    a function chooses from all the labels."""
     page.click(f"#{elem_id} input")
     items = page.locator(f"#{elem_id} li[role=option]")
     items.first.wait_for(timeout=TIMEOUT_MS)
+    if callable(option):
+        option = option([x.get_attribute("aria-label") or "" for x in items.all()])
     item = items.nth(option) if isinstance(option, int) else page.locator(
         f'#{elem_id} li[aria-label="{option}"]')
     label = item.get_attribute("aria-label") or ""
@@ -44,19 +48,16 @@ def pick(page: Any, elem_id: str, option: str | int = 0) -> str:
     return label
 
 
-def richest_scene(page: Any, elem_id: str, one_large: bool = False) -> str:
-    """The dropdown's scene entry with the most objects (the most telling screenshot)."""
+def richest_scene(one_large: bool = False) -> Callable[[list[str]], str]:
+    """Chooses the scene entry with the most objects (the most telling screenshot)."""
     from mmcam.app import make_scene
 
-    page.click(f"#{elem_id} input")
-    page.locator(f"#{elem_id} li[role=option]").first.wait_for(timeout=TIMEOUT_MS)
-    labels = [x.get_attribute("aria-label") or "" for x in
-              page.locator(f"#{elem_id} li[role=option]").all()]
-    page.mouse.click(5, 5)  # close the list
-    page.locator(f"#{elem_id} li[role=option]").first.wait_for(state="detached",
-                                                                timeout=TIMEOUT_MS)
-    scenes = [lab for lab in labels if lab.startswith("scene ")]
-    return max(scenes, key=lambda lab: len(make_scene(int(lab.split()[1]), one_large).objects))
+    def choose(labels: list[str]) -> str:
+        scenes = [lab for lab in labels if lab.startswith("scene ")]
+        return max(scenes,
+                   key=lambda lab: len(make_scene(int(lab.split()[1]), one_large).objects))
+
+    return choose
 
 
 def image_src(page: Any, elem_id: str) -> str:
@@ -116,7 +117,7 @@ def shoot(url: str, out: Path) -> list[str]:
         # captioning: a scene, its caption, a color or shape word clicked, boxes on
         from mmcam.scenes import COLORS, SHAPES
 
-        pick(page, "cap_sample", richest_scene(page, "cap_sample"))
+        pick(page, "cap_sample", richest_scene())
         wait_src_change(page, "cap_image", "")
         page.click("#cap_run")
         page.locator("#cap_words label").first.wait_for(timeout=TIMEOUT_MS)
@@ -129,13 +130,14 @@ def shoot(url: str, out: Path) -> list[str]:
             wait_src_change(page, "cap_word_map", old)
         page.check("#cap_box input")
         page.check("#cap_gt input")
+        page.check("#cap_own input")  # confident words have faint maps on the shared scale
         page.wait_for_timeout(800)
         page.screenshot(path=str(out / "app_captioning.png"), full_page=True)
 
         # VQA: a scene, its first question, the answers, a contrast
         page.click("#tab_vqa-button")
         page.wait_for_selector("#vqa_run", state="visible", timeout=TIMEOUT_MS)
-        pick(page, "vqa_sample", richest_scene(page, "vqa_sample"))
+        pick(page, "vqa_sample", richest_scene())
         wait_src_change(page, "vqa_image", "")
         page.click("#vqa_run")
         wait_text(page, "vqa_answer", "Answer:")
@@ -148,7 +150,7 @@ def shoot(url: str, out: Path) -> list[str]:
         # classification: a one-large-object scene, its top classes, Guided Grad-CAM
         page.click("#tab_classify-button")
         page.wait_for_selector("#cls_run", state="visible", timeout=TIMEOUT_MS)
-        pick(page, "cls_sample", richest_scene(page, "cls_sample", one_large=True))
+        pick(page, "cls_sample", richest_scene(one_large=True))
         wait_src_change(page, "cls_image", "")
         page.click("#cls_run")
         page.locator("#cls_top label").first.wait_for(timeout=TIMEOUT_MS)

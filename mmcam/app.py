@@ -622,12 +622,15 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                 raise MMCamError(f"the {kind} given to build_app is a {got} adapter")
 
     model_events = {"concurrency_id": "model", "concurrency_limit": 1}
-    # drawing from stored maps is cheap: served at once, outside the queue, without a spinner
-    draw_events = {"queue": False, "show_progress": "hidden"}
+    # drawing from stored maps is cheap: served at once, outside the queue, without a spinner;
+    # a click made while one is pending is not dropped but served after it ("always_last")
+    draw_events = {"queue": False, "show_progress": "hidden", "trigger_mode": "always_last"}
 
     # ---- captioning handlers
 
     def caption_sample(label: str, session: Session) -> tuple:
+        if not (label or "").strip():  # the sample box was left empty: nothing to do
+            return gr.skip(), gr.skip()
         image, scene = load_sample(label)
         session.scenes["caption"] = scene
         return session.png(image, "cap_sample"), ""
@@ -709,6 +712,8 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
     # ---- VQA handlers
 
     def vqa_sample(label: str, session: Session) -> tuple:
+        if not (label or "").strip():
+            return gr.skip(), gr.skip(), gr.skip()
         image, scene = load_sample(label)
         session.scenes["vqa"] = scene
         question = scene.questions[0][0] if scene is not None else ""
@@ -805,6 +810,8 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
     # ---- classification handlers
 
     def class_sample(label: str, session: Session) -> Any:
+        if not (label or "").strip():
+            return gr.skip()
         image, scene = load_sample(label, one_large=True)
         session.scenes["classify"] = scene
         return session.png(image, "cls_sample")
@@ -1070,7 +1077,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         render_in = [cap_alpha, cap_box, cap_gt, cap_own, session]
         render_out = [cap_map, cap_sentence, cap_grid]
         on(cap_alpha.change, render_caption, render_in, render_out, api_name="render_caption",
-           trigger_mode="always_last", **draw_events)
+           **draw_events)
         for c in (cap_box, cap_gt, cap_own):
             on(c.input, render_caption, render_in, render_out, **private, **draw_events)
         on(cap_save.click, download_caption, [session], [cap_file, cap_status], 1,
@@ -1097,7 +1104,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
            [vqa_cmap, vqa_cinfo], 1, api_name="vqa_contrast", **model_events)
         vqa_render_in = [vqa_alpha, vqa_box, vqa_own, session]
         on(vqa_alpha.change, render_vqa, vqa_render_in, [vqa_map, vqa_cmap],
-           api_name="render_vqa", trigger_mode="always_last", **draw_events)
+           api_name="render_vqa", **draw_events)
         for c in (vqa_box, vqa_own):
             on(c.input, render_vqa, vqa_render_in, [vqa_map, vqa_cmap], **private,
                **draw_events)
@@ -1119,7 +1126,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
            [cls_map, cls_guided, cls_info], 2, api_name="show_class", **draw_events)
         cls_render_in = [cls_alpha, cls_box, cls_own, session]
         on(cls_alpha.change, render_class, cls_render_in, [cls_map], api_name="render_class",
-           trigger_mode="always_last", **draw_events)
+           **draw_events)
         for c in (cls_box, cls_own):
             on(c.input, render_class, cls_render_in, [cls_map], **private, **draw_events)
         on(cls_save.click, download_class, [session], [cls_file, cls_status], 1,
