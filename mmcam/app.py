@@ -89,8 +89,7 @@ class CaptionView:
         if not own:
             return self.heat
         if self.own is None:
-            r = self.result
-            self.own = list(normalize(torch.cat([r.maps, r.sentence_map[None]]), shared=False))
+            self.own = self.result.heatmaps(shared=False)
         return self.own
 
 
@@ -112,9 +111,7 @@ class VQAView:
         if not own:
             return self.heat
         if self.own is None:
-            r = self.result
-            maps = torch.stack([r.map] + [m for _, _, m in r.top_answers])
-            self.own = list(normalize(maps, shared=False))
+            self.own = self.result.heatmaps(shared=False)
         return self.own
 
 
