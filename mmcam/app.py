@@ -276,7 +276,9 @@ def load_sample(label: str, one_large: bool = False) -> tuple[Image.Image, Any]:
         try:
             index = int(label.split()[1])
         except (IndexError, ValueError):
-            raise MMCamError(f"unknown sample {label!r}") from None
+            index = -1
+        if index < 0:
+            raise MMCamError(f"unknown sample {label!r}: scenes are 'scene N' with N >= 0")
         scene = make_scene(index, one_large)
         return scene.image, scene
     if label and label.startswith("photo: "):
