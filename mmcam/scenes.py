@@ -108,7 +108,10 @@ class SceneObject:
 class Scene:
     """A 128x128 RGB scene and its ground truth.
 
-    ``questions[k]`` is a (question, answer) pair of type ``question_types[k]``.
+    ``questions[k]`` is a (question, answer) pair of type ``question_types[k]``;
+    ``question_objects[k]`` holds the indices into ``objects`` of the objects it refers to
+    (named objects in the order named, counted objects, or the object whose existence is
+    asked if it exists).
     """
 
     image: Image.Image
@@ -117,6 +120,7 @@ class Scene:
     captions: list[str]
     questions: list[tuple[str, str]]
     question_types: list[str]
+    question_objects: list[tuple[int, ...]]
     seed: int
     index: int
 
@@ -381,36 +385,44 @@ def make_captions(objects: tuple[SceneObject, ...], background: str) -> list[str
 
 def make_questions(
     objects: tuple[SceneObject, ...], rng: np.random.Generator
-) -> tuple[list[tuple[str, str]], list[str]]:
-    """Question/answer pairs and their types; each answer is exact for ``objects``."""
-    qa: list[tuple[str, str, str]] = []
+) -> tuple[list[tuple[str, str]], list[str], list[tuple[int, ...]]]:
+    """Question/answer pairs, their types, and the indices (into ``objects``) of the objects
+    each question refers to: the named object(s) in the order named (relation: subject, then
+    reference), the objects counted (count), the object asked about if present (exists)."""
+    qa: list[tuple[str, str, str, tuple[int, ...]]] = []
     objs = list(objects)
     colors = [o.color for o in objs]
     shapes = [o.shape for o in objs]
     pairs = {(o.color, o.shape) for o in objs}
+
+    def where(pred: Callable[[SceneObject], bool]) -> tuple[int, ...]:
+        return tuple(i for i, o in enumerate(objs) if pred(o))
+
     # color of a named shape (the shape must be unique in the scene)
-    for o in objs:
+    for i, o in enumerate(objs):
         if shapes.count(o.shape) == 1:
-            qa.append((f"what color is the {o.shape}?", o.color, "color"))
+            qa.append((f"what color is the {o.shape}?", o.color, "color", (i,)))
     # shape of a named color (the color must be unique in the scene)
-    for o in objs:
+    for i, o in enumerate(objs):
         if colors.count(o.color) == 1:
-            qa.append((f"what shape is the {o.color} object?", o.shape, "shape"))
+            qa.append((f"what shape is the {o.color} object?", o.shape, "shape", (i,)))
     # counts: all objects, one shape, one color, one size (present or absent)
-    qa.append(("how many objects are there?", NUMBERS[len(objs)], "count"))
+    qa.append(("how many objects are there?", NUMBERS[len(objs)], "count", where(bool)))
     s = SHAPES[rng.integers(len(SHAPES))]
-    qa.append((f"how many {PLURALS[s]} are there?", NUMBERS[shapes.count(s)], "count"))
+    refs = where(lambda o: o.shape == s)
+    qa.append((f"how many {PLURALS[s]} are there?", NUMBERS[len(refs)], "count", refs))
     c = list(COLORS)[rng.integers(len(COLORS))]
-    qa.append((f"how many {c} objects are there?", NUMBERS[colors.count(c)], "count"))
+    refs = where(lambda o: o.color == c)
+    qa.append((f"how many {c} objects are there?", NUMBERS[len(refs)], "count", refs))
     z = ("small", "large")[rng.integers(2)]
-    qa.append(
-        (f"how many {z} objects are there?", NUMBERS[sum(o.size == z for o in objs)], "count")
-    )
+    refs = where(lambda o: o.size == z)
+    qa.append((f"how many {z} objects are there?", NUMBERS[len(refs)], "count", refs))
     # existence: two present pairs (or as many as there are) and as many absent ones,
     # half of the absent ones sharing a color or a shape with a present object
-    present = [objs[k] for k in rng.permutation(len(objs))[:2]]
-    for o in present:
-        qa.append((f"is there {_a(o.color)} {o.color} {o.shape}?", "yes", "exists"))
+    present = [int(k) for k in rng.permutation(len(objs))[:2]]
+    for i in present:
+        o = objs[i]
+        qa.append((f"is there {_a(o.color)} {o.color} {o.shape}?", "yes", "exists", (i,)))
     for k in range(len(present)):
         for _ in range(100):
             if k % 2 == 0:
@@ -423,20 +435,25 @@ def make_questions(
                 cand = (list(COLORS)[rng.integers(len(COLORS))], SHAPES[rng.integers(len(SHAPES))])
             if cand not in pairs:
                 q = f"is there {_a(cand[0])} {cand[0]} {cand[1]}?"
-                qa.append((q, "no", "exists"))
+                qa.append((q, "no", "exists", ()))
                 break
     # relations between two objects where the relation is clear; yes and no alike
-    rel_pairs = [(a, b) for a in objs for b in objs if a is not b and _relation(a, b)]
+    rel_pairs = [
+        (i, j) for i in range(len(objs)) for j in range(len(objs)) if i != j and
+        _relation(objs[i], objs[j])
+    ]  # fmt: skip
     for k in rng.permutation(len(rel_pairs))[:3]:
-        a, b = rel_pairs[k]
+        i, j = rel_pairs[k]
+        a, b = objs[i], objs[j]
         true_rels = _relation(a, b)
         rel = true_rels[rng.integers(len(true_rels))]
         if rng.random() < 0.5:
             rel, ans = _OPPOSITE[rel], "no"
         else:
             ans = "yes"
-        qa.append((f"is the {a.color} {a.shape} {rel} the {b.color} {b.shape}?", ans, "relation"))
-    return [(q, a) for q, a, _ in qa], [t for _, _, t in qa]
+        q = f"is the {a.color} {a.shape} {rel} the {b.color} {b.shape}?"
+        qa.append((q, ans, "relation", (i, j)))
+    return [(q, a) for q, a, _, _ in qa], [t for _, _, t, _ in qa], [r for *_, r in qa]
 
 
 # ---------------------------------------------------------------- generation
@@ -455,7 +472,7 @@ def _scene(seed: int, index: int, one_large: bool = False) -> Scene:
             visible &= ~above[3]
         objects.append(SceneObject(shape, color, size, _box(visible), visible, full))
     objs = tuple(objects)
-    questions, types = make_questions(objs, rng)
+    questions, types, refs = make_questions(objs, rng)
     return Scene(
         image=Image.fromarray(pixels),
         objects=objs,
@@ -463,6 +480,7 @@ def _scene(seed: int, index: int, one_large: bool = False) -> Scene:
         captions=make_captions(objs, background),
         questions=questions,
         question_types=types,
+        question_objects=refs,
         seed=seed,
         index=index,
     )

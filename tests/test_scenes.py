@@ -138,43 +138,45 @@ def test_one_large_stream() -> None:
         assert sum(o.size == "large" for o in s.objects) == 1
 
 
-def answer(question: str, s: scenes.Scene) -> tuple[str, str]:
-    """(type, answer) recomputed from the question text and the objects' masks."""
+def answer(question: str, s: scenes.Scene) -> tuple[str, str, set[int]]:
+    """(type, answer, referred objects) recomputed from the question text and the masks."""
     objs = s.objects
 
-    def find(color: str, shape: str) -> scenes.SceneObject:
-        found = [o for o in objs if o.color == color and o.shape == shape]
+    def find(color: str, shape: str) -> int:
+        found = [i for i, o in enumerate(objs) if o.color == color and o.shape == shape]
         assert len(found) == 1, f"{color} {shape} must name exactly one object"
         return found[0]
 
     if m := re.fullmatch(r"what color is the (\w+)\?", question):
-        found = [o for o in objs if o.shape == m[1]]
+        found = [i for i, o in enumerate(objs) if o.shape == m[1]]
         assert len(found) == 1
-        return "color", found[0].color
+        return "color", objs[found[0]].color, set(found)
     if m := re.fullmatch(r"what shape is the (\w+) object\?", question):
-        found = [o for o in objs if o.color == m[1]]
+        found = [i for i, o in enumerate(objs) if o.color == m[1]]
         assert len(found) == 1
-        return "shape", found[0].shape
+        return "shape", objs[found[0]].shape, set(found)
     if m := re.fullmatch(r"how many (\w+)(?: objects)? are there\?", question):
         w = m[1]
         if w == "objects":
-            n = len(objs)
+            found = set(range(len(objs)))
         elif w in SHAPE_OF_PLURAL:
-            n = sum(o.shape == SHAPE_OF_PLURAL[w] for o in objs)
+            found = {i for i, o in enumerate(objs) if o.shape == SHAPE_OF_PLURAL[w]}
         elif w in ("small", "large"):
-            n = sum(o.size == w for o in objs)
+            found = {i for i, o in enumerate(objs) if o.size == w}
         else:
-            n = sum(o.color == w for o in objs)
-        return "count", [k for k, v in WORDS.items() if v == n][0]
+            found = {i for i, o in enumerate(objs) if o.color == w}
+        return "count", [k for k, v in WORDS.items() if v == len(found)][0], found
     if m := re.fullmatch(r"is there an? (\w+) (\w+)\?", question):
-        return "exists", "yes" if any(o.color == m[1] and o.shape == m[2] for o in objs) else "no"
+        found = {i for i, o in enumerate(objs) if o.color == m[1] and o.shape == m[2]}
+        return "exists", "yes" if found else "no", found
     rel = r"(to the left of|to the right of|above|below)"
     if m := re.fullmatch(rf"is the (\w+) (\w+) {rel} the (\w+) (\w+)\?", question):
-        (ax, ay), (bx, by) = center(find(m[1], m[2]).mask), center(find(m[4], m[5]).mask)
+        i, j = find(m[1], m[2]), find(m[4], m[5])
+        (ax, ay), (bx, by) = center(objs[i].mask), center(objs[j].mask)
         d = {"to the left of": bx - ax, "to the right of": ax - bx, "above": by - ay,
              "below": ay - by}[m[3]]  # fmt: skip
         assert abs(d) >= 12, "a relation is only asked when it is clear"
-        return "relation", "yes" if d > 0 else "no"
+        return "relation", "yes" if d > 0 else "no", {i, j}
     raise AssertionError(f"unparsed question {question!r}")
 
 
@@ -182,9 +184,11 @@ def test_answers_agree_with_objects(world: list[scenes.Scene]) -> None:
     types = Counter()
     answers = Counter()
     for s in world:
-        assert len(s.questions) == len(s.question_types)
-        for (q, a), t in zip(s.questions, s.question_types):
-            assert answer(q, s) == (t, a), q
+        assert len(s.questions) == len(s.question_types) == len(s.question_objects)
+        for (q, a), t, refs in zip(s.questions, s.question_types, s.question_objects):
+            assert answer(q, s) == (t, a, set(refs)), q
+            if t == "relation":  # subject first, then the reference object
+                assert s.objects[refs[0]].name == re.match(r"is the (\w+ \w+) ", q)[1]
             types[t] += 1
             answers[(t, a)] += 1
     assert set(types) == {"color", "shape", "count", "exists", "relation"}
