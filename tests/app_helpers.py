@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,13 +12,19 @@ from torch import nn
 from torchvision.transforms import functional as TF
 from toys import ToyCaptioner, ToyVQA
 
-ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("shapes-captioner", "shapes-vqa", "shapes-classifier")
 
 
 def shipped_models_present() -> bool:
-    """True once all three shipped models are in ``models/``."""
-    return all((ROOT / "models" / n / "model.safetensors").is_file() for n in SHIPPED)
+    """True once all three shipped models can be loaded by name (``models/`` or
+    ``$MMCAM_MODELS``, as the app finds them)."""
+    from mmcam.errors import MMCamError
+    from mmcam.models.hub import WEIGHTS, resolve
+
+    try:
+        return all((resolve(n) / WEIGHTS).is_file() for n in SHIPPED)
+    except MMCamError:
+        return False
 
 
 class ToyClassifier:
