@@ -139,6 +139,7 @@ def shoot(url: str, out: Path) -> list[str]:
         page.wait_for_selector("#vqa_run", state="visible", timeout=TIMEOUT_MS)
         pick(page, "vqa_sample", richest_scene())
         wait_src_change(page, "vqa_image", "")
+        page.check("#vqa_own input")
         page.click("#vqa_run")
         wait_text(page, "vqa_answer", "Answer:")
         wait_src_change(page, "vqa_map", "")

@@ -422,7 +422,7 @@ def caption_image(view: CaptionView, i: int, alpha: float, box: bool, truth: boo
     return im
 
 
-def _word_info(view: CaptionView, i: int) -> str:
+def _word_info(view: CaptionView, i: int, own: bool = False) -> str:
     r = view.result
     box = view.boxes[i]
     where = f"box (x0, y0, x1, y1) = {tuple(box)}" if box is not None else "no box (empty map)"
@@ -431,7 +431,18 @@ def _word_info(view: CaptionView, i: int) -> str:
     if view.truth is not None:
         named = [o.name for o in view.truth.objects_named(r.words[i])]
         text += f"; names in this scene: {', '.join(named) if named else 'no object'}"
-    return text
+    return text + _peak(r.maps[i], r.maps, "the words'", own)
+
+
+def _peak(m: torch.Tensor, group: torch.Tensor | list[torch.Tensor], whose: str,
+          own: bool = False) -> str:
+    """How strong a map is next to its group: its peak as a share of the group's largest
+    (with a hint to use per-map scales when it is faint on the shared one)."""
+    top = max(float(g.max()) for g in group)
+    share = float(m.max()) / top if top > 0 else 0.0
+    hint = " (faint on the shared scale: tick 'each map on its own color scale')" if (
+        share < 0.2 and not own) else ""
+    return f"; peak = {share:.0%} of {whose} largest{hint}"
 
 
 def _caption_status(view: CaptionView) -> str:
@@ -548,11 +559,13 @@ def _vqa_status(view: VQAView) -> str:
     return text + "  \nClick an answer to see its map."
 
 
-def _answer_info(view: VQAView, i: int) -> str:
+def _answer_info(view: VQAView, i: int, own: bool = False) -> str:
     a, p, _ = view.result.top_answers[i]
     box = view.boxes[1 + i]
     where = f"box = {tuple(box)}" if box is not None else "no box (empty map)"
-    return f"map of **{a}** (p = {p:.3f}): where the image raises log p({a}); {where}"
+    maps = [m for _, _, m in view.result.top_answers]
+    return (f"map of **{a}** (p = {p:.3f}): where the image raises log p({a}); {where}"
+            + _peak(maps[i], maps, "the answers'", own))
 
 
 # ----------------------------------------------------------------------------- classification
@@ -581,12 +594,12 @@ def _class_choices(view: ClassView) -> list[tuple[str, int]]:
     return [(f"{lab}  {p:.1%}", i) for i, (lab, p) in enumerate(zip(r.labels, r.probabilities))]
 
 
-def _class_info(view: ClassView, i: int) -> str:
+def _class_info(view: ClassView, i: int, own: bool = False) -> str:
     r = view.result
     box = r.boxes[i]
     where = f"box = {tuple(box)}" if box is not None else "no box (empty map)"
     return (f"**{r.labels[i]}**: p = {r.probabilities[i]:.3f}, score = {r.scores[i]:.3f}; "
-            f"{where}; layer {r.layer}")
+            f"{where}; layer {r.layer}" + _peak(r.maps[i], r.maps, "the classes'", own))
 
 
 # ----------------------------------------------------------------------------- the app
@@ -660,7 +673,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
             _caption_status(view),
             gr.update(choices=_word_choices(view), value=0),
             session.png(caption_image(view, 0, alpha, box, truth, own), "word"),
-            _word_info(view, 0),
+            _word_info(view, 0, own),
             session.png(caption_image(view, n, alpha, box, truth, own), "sentence"),
             session.png(view.guided[0] if view.guided else None, "guided"),
             session.png(grid_image(view, alpha, box, truth, own), "grid"),
@@ -689,7 +702,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
             raise MMCamError(f"word index {word} is out of range: the caption has {n} words")
         i = view.selected = int(word)
         return (session.png(caption_image(view, i, alpha, box, truth, own), "word"),
-                _word_info(view, i),
+                _word_info(view, i, own),
                 session.png(view.guided[i] if view.guided else None, "guided"))
 
     def render_caption(alpha: float, box: bool, truth: bool, own: bool, session: Session
@@ -746,7 +759,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
             _vqa_status(view),
             gr.update(choices=_answer_choices(view), value=0),
             session.png(vqa_image(view, 0, alpha, box, own), "answer"),
-            _answer_info(view, 0),
+            _answer_info(view, 0, own),
             gr.update(choices=list(adapter.answers), value=second),
             None,
             "",
@@ -770,7 +783,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
             raise MMCamError(f"answer index {index} is out of range: there are {n} answers")
         view.selected = int(index)
         return (session.png(vqa_image(view, view.selected, alpha, box, own), "answer"),
-                _answer_info(view, view.selected))
+                _answer_info(view, view.selected, own))
 
     def contrast(other: str, method: str, alpha: float, box: bool, model: str,
                  session: Session) -> tuple:
@@ -845,7 +858,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                 gr.update(choices=_class_choices(view), value=0),
                 session.png(class_image(view, 0, alpha, box, own), "class"),
                 session.png(view.guided[0] if view.guided else None, "class_guided"),
-                _class_info(view, 0))
+                _class_info(view, 0, own))
 
     def reclassify(image_path: Any, model: str, method: str, alpha: float, box: bool,
                    own: bool, session: Session) -> tuple:
@@ -866,7 +879,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         i = view.selected = int(index)
         return (session.png(class_image(view, i, alpha, box, own), "class"),
                 session.png(view.guided[i] if view.guided else None, "class_guided"),
-                _class_info(view, i))
+                _class_info(view, i, own))
 
     def render_class(alpha: float, box: bool, own: bool, session: Session) -> Any:
         view = session.classes
@@ -947,9 +960,8 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                                                  interactive=False, elem_id="cap_gt")
                             cap_own = gr.Checkbox(False, label="Each map on its own color "
                                                   "scale", elem_id="cap_own")
-                cap_grid = gr.Image(label="All words and the whole caption (words share one "
-                                          "color scale)", type="filepath", format="png",
-                                    interactive=False, elem_id="cap_grid")
+                cap_grid = gr.Image(label="All words and the whole caption", type="filepath",
+                                    format="png", interactive=False, elem_id="cap_grid")
                 with gr.Row():
                     cap_save = gr.Button("Download result (zip)", elem_id="cap_save")
                     cap_file = gr.File(label="Result bundle", elem_id="cap_file",
