@@ -710,11 +710,12 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         """Re-draw the shown maps with new display settings (no recomputation)."""
         view = session.caption
         if view is None:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         n = len(view.result.words)
         return (session.png(caption_image(view, view.selected, alpha, box, truth, own), "word"),
                 session.png(caption_image(view, n, alpha, box, truth, own), "sentence"),
-                session.png(grid_image(view, alpha, box, truth, own), "grid"))
+                session.png(grid_image(view, alpha, box, truth, own), "grid"),
+                _word_info(view, view.selected, own))
 
     def download_caption(session: Session) -> tuple:
         if session.caption is None:
@@ -809,9 +810,10 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
     def render_vqa(alpha: float, box: bool, own: bool, session: Session) -> tuple:
         view = session.vqa
         if view is None:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         return (session.png(vqa_image(view, view.selected, alpha, box, own), "answer"),
-                session.png(contrast_image(view, alpha, box), "contrast"))
+                session.png(contrast_image(view, alpha, box), "contrast"),
+                _answer_info(view, view.selected, own))
 
     def download_vqa(session: Session) -> tuple:
         if session.vqa is None:
@@ -881,11 +883,12 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
                 session.png(view.guided[i] if view.guided else None, "class_guided"),
                 _class_info(view, i, own))
 
-    def render_class(alpha: float, box: bool, own: bool, session: Session) -> Any:
+    def render_class(alpha: float, box: bool, own: bool, session: Session) -> tuple:
         view = session.classes
         if view is None:
-            return gr.skip()
-        return session.png(class_image(view, view.selected, alpha, box, own), "class")
+            return gr.skip(), gr.skip()
+        return (session.png(class_image(view, view.selected, alpha, box, own), "class"),
+                _class_info(view, view.selected, own))
 
     def download_class(session: Session) -> tuple:
         if session.classes is None:
@@ -1086,7 +1089,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
            [cap_words, cap_alpha, cap_box, cap_gt, cap_own, session],
            [cap_map, cap_info, cap_guided], 1, api_name="show_word", **draw_events)
         render_in = [cap_alpha, cap_box, cap_gt, cap_own, session]
-        render_out = [cap_map, cap_sentence, cap_grid]
+        render_out = [cap_map, cap_sentence, cap_grid, cap_info]
         on(cap_alpha.change, render_caption, render_in, render_out, api_name="render_caption",
            **draw_events)
         for c in (cap_box, cap_gt, cap_own):
@@ -1114,10 +1117,10 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
            [vqa_other, vqa_method, vqa_alpha, vqa_box, vqa_model, session],
            [vqa_cmap, vqa_cinfo], 1, api_name="vqa_contrast", **model_events)
         vqa_render_in = [vqa_alpha, vqa_box, vqa_own, session]
-        on(vqa_alpha.change, render_vqa, vqa_render_in, [vqa_map, vqa_cmap],
+        on(vqa_alpha.change, render_vqa, vqa_render_in, [vqa_map, vqa_cmap, vqa_info],
            api_name="render_vqa", **draw_events)
         for c in (vqa_box, vqa_own):
-            on(c.input, render_vqa, vqa_render_in, [vqa_map, vqa_cmap], **private,
+            on(c.input, render_vqa, vqa_render_in, [vqa_map, vqa_cmap, vqa_info], **private,
                **draw_events)
         on(vqa_save.click, download_vqa, [session], [vqa_file, vqa_answer], 1,
            api_name="download_vqa", **model_events)
@@ -1136,10 +1139,12 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         on(cls_top.input, show_class, [cls_top, cls_alpha, cls_box, cls_own, session],
            [cls_map, cls_guided, cls_info], 2, api_name="show_class", **draw_events)
         cls_render_in = [cls_alpha, cls_box, cls_own, session]
-        on(cls_alpha.change, render_class, cls_render_in, [cls_map], api_name="render_class",
+        on(cls_alpha.change, render_class, cls_render_in, [cls_map, cls_info],
+           api_name="render_class",
            **draw_events)
         for c in (cls_box, cls_own):
-            on(c.input, render_class, cls_render_in, [cls_map], **private, **draw_events)
+            on(c.input, render_class, cls_render_in, [cls_map, cls_info], **private,
+               **draw_events)
         on(cls_save.click, download_class, [session], [cls_file, cls_status], 1,
            api_name="download_classify", **model_events)
 

@@ -101,10 +101,12 @@ def test_word_maps_equal_the_library(app, models, scene_png, tmp_path):
         shown, info, _ = c.predict(i, 0.7, False, False, False, api_name="/show_word")
         np.testing.assert_array_equal(pixels(shown), np.asarray(lib.overlays(0.7)[i]))
         assert f"word {i + 1} of {len(lib.words)}" in info
-    word_map, sentence, _ = c.predict(0.25, False, False, False, api_name="/render_caption")
+    word_map, sentence, _, info = c.predict(0.25, False, False, False,
+                                            api_name="/render_caption")
     last = clicked[-1]  # the word shown stays the last one clicked
     np.testing.assert_array_equal(pixels(word_map), np.asarray(lib.overlays(0.25)[last]))
     np.testing.assert_array_equal(pixels(sentence), np.asarray(lib.overlays(0.25)[-1]))
+    assert f"word {last + 1} of {len(lib.words)}" in info
 
 
 def own_scale(image: Image.Image, m, alpha: float) -> np.ndarray:
