@@ -1,17 +1,20 @@
 """Speed and peak memory of word-by-word Grad-CAM on a ResNet-50 + LSTM captioner (issue 4).
 
     python benchmarks/bench_caption.py [--repeats N] [--words 16] [--lengths 4 8 16 32]
-                                       [--out benchmarks/results/caption_speed.json]
+        [--threads N] [--no-memory] [--out benchmarks/results/caption_speed.json]
 
 The captioner is ``demos/custom_captioner.py`` (random weights, seed 0, 1003-token vocabulary)
 on scikit-image's ``chelsea.png`` resized to 224x224, so every method's maps are 224x224.
 Before timing, every method's maps are checked against mmcam's: the per-word loop and captum
-to 1e-5 of each map's max, pytorch-grad-cam (min-max normalized per map) to 1e-4. Times are
-wall-clock medians over ``--repeats`` runs after one warm-up run, methods interleaved (their
-order rotated every repeat). Peak memory: one fresh subprocess per method; after a warm-up run the
-kernel's peak-RSS counter is reset (``/proc/self/clear_refs``) and the increase of ``VmHWM``
-over the RSS before the measured run is reported, with glibc's malloc set to return large
-blocks to the OS (``MALLOC_MMAP_THRESHOLD_``) so that freed memory is not reused unseen.
+to 1e-5 of each map's max, pytorch-grad-cam (min-max normalized per map) to 1e-4.
+
+Time: ``--repeats`` rounds after a warm-up run; in each round every job of a caption length
+runs once, in an order rotated from round to round. Reported: the median wall seconds, the
+median CPU seconds (all threads), and ratios as medians of the per-round (paired) ratios.
+Peak memory: one fresh subprocess per method; after a warm-up run the kernel's peak-RSS
+counter is reset (``/proc/self/clear_refs``) and the increase of ``VmHWM`` over the RSS
+before the measured run is reported, with glibc's malloc set to return large blocks to the
+OS (``MALLOC_MMAP_THRESHOLD_``) so that freed memory is not reused unseen.
 """
 
 from __future__ import annotations
@@ -150,9 +153,9 @@ def run_captum(s: Setup, n: int) -> Maps:
     pixels = m.prepare(s.image)
     maps = []
     for t in range(n):
-        attr = cam.attribute(pixels, target=t, relu_attributions=True)
+        attr = cam.attribute(pixels, target=t, relu_attributions=True).detach()  # see README
         maps.append(LayerAttribution.interpolate(attr, (SIZE, SIZE), "bilinear")[0, 0])
-    return torch.stack(maps).detach()
+    return torch.stack(maps)
 
 
 def run_pytorch_gradcam(s: Setup, n: int) -> Maps:
@@ -257,35 +260,56 @@ def memory_probe(method: str, n: int) -> dict[str, float]:
             "increase_mib": (peak - base) / 1024, "how": how}
 
 
-def measure_memory(method: str, n: int) -> dict[str, float]:
+def measure_memory(method: str, n: int, threads: int | None) -> dict[str, float]:
     """Run :func:`memory_probe` for ``method`` in a fresh Python process."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", method, "--words", str(n)],
-                         env=env, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, __file__, "--memory-probe", method, "--words", str(n)]
+    cmd += ["--threads", str(threads)] if threads else []
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def time_methods(s: Setup, jobs: list[tuple[str, int]], repeats: int,
-                 bar: tqdm) -> tuple[dict[tuple[str, int], list[float]], list[float]]:
-    """Wall times of each (method, length) job: one warm-up, then ``repeats`` interleaved runs.
+SCALING = ("generate", "explain", "generate_explain", "loop")
+Job = tuple[str, int]
+Runs = dict[Job, dict[str, list[float]]]
 
-    Also returns the 1-minute load average after each repeat.
+
+def groups(lengths: list[int], words: int) -> list[list[Job]]:
+    """The jobs timed together: at ``words`` every method, at other lengths the scaling set."""
+    return [[(m, n) for m in (METHODS if n == words else SCALING)] for n in lengths]
+
+
+def time_methods(s: Setup, lengths: list[int], words: int, rounds: int, bar: tqdm
+                 ) -> tuple[Runs, list[float]]:
+    """Wall and CPU seconds of every job over ``rounds`` interleaved rounds, after a warm-up.
+
+    In every round each caption length's jobs run back to back, their order rotated from
+    round to round, so ratios between jobs of one round are paired: the other engineers'
+    load, which changes from minute to minute, mostly cancels out. CPU time is the whole
+    process's (all threads). Also returns the 1-minute load average after each round.
     """
-    times: dict[tuple[str, int], list[float]] = {j: [] for j in jobs}
+    runs: Runs = {j: {"wall": [], "cpu": []} for g in groups(lengths, words) for j in g}
     loads = []
-    for name, n in jobs:
-        METHODS[name][1](s, n)
+    for job in runs:
+        METHODS[job[0]][1](s, job[1])
         bar.update(1)
-    for r in range(repeats):
-        k = r % len(jobs)
-        for name, n in jobs[k:] + jobs[:k]:  # rotate the order every repeat
-            gc.collect()
-            t0 = time.perf_counter()
-            METHODS[name][1](s, n)
-            times[(name, n)].append(time.perf_counter() - t0)
-            bar.update(1)
+    for r in range(rounds):
+        for group in groups(lengths, words):
+            k = r % len(group)
+            for name, n in group[k:] + group[:k]:
+                gc.collect()
+                w0, c0 = time.perf_counter(), time.process_time()
+                METHODS[name][1](s, n)
+                runs[(name, n)]["wall"].append(time.perf_counter() - w0)
+                runs[(name, n)]["cpu"].append(time.process_time() - c0)
+                bar.update(1)
         loads.append(os.getloadavg()[0])
-    return times, loads
+    return runs, loads
+
+
+def paired(runs: Runs, job: Job, ref: str, kind: str = "wall") -> list[float]:
+    """Per-round ratios ``job / (ref at the same length)`` of wall or CPU seconds."""
+    return [a / b for a, b in zip(runs[job][kind], runs[(ref, job[1])][kind])]
 
 
 def machine() -> dict[str, object]:
@@ -306,40 +330,46 @@ def machine() -> dict[str, object]:
             "captum": captum.__version__, "grad_cam": version("grad-cam")}
 
 
-def table(results: dict, words: int) -> str:
+def quartiles(v: list[float]) -> list[float]:
+    """25th, 50th and 75th percentiles."""
+    return statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0]] * 3
+
+
+def table(results: dict) -> str:
     """The markdown tables: methods at ``words`` words, then scaling with caption length."""
-    t = results["times"]
-    med = {k: v["median_s"] for k, v in t.items()}
-    gen, ex = med[f"generate@{words}"], med[f"explain@{words}"]
-    rows = ["| method | median s | / generate | / mmcam explain | peak RSS increase MiB |",
-            "|---|---:|---:|---:|---:|"]
+    words, t = results["words"], results["times"]
+    rows = ["| method | median wall s | median CPU s | cores used | / generate | "
+            "/ mmcam explain | peak RSS increase MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, (label, _) in METHODS.items():
-        key = f"{name}@{words}"
-        if key not in med:
-            continue
+        v = t[f"{name}@{words}"]
         mem = results["memory"].get(name)
         m = f"{mem['increase_mib']:.0f}" if mem else "-"
-        rows.append(f"| {label} | {med[key]:.3f} | {med[key] / gen:.2f} | "
-                    f"{med[key] / ex:.2f} | {m} |")
+        rows.append(f"| {label} | {v['median_s']:.3f} | {v['cpu_median_s']:.3f} | "
+                    f"{v['cores_used']:.1f} | {v['over_generate'][1]:.2f} | "
+                    f"{v['over_explain'][1]:.2f} | {m} |")
     rows += ["", "| words | generate s | explain s | generate+explain s | per-word loop s | "
-             "explain / generate | loop / explain |", "|---:|---:|---:|---:|---:|---:|---:|"]
+             "explain / generate | generate+explain / generate | loop / explain |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in results["lengths"]:
-        g, e, lp = med[f"generate@{n}"], med[f"explain@{n}"], med[f"loop@{n}"]
-        ge = med.get(f"generate_explain@{n}")
-        ges = f"{ge:.3f}" if ge is not None else "-"
-        rows.append(f"| {n} | {g:.3f} | {e:.3f} | {ges} | {lp:.3f} | {e / g:.2f} | {lp / e:.1f} |")
+        g, e, ge, lp = (t[f"{m}@{n}"] for m in SCALING)
+        rows.append(f"| {n} | {g['median_s']:.3f} | {e['median_s']:.3f} | {ge['median_s']:.3f}"
+                    f" | {lp['median_s']:.2f} | {e['over_generate'][1]:.2f} | "
+                    f"{ge['over_generate'][1]:.2f} | {lp['over_explain'][1]:.1f} |")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds (after a warm-up)")
     p.add_argument("--words", type=int, default=16, help="caption length of the main table")
     p.add_argument("--lengths", type=int, nargs="+", default=[4, 8, 16, 32])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/caption_speed.json"))
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, args.words)))
         return
@@ -348,52 +378,62 @@ def main(argv: list[str] | None = None) -> None:
     lengths = sorted(set(args.lengths) | {args.words})
     s = Setup(lengths)
     diffs = {n: check(s, n) for n in lengths}
-    jobs = [(name, args.words) for name in METHODS]
-    jobs += [(name, n) for n in lengths if n != args.words
-             for name in ("generate", "explain", "generate_explain", "loop")]
     mem_methods = [] if args.no_memory else [m for m in METHODS if m != "localize"]
-    total = len(jobs) * (args.repeats + 1) + len(mem_methods)
-    with tqdm(total=total, desc="bench_caption", unit="run") as bar:
-        times, loads = time_methods(s, jobs, args.repeats, bar)
+    n_jobs = sum(len(g) for g in groups(lengths, args.words))
+    with tqdm(total=n_jobs * (args.repeats + 1) + len(mem_methods), desc="bench_caption",
+              unit="run") as bar:
+        runs, loads = time_methods(s, lengths, args.words, args.repeats, bar)
         memory = {}
         for m in mem_methods:
-            memory[m] = measure_memory(m, args.words)
+            memory[m] = measure_memory(m, args.words, args.threads)
             bar.update(1)
+    times = {}
+    for job, v in runs.items():
+        times[f"{job[0]}@{job[1]}"] = {
+            "median_s": statistics.median(v["wall"]), "min_s": min(v["wall"]),
+            "max_s": max(v["wall"]), "cpu_median_s": statistics.median(v["cpu"]),
+            "cores_used": statistics.median(c / w for c, w in zip(v["cpu"], v["wall"])),
+            "over_generate": quartiles(paired(runs, job, "generate")),
+            "over_explain": quartiles(paired(runs, job, "explain")),
+            "cpu_over_generate": quartiles(paired(runs, job, "generate", "cpu")),
+            "cpu_over_explain": quartiles(paired(runs, job, "explain", "cpu")),
+            "wall_s": v["wall"], "cpu_s": v["cpu"]}
+    w = args.words
     results = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(["python", *sys.argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
-        "load_avg_1min_after_each_repeat": loads,
+        "load_avg_1min_after_each_round": loads,
         "setup": {"model": "ResNetLSTMCaptioner(resnet50, embed=hidden=512, vocab 1000+3)",
                   "weights": f"random, torch.manual_seed({SEED})", "image": "chelsea.png 224x224",
                   "captions": s.captions},
-        "repeats": args.repeats, "words": args.words, "lengths": lengths,
+        "repeats": args.repeats, "words": w, "lengths": lengths,
         "max_relative_difference_to_mmcam": diffs,
-        "times": {f"{k[0]}@{k[1]}": {"median_s": statistics.median(v), "min_s": min(v),
-                                     "max_s": max(v), "runs_s": v} for k, v in times.items()},
+        "ratios": "over_generate / over_explain: quartiles [q1, median, q3] of per-round "
+                  "(paired) wall-time ratios; cpu_over_*: the same with CPU seconds",
+        "times": times,
         "memory": memory,
         "memory_method": "fresh subprocess per method, warm-up run, VmHWM reset via "
                          "/proc/self/clear_refs, increase = VmHWM - VmRSS before the run; "
                          "MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=131072",
     }
-    med = {k: v["median_s"] for k, v in results["times"].items()}
-    w = args.words
     results["targets"] = {
-        "explain_over_generate": med[f"explain@{w}"] / med[f"generate@{w}"],
+        "explain_over_generate": times[f"explain@{w}"]["over_generate"][1],
         "explain_over_generate_target": 1.5,
-        "loop_over_explain": med[f"loop@{w}"] / med[f"explain@{w}"],
+        "loop_over_explain": times[f"loop@{w}"]["over_explain"][1],
         "loop_over_explain_target": 10.0,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
-    print(table(results, w))
+    print(table(results))
     tg = results["targets"]
-    print(f"\nexplain/generate = {tg['explain_over_generate']:.2f} (target <= 1.5), "
-          f"loop/explain = {tg['loop_over_explain']:.1f} (target >= 10); load average "
-          f"before {load_before[0]:.2f}, after {results['load_avg_after'][0]:.2f}; "
-          f"wrote {out}")
+    print(f"\nat {w} words (medians of paired per-round ratios): explain/generate = "
+          f"{tg['explain_over_generate']:.2f} (target <= 1.5), loop/explain = "
+          f"{tg['loop_over_explain']:.1f} (target >= 10); torch threads "
+          f"{torch.get_num_threads()}; load average before {load_before[0]:.2f}, after "
+          f"{results['load_avg_after'][0]:.2f}; wrote {out}")
 
 
 if __name__ == "__main__":
