@@ -32,7 +32,7 @@ from mmcam.models.evaluate import (
 )
 from mmcam.models.hub import build_model, parameter_count, save_model, wrap
 from mmcam.models.text import Vocab, pad_batch
-from mmcam.scenes import COLORS, NUMBERS, QUESTION_TYPES, SHAPES, generate
+from mmcam.scenes import COLORS, NUMBERS, QUESTION_TYPES, SHAPES, Scene, generate
 
 KINDS = ("captioner", "vqa", "classifier")
 
@@ -43,8 +43,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "arch": {"grid": 16, "embed": 64, "hidden": 160, "attn": 64, "dropout": 0.1},
     },
     "vqa": {
-        "steps": 2000, "n_train": 8000, "batch": 32, "per_image": 4, "lr": 2e-3, "unk_p": 0.02,
-        "arch": {"embed": 64, "hidden": 128, "film": 64, "mlp": 256},
+        "steps": 2000, "n_train": 8000, "batch": 32, "per_image": 8, "lr": 2e-3, "unk_p": 0.02,
+        "aux": 1.0, "attention": 1.0,
+        "arch": {"embed": 64, "hidden": 128, "cell": 128, "attn": 64, "glimpses": 2,
+                 "mlp": 256},
     },
     "classifier": {
         "steps": 1500, "n_train": 6000, "batch": 32, "lr": 2e-3,
@@ -56,27 +58,60 @@ WARMUP = 100
 # several times faster than two (OpenMP threads spin-wait for a busy core).
 TRAIN_THREADS = 1
 WEIGHT_DECAY = 1e-4
+AUX_CLASSES = (len(COLORS) + 1, len(SHAPES) + 1, 3)  # + background
 ANSWERS = list(COLORS) + list(SHAPES) + list(NUMBERS) + ["yes", "no"]
 
 
-def _render(kind: str, n: int, seed: int, progress: bool) -> tuple[torch.Tensor, list[Any]]:
-    """uint8 images (n,3,128,128) and per scene the text ground truth needed by ``kind``."""
+def _cover(mask: np.ndarray, grid: int = 16) -> np.ndarray:
+    """Fraction of each cell of the grid covered by ``mask``: float32 (grid, grid)."""
+    k = mask.shape[0] // grid
+    return mask.reshape(grid, k, grid, k).mean((1, 3)).astype(np.float32)
+
+
+def cell_labels(scene: Scene, grid: int = 16) -> np.ndarray:
+    """(3, grid, grid) uint8: per cell 1 + the index of the color, shape and size of the object
+    covering most of the cell (at least a quarter of it), 0 for background."""
+    out = np.zeros((3, grid, grid), np.uint8)
+    best = np.full((grid, grid), 0.25)
+    for o in scene.objects:
+        cover = _cover(o.mask, grid)
+        sel = cover > best
+        out[0][sel] = list(COLORS).index(o.color) + 1
+        out[1][sel] = SHAPES.index(o.shape) + 1
+        out[2][sel] = ("small", "large").index(o.size) + 1
+        best = np.maximum(best, cover)
+    return out
+
+
+def _render(
+    kind: str, n: int, seed: int, progress: bool
+) -> tuple[torch.Tensor, list[Any], torch.Tensor]:
+    """uint8 images (n,3,128,128), per scene the text ground truth needed by ``kind``, and
+    per-cell attribute labels (n,3,16,16) (see :func:`cell_labels`)."""
     images = torch.empty((n, 3, encoder.IMAGE_SIZE, encoder.IMAGE_SIZE), dtype=torch.uint8)
+    cells = torch.empty((n, 3, 16, 16), dtype=torch.uint8)
     texts: list[Any] = []
     bar = tqdm(total=n, desc=f"render {n} scenes (seed {seed})", disable=not progress)
     for start in range(0, n, 256):
         chunk = generate(min(256, n - start), seed, start=start, one_large=kind == "classifier")
         for k, s in enumerate(chunk):
             images[start + k] = torch.from_numpy(np.asarray(s.image).copy()).permute(2, 0, 1)
+            cells[start + k] = torch.from_numpy(cell_labels(s))
             if kind == "captioner":
                 texts.append(list(s.captions))
             elif kind == "vqa":
-                texts.append(list(zip(s.questions, s.question_types)))
+                covers = [_cover(o.mask) for o in s.objects]
+                texts.append(
+                    (
+                        list(zip(s.questions, s.question_types, s.question_objects)),
+                        torch.from_numpy(np.stack(covers)),
+                    )
+                )
             else:
                 texts.append(large_object_shape(s))
         bar.update(len(chunk))
     bar.close()
-    return images, texts
+    return images, texts, cells
 
 
 def _config(kind: str, vocab: Vocab | None, hp: dict[str, Any]) -> dict[str, Any]:
@@ -105,22 +140,30 @@ class _Batches:
     """Draws training batches (pixels, inputs, targets) for one kind."""
 
     def __init__(
-        self, kind: str, images: torch.Tensor, texts: list[Any], config: dict, hp: dict, gen
+        self,
+        kind: str,
+        images: torch.Tensor,
+        texts: list[Any],
+        cells: torch.Tensor,
+        config: dict,
+        hp: dict,
+        gen: torch.Generator,
     ) -> None:
-        self.kind, self.images, self.hp, self.gen = kind, images, hp, gen
+        self.kind, self.images, self.cells, self.hp, self.gen = kind, images, cells, hp, gen
         if kind in ("captioner", "vqa"):
             self.vocab = Vocab(config["vocab"])
         if kind == "captioner":
             self.caps = [[self.vocab.encode(c)[0] for c in caps] for caps in texts]
         elif kind == "vqa":
             index = {a: i for i, a in enumerate(config["answers"])}
-            # per scene: {type: [(question ids, answer id)]}
-            self.qa = []
-            for items in texts:
+            # per scene: {type: [(question ids, answer id, referred objects)]}, object covers
+            self.qa, self.covers = [], []
+            for items, covers in texts:
                 by_type: dict[str, list] = {}
-                for (q, a), t in items:
-                    by_type.setdefault(t, []).append((self.vocab.encode(q)[0], index[a]))
+                for (q, a), t, refs in items:
+                    by_type.setdefault(t, []).append((self.vocab.encode(q)[0], index[a], refs))
                 self.qa.append(by_type)
+                self.covers.append(covers)
         else:
             index = {lab: i for i, lab in enumerate(config["labels"])}
             self.labels = torch.tensor([index[t] for t in texts])
@@ -129,12 +172,14 @@ class _Batches:
         return torch.randint(n, (size,), generator=self.gen).tolist()
 
     def __call__(self) -> tuple[torch.Tensor, ...]:
+        """(pixels, cell labels, targets) or (pixels, cell labels, inputs, targets)."""
         idx = torch.randint(len(self.images), (self.hp["batch"],), generator=self.gen)
         pixels = encoder.pixels_from_uint8(self.images[idx])
+        cells = self.cells[idx].long()
         if self.kind == "classifier":
-            return pixels, self.labels[idx]
+            return pixels, cells, self.labels[idx]
         k = self.hp["per_image"]
-        ins, outs = [], []
+        ins, outs, att = [], [], []
         for i in idx.tolist():
             if self.kind == "captioner":
                 caps = self.caps[i]
@@ -146,25 +191,75 @@ class _Batches:
                 types = [t for t in QUESTION_TYPES if t in by_type]
                 for t in self._randint(len(types), k):
                     pool = by_type[types[t]]
-                    q, a = pool[self._randint(len(pool))[0]]
+                    q, a, refs = pool[self._randint(len(pool))[0]]
                     drop = torch.rand(len(q), generator=self.gen) < self.hp["unk_p"]
                     ins.append([self.vocab.unk if d else w for w, d in zip(q, drop.tolist())])
                     outs.append(a)
+                    att.append(self._attention_target(self.covers[i], refs, types[t]))
         if self.kind == "captioner":
-            return pixels, pad_batch(ins), pad_batch(outs)
-        return pixels, pad_batch(ins), torch.tensor(outs)
+            return pixels, cells, pad_batch(ins), pad_batch(outs)
+        return pixels, cells, pad_batch(ins), torch.tensor(outs), torch.stack(att)
+
+    def _attention_target(
+        self, covers: torch.Tensor, refs: tuple[int, ...], qtype: str
+    ) -> torch.Tensor:
+        """(G, h*w) target attention of the glimpses: the named object's cell coverage, made a
+        distribution (relation: glimpse 0 on the subject, glimpse 1 on the reference object;
+        other types: every glimpse on all referred objects); all zeros (no attention loss)
+        when the question refers to no object."""
+        g = self.hp["arch"]["glimpses"]
+        out = torch.zeros(g, covers.shape[1] * covers.shape[2])
+        if not refs:
+            return out
+        groups = [(r,) for r in refs] if qtype == "relation" else [refs] * g
+        for j in range(g):
+            m = covers[list(groups[min(j, len(groups) - 1)])].sum(0).flatten()
+            out[j] = m / m.sum()
+        return out
 
 
-def _loss(kind: str, model: torch.nn.Module, batch: tuple[torch.Tensor, ...], k: int):
+def _loss(
+    kind: str,
+    model: torch.nn.Module,
+    batch: tuple[torch.Tensor, ...],
+    k: int,
+    aux: torch.nn.Module | None,
+    aux_weight: float,
+    att_weight: float = 0.0,
+) -> torch.Tensor:
+    """Task cross-entropy, plus ``aux_weight`` x the mean per-cell cross-entropy of the
+    auxiliary attribute head (color, shape, size of the object in each cell) if ``aux``, plus
+    (vqa) ``att_weight`` x the cross-entropy of each glimpse's attention against the referred
+    objects' cell coverage."""
     if kind == "classifier":
-        pixels, labels = batch
-        return F.cross_entropy(model(pixels), labels)
-    pixels, inputs, targets = batch
-    feats = model.encoder(pixels)
-    if kind == "captioner":
-        logits, _ = model.decode(feats.repeat_interleave(k, dim=0), inputs)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
-    return F.cross_entropy(model.answer(feats, inputs, repeats=k), targets)
+        pixels, cells, labels = batch
+        feats = model.features(pixels)
+        loss = F.cross_entropy(model.fc(model.pool(feats).flatten(1)), labels)
+    else:
+        pixels, cells, inputs, targets = batch[:4]
+        feats = model.encoder(pixels)
+        if kind == "captioner":
+            logits, _ = model.decode(feats.repeat_interleave(k, dim=0), inputs)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
+        else:
+            logits, alpha = model.answer(feats, inputs, repeats=k, return_attention=True)
+            loss = F.cross_entropy(logits, targets)
+            if att_weight:  # cross-entropy of the attention against the target distribution
+                target = batch[4]
+                has = target.sum(-1) > 0
+                ce = -(target * torch.log(alpha + 1e-8)).sum(-1)
+                loss = loss + att_weight * ce[has].sum() / has.sum().clamp(min=1)
+    if aux is not None:
+        logits = aux(feats).split(AUX_CLASSES, dim=1)
+        dense = sum(F.cross_entropy(lg, cells[:, j]) for j, lg in enumerate(logits))
+        loss = loss + aux_weight * dense / len(AUX_CLASSES)
+    return loss
+
+
+def model_channels(model: torch.nn.Module) -> int:
+    """Channels of the explained layer (the encoder's output)."""
+    enc = model.features if hasattr(model, "features") else model.encoder
+    return enc.out_channels
 
 
 def train(
@@ -205,12 +300,12 @@ def _train(
     hp: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
     t0 = time.time()
-    images, texts = _render(kind, n_train, seed, progress)
+    images, texts, cells = _render(kind, n_train, seed, progress)
     vocab = None
     if kind == "captioner":
         vocab = Vocab.build(c for caps in texts for c in caps)
     elif kind == "vqa":
-        vocab = Vocab.build(q for items in texts for (q, _), _ in items)
+        vocab = Vocab.build(q for items, _ in texts for (q, _), _, _ in items)
     config = _config(kind, vocab, hp)
     t_data = time.time() - t0
 
@@ -218,8 +313,13 @@ def _train(
     gen = torch.Generator().manual_seed(seed)
     model = build_model(config)
     config["explained_layer"] = wrap(model, config).layer
-    batches = _Batches(kind, images, texts, config, hp, gen)
-    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=WEIGHT_DECAY)
+    batches = _Batches(kind, images, texts, cells, config, hp, gen)
+    aux_weight = float(hp.get("aux", 0.0))
+    att_weight = float(hp.get("attention", 0.0))
+    # the auxiliary head trains the encoder only; it is not part of the saved model
+    aux = torch.nn.Conv2d(model_channels(model), sum(AUX_CLASSES), 1) if aux_weight else None
+    params = list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
+    opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=WEIGHT_DECAY)
 
     def lr_at(s: int) -> float:
         warm = min(1.0, (s + 1) / WARMUP)
@@ -231,10 +331,10 @@ def _train(
     for s in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(s)
-        loss = _loss(kind, model, batches(), hp.get("per_image", 1))
+        loss = _loss(kind, model, batches(), hp.get("per_image", 1), aux, aux_weight, att_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
         history.append(loss.item())
         if s % 20 == 0 or s == steps - 1:
@@ -256,6 +356,8 @@ def _train(
         "lr": hp["lr"],
         "weight_decay": WEIGHT_DECAY,
         "warmup": WARMUP,
+        "aux_weight": aux_weight,
+        "attention_weight": att_weight,
         "data": f"mmcam.scenes.generate({n_train}, seed={seed}"
         + (", one_large=True)" if kind == "classifier" else ")"),
         "command": f"mmcam train {kind} --out OUT --seed {seed} --steps {steps}",
@@ -284,13 +386,15 @@ def _train(
 _ARCH_TEXT = {
     "captioner": "Conv encoder (5 blocks of Conv3x3-BN-ReLU, channels {channels}, strides "
     "{strides}) -> features (96,16,16); LSTM decoder (hidden {hidden}, embedding {embed}) "
-    "with soft additive attention (dim {attn}) over the 16x16 grid plus a learned position "
-    "embedding (Show, Attend and Tell).",
+    "with soft attention (scaled dot-product, dim {attn}) over the 16x16 grid plus a learned "
+    "position embedding, the context fed back into the LSTM (Show, Attend and Tell). "
+    "`adapter.attention(features, ids)` returns the attention weights used for each token.",
     "vqa": "Conv encoder (5 blocks of Conv3x3-BN-ReLU, channels {channels}, strides {strides}) "
-    "-> features (96,16,16); LSTM question encoder (hidden {hidden}, embedding {embed}); "
-    "FiLM fusion: three question-conditioned residual conv blocks (width {film}, with x/y "
-    "coordinate maps) after the explained layer, max+mean pooling, MLP ({mlp}) over the "
-    "answers.",
+    "-> features (96,16,16); LSTM question encoder (hidden {hidden}, embedding {embed}); fusion "
+    "by question-guided attention after the explained layer: per-cell embedding (width {cell}, "
+    "with x/y coordinates), {glimpses} glimpses of scaled dot-product attention (dim {attn}) "
+    "plus sigmoid-gated sums for counting, MLP ({mlp}) over the answers plus a bilinear term "
+    "(question x difference of the attended positions) for spatial relations.",
     "classifier": "Conv encoder (5 blocks of Conv3x3-BN-ReLU, channels {channels}, strides "
     "{strides}) -> features (96,16,16) -> global average pooling -> linear (6 shapes).",
 }
@@ -337,13 +441,39 @@ def model_card(
         "",
         f"- Data: `{tr['data']}` ({tr['n_train']} scenes, data seed {tr['seed']}).",
         f"- {tr['steps']} AdamW steps, batch {tr['batch']} images"
-        + (f" x {tr['per_image']} texts" if kind != "classifier" else "")
+        + {
+            "captioner": f" x {tr['per_image']} caption(s) each",
+            "classifier": "",
+            "vqa": f" x {tr['per_image']} questions each (type drawn uniformly)",
+        }[kind]
         + f", lr {tr['lr']} (warm-up {tr['warmup']}, cosine decay), weight decay "
         f"{tr['weight_decay']}, torch seed {tr['seed']}.",
+        *(
+            [
+                f"- Auxiliary loss during training only (weight {tr['aux_weight']}): a 1x1 conv "
+                "on the explained layer predicts, per cell of the 16x16 grid, the color, shape "
+                "and size of the object covering it (or background), from the scene masks. It "
+                "speeds up learning object attributes; the head is discarded, not shipped."
+            ]
+            if tr.get("aux_weight")
+            else []
+        ),
+        *(
+            [
+                f"- Attention supervision during training (weight {tr['attention_weight']}): "
+                "cross-entropy between each glimpse's attention and the cell coverage of the "
+                "object(s) the question refers to (`Scene.question_objects`; relation: glimpse 1 "
+                "on the subject, glimpse 2 on the reference object). So this model is grounded "
+                "by construction: a positive control for localization checks."
+            ]
+            if tr.get("attention_weight")
+            else []
+        ),
         f"- Command: `{tr['command'].replace('OUT', 'models/' + name)}`",
         f"- Wall time: {tr['train_seconds']:.0f} s training + {tr['data_seconds']:.0f} s "
         f"rendering on {tr['threads']} CPU thread(s) of a shared 2-core machine; final training "
-        f"loss {tr['final_loss']:.4f}.",
+        f"loss {tr['final_loss']:.4f}"
+        + (" (sum of all the loss terms above)." if tr.get("aux_weight") else "."),
         "",
         "## Metrics on held-out scenes",
         "",
@@ -366,6 +496,8 @@ def model_card(
                 f"scene's captions): **{metrics['bleu4']:.4f}** (floor 0.5)"
             )
             lines.append(f"- Greedy caption equal to one of the references: {metrics['exact']:.1%}")
+            examples = "; ".join(f'"{e}"' for e in metrics.get("examples", [])[:3])
+            lines.append(f"- First greedy captions: {examples}")
         elif kind == "vqa":
             lines.append(
                 f"- Accuracy over {metrics['n_questions']} questions: "

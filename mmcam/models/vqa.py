@@ -1,16 +1,20 @@
-"""shapes-vqa: conv image encoder + LSTM question encoder, fused by FiLM (Perez et al. 2018)
-into an answer classifier.
+"""shapes-vqa: conv image encoder + LSTM question encoder, fused by question-guided attention
+over the encoder's grid (stacked-attention style, several glimpses) into an answer classifier.
 
-    A  = encoder(pixels)                      (B,C,16,16)  <- the explained conv layer
-    q  = LSTM(embed(question))[last word]     (B,H)
-    x0 = ReLU(W_p [A, xy])                    xy = the cells' coordinates in [-1, 1]
-    x1 = x0 + ReLU((1 + g1(q)) * conv3x3([x0, xy]) + b1(q))
-    x2 = x1 + ReLU((1 + g2(q)) * conv1x1([x1, xy]) + b2(q))
-    x3 = x2 + ReLU((1 + g3(q)) * conv1x1([x2, xy]) + b3(q))
-    log p(answer) = log_softmax(MLP([maxpool(x3), meanpool(x3), q]))
-The image encoder never sees the question, so ``encode`` is question independent and the
-question enters only after the explained layer. x0 and conv3x3([x0, xy]) do not depend on the
-question either, so several questions about one image share them (``repeats``).
+    A   = encoder(pixels)                        (B,C,16,16)  <- the explained conv layer
+    e_i = ReLU(W_e [A_i, xy_i])                  per cell i; xy_i its coordinates in [-1, 1]
+    k_i = W_k e_i                                keys (d = attn)
+    q   = LSTM(embed(question))[last word]       (B,H)
+    for each glimpse g:  s_gi = k_i . (W_g q) / sqrt(d)
+        alpha_g = softmax_i(s_g)                 v_g = sum_i alpha_gi [e_i, xy_i]
+        sigma_gi = sigmoid(s_gi + c_g)           u_g = sum_i sigma_gi e_i / 16
+    p_g = sum_i alpha_gi xy_i                    the attended position; d = [p_1 - p_g]_{g>1}
+    log p(answer) = log_softmax(MLP([v_1..v_G, u_1..u_G, q]) + q^T W_r d)
+The v_g read the named objects (their attributes and positions); the gated sums u_g grow with
+the number of matching objects (counting, existence); the bilinear term q^T W_r d compares
+the attended positions as the question asks (spatial relations). The image encoder never sees the
+question, so ``encode`` is question independent and the question enters only after the
+explained layer; e and k are computed once per image and shared by its questions.
 """
 
 from __future__ import annotations
@@ -44,22 +48,27 @@ class VQANet(nn.Module):
         strides: tuple[int, ...] = STRIDES,
         embed: int = 64,
         hidden: int = 128,
-        film: int = 64,
+        cell: int = 128,
+        attn: int = 64,
+        glimpses: int = 2,
         mlp: int = 256,
     ) -> None:
         super().__init__()
         self.encoder = ConvEncoder(channels, strides)
         c = self.encoder.out_channels
+        self.glimpses, self.attn = glimpses, attn
         self.embed = nn.Embedding(vocab_size, embed, padding_idx=0)
         self.lstm = nn.LSTM(embed, hidden, batch_first=True)
-        self.proj = nn.Conv2d(c + 2, film, 1)
-        self.conv1 = nn.Conv2d(film + 2, film, 3, padding=1)
-        self.conv2 = nn.Conv2d(film + 2, film, 1)
-        self.conv3 = nn.Conv2d(film + 2, film, 1)
-        self.film = nn.Linear(hidden, 6 * film)
+        self.cell = nn.Linear(c + 2, cell)
+        self.key = nn.Linear(cell, attn)
+        self.query = nn.Linear(hidden, glimpses * attn)
+        self.gate_bias = nn.Parameter(torch.zeros(glimpses))
         self.classifier = nn.Sequential(
-            nn.Linear(2 * film + hidden, mlp), nn.ReLU(), nn.Linear(mlp, n_answers)
+            nn.Linear(glimpses * (2 * cell + 2) + hidden, mlp),
+            nn.ReLU(),
+            nn.Linear(mlp, n_answers),
         )
+        self.relation = nn.Bilinear(hidden, 2 * (glimpses - 1), n_answers, bias=False)
 
     def question(self, question_ids: torch.Tensor) -> torch.Tensor:
         """(B,L) right-padded with 0 -> (B,H): the LSTM state after the last real word."""
@@ -68,26 +77,35 @@ class VQANet(nn.Module):
         return out[torch.arange(out.shape[0]), last]
 
     def answer(
-        self, features: torch.Tensor, question_ids: torch.Tensor, repeats: int = 1
-    ) -> torch.Tensor:
-        """features (B,C,h,w), question ids (B*repeats, L) -> answer logits (B*repeats, n).
+        self,
+        features: torch.Tensor,
+        question_ids: torch.Tensor,
+        repeats: int = 1,
+        return_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """features (B,C,h,w), question ids (B*repeats, L) -> answer logits (B*repeats, n),
+        and with ``return_attention`` also alpha (B*repeats, G, h*w).
 
         Row k of the questions is about image k // repeats.
         """
-        q = self.question(question_ids)
-        g1, b1, g2, b2, g3, b3 = (t[..., None, None] for t in self.film(q).chunk(6, dim=-1))
         b, _, h, w = features.shape
-        xy = coords(b, h, w, features)
-        x = torch.relu(self.proj(torch.cat([features, xy], 1)))
-        c1 = self.conv1(torch.cat([x, xy], 1))
+        xy = coords(b, h, w, features).flatten(2).transpose(1, 2)  # (B,N,2)
+        cells = features.flatten(2).transpose(1, 2)  # (B,N,C)
+        e = torch.relu(self.cell(torch.cat([cells, xy], -1)))  # (B,N,E)
+        k = self.key(e)  # (B,N,d)
         if repeats > 1:
-            x, c1 = x.repeat_interleave(repeats, 0), c1.repeat_interleave(repeats, 0)
-            xy = coords(b * repeats, h, w, features)
-        x = x + torch.relu((1 + g1) * c1 + b1)
-        x = x + torch.relu((1 + g2) * self.conv2(torch.cat([x, xy], 1)) + b2)
-        x = x + torch.relu((1 + g3) * self.conv3(torch.cat([x, xy], 1)) + b3)
-        pooled = torch.cat([x.amax((2, 3)), x.mean((2, 3)), q], dim=1)
-        return self.classifier(pooled)
+            e, k, xy = (t.repeat_interleave(repeats, 0) for t in (e, k, xy))
+        q = self.question(question_ids)  # (R,H)
+        qg = self.query(q).view(-1, self.glimpses, self.attn)  # (R,G,d)
+        s = torch.bmm(qg, k.transpose(1, 2)) / self.attn**0.5  # (R,G,N)
+        alpha = torch.softmax(s, -1)
+        sigma = torch.sigmoid(s + self.gate_bias[:, None])
+        v = torch.bmm(alpha, torch.cat([e, xy], -1))  # (R,G,E+2)
+        u = torch.bmm(sigma, e) / 16.0  # (R,G,E)
+        d = (v[:, :1, -2:] - v[:, 1:, -2:]).flatten(1)  # attended xy: glimpse 0 - glimpse g
+        logits = self.classifier(torch.cat([v.flatten(1), u.flatten(1), q], 1))
+        logits = logits + self.relation(q, d)
+        return (logits, alpha) if return_attention else logits
 
     def forward(self, pixels: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
         return self.answer(self.encoder(pixels), question_ids)
@@ -124,6 +142,11 @@ class VQAModelAdapter:
         """(B,C,h,w), (B,L) -> (B, n_answers) log-probabilities over ``answers``."""
         return torch.log_softmax(self.model.answer(features, question_ids), dim=-1)
 
+    def attention(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
+        """(B,C,h,w), (B,L) -> (B,G,h,w): the softmax attention of each glimpse."""
+        _, alpha = self.model.answer(features, question_ids, return_attention=True)
+        return alpha.reshape(*alpha.shape[:2], *features.shape[2:])
+
 
 def build(config: dict[str, Any]) -> VQANet:
     """An untrained :class:`VQANet` from ``config``."""
@@ -135,6 +158,8 @@ def build(config: dict[str, Any]) -> VQANet:
         strides=tuple(a["strides"]),
         embed=a["embed"],
         hidden=a["hidden"],
-        film=a["film"],
+        cell=a["cell"],
+        attn=a["attn"],
+        glimpses=a["glimpses"],
         mlp=a["mlp"],
     )
