@@ -12,9 +12,21 @@ The world
     backgrounds  noise, gradient, stripes, checker; every background pixel has HSV
                  saturation <= 0.3, so no background pixel has an object's color.
 
-Objects are drawn in order, later ones on top. A scene is accepted only if every object keeps
-at least 60% of its pixels visible, and no two objects share (color, shape), so "the red
-circle" always names exactly one object.
+Objects are drawn in order, later ones on top, at random positions (rejection sampling): every
+object keeps at least 70% of its pixels visible (``MIN_VISIBLE``), objects of the same color do
+not touch (2 px gap, so they never merge into one silhouette), and no two objects share
+(color, shape), so "the red circle" always names exactly one object.
+
+Text
+    captions  6-7 per scene from templates: every object with size, color and shape from left
+              to right; count and background; the clearest horizontal and vertical relation
+              ("... to the left of ...", "... above ..."), or the region of a lone object;
+              colors and shapes without sizes; counts by size; the colors.
+    questions types "color" (of a named, unique shape), "shape" (of a unique color), "count"
+              (objects, a shape, a color, a size; answers "zero".."four"), "exists" (yes/no,
+              half of the negatives share a color or shape with a present object), "relation"
+              (yes/no, only for clear relations). ``question_objects`` names the objects each
+              question refers to.
 
 Geometry
     box = (x0, y0, x1, y1) = tight box of the visible mask, x1 and y1 exclusive.
