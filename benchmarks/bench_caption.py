@@ -140,6 +140,7 @@ def run_loop(s: Setup, n: int) -> Maps:
         lp = m.score_tokens(feats, ids)[0, t]
         (g,) = torch.autograd.grad(lp, feats)
         maps.append(gradcam(feats.detach(), g))
+        del feats, lp  # free this word's graph before the next forward
     return upsample(torch.cat(maps), (SIZE, SIZE))
 
 
@@ -336,25 +337,39 @@ def quartiles(v: list[float]) -> list[float]:
 
 
 def table(results: dict) -> str:
-    """The markdown tables: methods at ``words`` words, then scaling with caption length."""
+    """The markdown tables: methods at ``words`` words, then scaling with caption length.
+
+    Ratios: "paired" is the median of per-round ratios; "best" divides the fastest runs
+    (the runs least disturbed by other processes).
+    """
     words, t = results["words"], results["times"]
-    rows = ["| method | median wall s | median CPU s | cores used | / generate | "
-            "/ mmcam explain | peak RSS increase MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    g0, e0 = t[f"generate@{words}"]["min_s"], t[f"explain@{words}"]["min_s"]
+    rows = ["| method | median wall s | fastest wall s | median CPU s | cores used | / generate "
+            "paired, best | / explain paired, best | peak RSS increase MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, (label, _) in METHODS.items():
         v = t[f"{name}@{words}"]
         mem = results["memory"].get(name)
         m = f"{mem['increase_mib']:.0f}" if mem else "-"
-        rows.append(f"| {label} | {v['median_s']:.3f} | {v['cpu_median_s']:.3f} | "
-                    f"{v['cores_used']:.1f} | {v['over_generate'][1]:.2f} | "
-                    f"{v['over_explain'][1]:.2f} | {m} |")
+        rows.append(f"| {label} | {v['median_s']:.2f} | {v['min_s']:.2f} | "
+                    f"{v['cpu_median_s']:.2f} | {v['cores_used']:.1f} | "
+                    f"{v['over_generate'][1]:.2f}, "
+                    f"{v['min_s'] / g0:.2f} | {v['over_explain'][1]:.2f}, {v['min_s'] / e0:.2f}"
+                    f" | {m} |")
     rows += ["", "| words | generate s | explain s | generate+explain s | per-word loop s | "
              "explain / generate | generate+explain / generate | loop / explain |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in results["lengths"]:
         g, e, ge, lp = (t[f"{m}@{n}"] for m in SCALING)
-        rows.append(f"| {n} | {g['median_s']:.3f} | {e['median_s']:.3f} | {ge['median_s']:.3f}"
-                    f" | {lp['median_s']:.2f} | {e['over_generate'][1]:.2f} | "
-                    f"{ge['over_generate'][1]:.2f} | {lp['over_explain'][1]:.1f} |")
+        rows.append(
+            f"| {n} | {g['median_s']:.2f} ({g['min_s']:.2f}) | {e['median_s']:.2f} "
+            f"({e['min_s']:.2f}) | {ge['median_s']:.2f} ({ge['min_s']:.2f}) | "
+            f"{lp['median_s']:.2f} ({lp['min_s']:.2f}) | {e['over_generate'][1]:.2f} "
+            f"({e['min_s'] / g['min_s']:.2f}) | {ge['over_generate'][1]:.2f} "
+            f"({ge['min_s'] / g['min_s']:.2f}) | {lp['over_explain'][1]:.1f} "
+            f"({lp['min_s'] / e['min_s']:.1f}) |")
+    rows.append("\nScaling: median wall seconds (fastest run); ratios: paired median "
+                "(fastest / fastest). Cores used: median CPU seconds / wall seconds.")
     return "\n".join(rows)
 
 
@@ -367,7 +382,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/caption_speed.json"))
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    p.add_argument("--report", metavar="JSON", help="print the tables of a saved run and exit")
     args = p.parse_args(argv)
+    if args.report:
+        print(table(json.loads(Path(args.report).read_text())))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_probe:
@@ -428,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(table(results))
-    tg = results["targets"]
+    tg = results["targets"]  # paired medians
     print(f"\nat {w} words (medians of paired per-round ratios): explain/generate = "
           f"{tg['explain_over_generate']:.2f} (target <= 1.5), loop/explain = "
           f"{tg['loop_over_explain']:.1f} (target >= 10); torch threads "
