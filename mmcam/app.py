@@ -72,8 +72,24 @@ CSS = """
 # ----------------------------------------------------------------------------- session state
 
 
+class _Display:
+    """``display(own)``: the stored shared-scale maps, or each map on its own scale (cached)."""
+
+    result: Any
+    heat: list[torch.Tensor]
+    own: list[torch.Tensor] | None
+
+    def display(self, own: bool = False) -> list[torch.Tensor]:
+        """Display maps: the group's shared scale, or each map divided by its own max."""
+        if not own:
+            return self.heat
+        if self.own is None:
+            self.own = self.result.heatmaps(shared=False)
+        return self.own
+
+
 @dataclass
-class CaptionView:
+class CaptionView(_Display):
     """A caption result and what is needed to re-draw it without recomputing maps."""
 
     result: Any  # CaptionExplanation
@@ -84,17 +100,9 @@ class CaptionView:
     selected: int = 0
     own: list[torch.Tensor] | None = None  # each map on its own scale (made on first use)
 
-    def display(self, own: bool = False) -> list[torch.Tensor]:
-        """Display maps: the caption's shared scale, or each map divided by its own max."""
-        if not own:
-            return self.heat
-        if self.own is None:
-            self.own = self.result.heatmaps(shared=False)
-        return self.own
-
 
 @dataclass
-class VQAView:
+class VQAView(_Display):
     """A VQA result: panels are [explained answer, top-1 .. top-k]; ``contrast`` if asked."""
 
     result: Any  # VQAExplanation
@@ -105,14 +113,6 @@ class VQAView:
     contrast: Any = None  # VQAExplanation with .contrast set
     contrast_heat: torch.Tensor | None = None
     own: list[torch.Tensor] | None = None
-
-    def display(self, own: bool = False) -> list[torch.Tensor]:
-        """Display maps of [explained answer, top answers]: shared scale or each its own."""
-        if not own:
-            return self.heat
-        if self.own is None:
-            self.own = self.result.heatmaps(shared=False)
-        return self.own
 
 
 @dataclass
