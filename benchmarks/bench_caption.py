@@ -43,9 +43,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from demos.custom_captioner import ResNetLSTMCaptioner, default_vocab  # noqa: E402
-from mmcam.batched import copy_gradients  # noqa: E402
 from mmcam.cam import gradcam, localize, upsample  # noqa: E402
 from mmcam.caption import CaptionExplainer, word_membership  # noqa: E402
+from mmcam.engine import layer_gradients  # noqa: E402
 
 SIZE = 224
 SEED = 0
@@ -125,8 +125,9 @@ def run_maps_only(s: Setup, n: int) -> Maps:
     with torch.no_grad():
         feats = m.encode(m.prepare(s.image))
     T = ids.shape[0]
-    _, G = copy_gradients(feats, lambda c: m.score_tokens(c, ids.expand(c.shape[0], T)),
-                          word_membership(m, ids), 64)
+    member = word_membership(m, ids)
+    G = layer_gradients(lambda feed, rows: m.score_tokens(feed(feats), rows),
+                        ids.expand(member.shape[0], T), member, "copies", 64).G
     return upsample(gradcam(feats.expand(T, -1, -1, -1), G), (SIZE, SIZE))
 
 

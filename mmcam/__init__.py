@@ -3,6 +3,8 @@
 from mmcam.cam import box_iou, localize, normalize, upsample
 from mmcam.classify import ClassExplainer, ClassExplanation
 from mmcam.errors import MMCamError
+from mmcam.geometry import Geometry
+from mmcam.layers import ChannelsLast, Conv, Custom, Tokens
 
 __version__ = "0.1.0"
 
@@ -29,9 +31,14 @@ def __getattr__(name: str):  # lazy: heavy modules load on first use
 __all__ = [
     "CaptionExplainer",
     "CaptionExplanation",
+    "ChannelsLast",
     "ClassExplainer",
     "ClassExplanation",
+    "Conv",
+    "Custom",
+    "Geometry",
     "MMCamError",
+    "Tokens",
     "VQAExplainer",
     "VQAExplanation",
     "box_iou",

@@ -86,50 +86,57 @@ def normalize(maps: torch.Tensor, shared: bool = True, eps: float = 1e-12) -> to
     return maps / scale.clamp_min(eps)
 
 
-def _largest_segment(mask: np.ndarray) -> Box | None:
-    """Box of the largest 8-connected segment of a boolean mask (H,W), or None if empty.
+def _largest_segments(masks: np.ndarray) -> list[Box | None]:
+    """Box of the largest 8-connected segment of each boolean mask (N,H,W), None if empty.
 
-    Run-length labelling: horizontal runs are found with numpy, runs of neighbouring rows
-    that touch (8-connectivity) are merged with union-find. Ties between equally large
+    Run-length labelling, vectorized over all masks (stacked with a blank row between them):
+    horizontal runs are found with numpy; a run touches the runs of the next row whose
+    ``x0 <= its x1`` and ``x1 >= its x0`` (exclusive ends, so diagonals count); components
+    are found by min-label propagation with pointer jumping. Ties between equally large
     segments go to the one holding the highest row-major pixel index.
     """
-    h, w = mask.shape
-    padded = np.zeros((h, w + 2), dtype=np.int8)
-    padded[:, 1:-1] = mask
-    d = np.diff(padded, axis=1)
+    n, h, w = masks.shape
+    m = w + 2
+    padded = np.zeros((n, h + 1, m), dtype=np.int8)
+    padded[:, :h, 1:-1] = masks
+    d = np.diff(padded.reshape(n * (h + 1), m), axis=1)
     rows, x0 = np.nonzero(d == 1)
     _, x1 = np.nonzero(d == -1)  # exclusive ends, same (row, col) order as the starts
-    if rows.size == 0:
-        return None
-    parent = list(range(rows.size))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    row_start = np.searchsorted(rows, np.arange(h + 1))
-    for y in range(1, h):
-        a, a_end = int(row_start[y - 1]), int(row_start[y])
-        b, b_end = a_end, int(row_start[y + 1])
-        while a < a_end and b < b_end:
-            if x0[a] <= x1[b] and x0[b] <= x1[a]:  # touching, diagonals included
-                ra, rb = find(a), find(b)
-                if ra != rb:
-                    parent[ra] = rb
-            if x1[a] < x1[b]:
-                a += 1
-            else:
-                b += 1
-    roots = np.array([find(i) for i in range(rows.size)])
-    size = np.bincount(roots, weights=x1 - x0, minlength=rows.size)
-    last = np.zeros(rows.size, dtype=np.int64)
-    np.maximum.at(last, roots, rows.astype(np.int64) * w + x1 - 1)
-    cand = np.nonzero(size == size.max())[0]
-    best = cand[np.argmax(last[cand])]
-    sel = roots == best
-    return (int(x0[sel].min()), int(rows[sel].min()), int(x1[sel].max()), int(rows[sel].max()) + 1)
+    out: list[Box | None] = [None] * n
+    r = rows.size
+    if r == 0:
+        return out
+    key0, key1 = rows * m + x0, rows * m + x1  # sorted: runs in row-major order
+    lo = np.searchsorted(key1, (rows + 1) * m + x0, "left")
+    hi = np.searchsorted(key0, (rows + 1) * m + x1, "right")
+    cnt = np.maximum(hi - lo, 0)  # runs of the next row touching each run
+    src = np.repeat(np.arange(r), cnt)
+    dst = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(int(cnt.sum()))
+    label = np.arange(r)
+    while src.size:
+        la, lb = label[src], label[dst]
+        if np.array_equal(la, lb):
+            break
+        low = np.minimum(la, lb)
+        np.minimum.at(label, la, low)
+        np.minimum.at(label, lb, low)
+        while True:  # labels point to a smaller run of the same segment: jump to the root
+            nxt = label[label]
+            if np.array_equal(nxt, label):
+                break
+            label = nxt
+    img, y = rows // (h + 1), rows % (h + 1)
+    size = np.bincount(label, weights=x1 - x0, minlength=r)
+    last = np.full(r, -1, dtype=np.int64)
+    np.maximum.at(last, label, y.astype(np.int64) * w + x1 - 1)
+    roots = np.nonzero(label == np.arange(r))[0]
+    ranked = roots[np.lexsort((last[roots], size[roots], img[roots]))]
+    best = ranked[np.r_[img[ranked][1:] != img[ranked][:-1], True]]
+    for b in best:
+        sel = label == b
+        out[int(img[b])] = (int(x0[sel].min()), int(y[sel].min()), int(x1[sel].max()),
+                            int(y[sel].max()) + 1)
+    return out
 
 
 def localize(maps: torch.Tensor, threshold: float = 0.15) -> list[Box | None]:
@@ -145,7 +152,7 @@ def localize(maps: torch.Tensor, threshold: float = 0.15) -> list[Box | None]:
     maps = maps.detach().to(torch.float64).cpu()
     peak = maps.amax(dim=(-2, -1), keepdim=True)
     masks = ((maps >= threshold * peak) & (peak > 0)).numpy()
-    return [_largest_segment(m) for m in masks]
+    return _largest_segments(masks)
 
 
 def box_iou(a: Box, b: Box) -> float:

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
-from mmcam.adapters.base import CaptionAdapter
-from mmcam.batched import copy_gradients
-from mmcam.cam import get_method, gradcam, localize, upsample
-from mmcam.capture import eval_mode
+from mmcam.cam import METHODS
 from mmcam.errors import MMCamError
-from mmcam.guided import guided_backprop_from_layer, guided_gradcam
 from mmcam.images import ImageInput, load_image
+from mmcam.layers import Layout
+from mmcam.pipeline import Context, Explained, Pipeline, Rows, module_of
 from mmcam.results import CaptionExplanation
 
-
-def module_of(adapter: Any) -> nn.Module | None:
-    """The ``nn.Module`` behind an adapter (itself, or its ``.model``), if any."""
-    if isinstance(adapter, nn.Module):
-        return adapter
-    m = getattr(adapter, "model", None)
-    return m if isinstance(m, nn.Module) else None
+__all__ = ["CaptionExplainer", "CaptionExplanation", "module_of", "word_membership"]
 
 
 def word_membership(adapter: Any, token_ids: torch.Tensor) -> torch.Tensor:
@@ -40,32 +31,51 @@ def word_membership(adapter: Any, token_ids: torch.Tensor) -> torch.Tensor:
 
 
 class CaptionExplainer:
-    """Explain every word of a caption with one encoder pass and one batched backward.
+    """Explain every word of a caption at one layer, all words in one batched pass.
 
     For word t the explained score is ``y_t = log p(word_t | words_<t, image)`` (sub-tokens
-    of a word summed). Its map is ``method(A, dy_t/dA)`` at the adapter's explained layer,
-    bilinearly upsampled to the image's own size. ``method``: "gradcam", "gradcam++",
-    "hirescam", "counterfactual" or "guided-gradcam" (Grad-CAM maps plus per-word Guided
-    Backprop through the encoder's ReLU modules). ``chunk_size`` bounds how many feature
-    copies go through the decoder at once (memory), without changing any number.
+    of a word summed); its map is ``method(A, dy_t/dA)`` at ``layer`` (None: the adapter's
+    default, the output of ``encode`` for split adapters), carried back onto the image's
+    pixels through the preprocessing geometry. ``method``: "gradcam", "gradcam++",
+    "hirescam", "counterfactual" or "guided-gradcam". ``strategy``: "auto", "copies" or
+    "vjp" (:mod:`mmcam.engine`); ``chunk_size`` bounds the rows per pass without changing
+    any number.
     """
 
     def __init__(
-        self, adapter: CaptionAdapter, method: str = "gradcam", chunk_size: int | None = 64
+        self,
+        adapter: Any,
+        method: str = "gradcam",
+        chunk_size: int | None = 64,
+        layer: str | nn.Module | None = None,
+        layout: Layout | str | Callable | None = None,
+        strategy: str = "auto",
     ) -> None:
         missing = [
-            m for m in ("prepare", "encode", "score_tokens", "generate", "tokenize", "words")
+            m for m in ("prepare", "score_tokens", "generate", "tokenize", "words")
             if not callable(getattr(adapter, m, None))
         ]
         if missing:
             raise MMCamError(
                 f"the model is not a captioning adapter: it lacks {', '.join(missing)}"
             )
+        if method != "guided-gradcam" and method not in METHODS:
+            raise MMCamError(
+                f"unknown method {method!r}: choose one of {', '.join(METHODS)}, guided-gradcam"
+            )
         self.adapter = adapter
-        self.guided = method == "guided-gradcam"
         self.method_name = method
-        self.method = gradcam if self.guided else get_method(method)
         self.chunk_size = chunk_size
+        self.pipeline = Pipeline(
+            adapter, adapter.score_tokens,
+            lambda x, **kw: adapter.generate(x, **kw),
+            layer=layer, layout=layout, strategy=strategy, chunk_size=chunk_size, causal=True,
+        )
+
+    @property
+    def strategy(self) -> str:
+        """The batching strategy in use ("copies" or "vjp")."""
+        return self.pipeline.strategy
 
     def explain(
         self,
@@ -75,64 +85,70 @@ class CaptionExplainer:
         beam_size: int = 1,
     ) -> CaptionExplanation:
         """Explain ``caption`` as given (teacher forcing), or a generated one if None."""
-        pil = load_image(image)
-        module = module_of(self.adapter)
-        with eval_mode(module) if module is not None else nullcontext():
-            return self._explain(pil, caption, max_len, beam_size, module)
+        return self.explain_batch([image], None if caption is None else [caption],
+                                  max_len, beam_size)[0]
 
-    def _explain(
-        self, pil: Image.Image, caption: str | None, max_len: int, beam_size: int,
-        module: nn.Module | None,
-    ) -> CaptionExplanation:
-        ad = self.adapter
-        pixels = ad.prepare(pil)
-        with torch.no_grad():
-            feats = ad.encode(pixels)
-        if caption is None:
-            with torch.no_grad():
-                ids = ad.generate(feats, max_len=max_len, beam_size=beam_size)[0]
-            if ids.numel() == 0:
-                raise MMCamError("the model generated an empty caption: nothing to explain")
-        else:
-            if not caption.strip():
+    def explain_batch(
+        self,
+        images: Sequence[ImageInput],
+        captions: Sequence[str | None] | None = None,
+        max_len: int = 20,
+        beam_size: int = 1,
+    ) -> list[CaptionExplanation]:
+        """Explain several images in one pass (rows of all images together, chunked);
+        each result equals ``explain`` of that image alone. ``captions``: one per image
+        (None entries are generated) or None to generate all."""
+        pils = [load_image(im) for im in images]
+        if captions is not None and len(captions) != len(pils):
+            raise MMCamError(f"{len(captions)} captions for {len(pils)} images")
+        for c in captions or []:
+            if c is not None and not c.strip():
                 raise MMCamError("the caption is empty: give some words or leave it out")
-            ids = torch.as_tensor(ad.tokenize(caption), dtype=torch.long).reshape(-1)
-            if ids.numel() == 0:
-                raise MMCamError(f"the caption {caption!r} has no tokens the model can read")
-        member = word_membership(ad, ids)
-        words = list(ad.words(ids))
-        if len(words) != member.shape[0]:
-            raise MMCamError(f"words() gave {len(words)} words for {member.shape[0]} word ids")
-        T = ids.shape[0]
+        ad = self.adapter
 
-        def score(copies: torch.Tensor) -> torch.Tensor:
-            return ad.score_tokens(copies, ids.unsqueeze(0).expand(copies.shape[0], T))
+        def rows(ctx: Context, i: int) -> Rows:
+            text = None if captions is None else captions[i]
+            if text is None:
+                ids = ctx.generate(max_len=max_len, beam_size=beam_size)[0].cpu()
+                if ids.numel() == 0:
+                    raise MMCamError("the model generated an empty caption: nothing to explain")
+            else:
+                ids = torch.as_tensor(ad.tokenize(text), dtype=torch.long).reshape(-1)
+                if ids.numel() == 0:
+                    raise MMCamError(f"the caption {text!r} has no tokens the model can read")
+            member = word_membership(ad, ids)
+            words = list(ad.words(ids))
+            if len(words) != member.shape[0]:
+                raise MMCamError(f"words() gave {len(words)} words for {member.shape[0]} word ids")
+            return Rows(ids[None].expand(member.shape[0], -1), member, (text, words))
 
-        token_lp, G = copy_gradients(feats, score, member, self.chunk_size)
-        A = feats.detach()
-        layer_maps = self.method(A.expand(G.shape[0], *A.shape[1:]), G)
-        sentence_layer = self.method(A, G.sum(dim=0, keepdim=True))
-        H, W = pil.size[1], pil.size[0]
-        maps = upsample(layer_maps, (H, W))
-        sentence = upsample(sentence_layer, (H, W))[0]
-        guided = None
-        if self.guided:
-            if module is None:
-                raise MMCamError("guided-gradcam needs an adapter with an nn.Module .model")
-            gb = guided_backprop_from_layer(module, ad.encode, pixels, G, self.chunk_size)
-            guided = guided_gradcam(layer_maps, gb)
-        text = caption if caption is not None else " ".join(words)
+        done = self.pipeline.explain(pils, rows, self.method_name,
+                                     guided=self.method_name == "guided-gradcam")
+        return [self._result(e) for e in done]
+
+    def _result(self, e: Explained) -> CaptionExplanation:
+        text, words = e.rows.info
+        member = e.rows.coefs
+        token_lp = e.scores[0]
+        sentence, sentence_box = e.extra_map(self.pipeline_method(), e.G.sum(dim=0))
         return CaptionExplanation(
-            image=pil,
-            caption=text,
+            image=e.image,
+            caption=text if text is not None else " ".join(words),
             words=words,
             logprobs=(member @ token_lp.to(member.dtype)).tolist(),
-            maps=maps,
-            layer_maps=layer_maps,
-            boxes=localize(maps),
+            maps=e.maps,
+            layer_maps=e.layer_maps,
+            boxes=e.boxes,
             sentence_map=sentence,
-            sentence_box=localize(sentence)[0],
+            sentence_box=sentence_box,
             method=self.method_name,
-            generated=caption is None,
-            guided=guided,
+            generated=text is None,
+            guided=e.guided,
+            layer=self.pipeline.layer_label,
         )
+
+    def pipeline_method(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The CAM formula in use (Grad-CAM for guided-gradcam)."""
+        from mmcam.cam import get_method, gradcam
+
+        return gradcam if self.method_name == "guided-gradcam" else get_method(self.method_name)

@@ -207,6 +207,7 @@ class CaptionExplanation(_Shows):
     method: str
     generated: bool
     guided: torch.Tensor | None = field(default=None, repr=False)
+    layer: str = ""
 
     def panels(self) -> list[Panel]:
         out = [
@@ -229,6 +230,7 @@ class CaptionExplanation(_Shows):
             "caption": self.caption,
             "generated": self.generated,
             "method": self.method,
+            "layer": self.layer,
             "image_size": list(self.image.size),
             "words": [
                 {"word": w, "logprob": lp, "box": _box_list(b), "map_max": float(m.max())}
@@ -275,14 +277,19 @@ class VQAExplanation(_Shows):
     contrast: str | None = None
     contrast_map: torch.Tensor | None = None
     contrast_box: Box | None = None
+    top_boxes: list[Box | None] | None = None
+    layer: str = ""
 
     def panels(self) -> list[Panel]:
         out = [Panel(f"{self.answer}", self.map, self.box, "answers",
                      f"explained answer, p = {self.probability:.4f}")]
-        from mmcam.cam import localize
+        boxes = self.top_boxes
+        if boxes is None:  # built by hand without boxes: compute them once here
+            from mmcam.cam import localize
 
-        for a, p, m in self.top_answers:
-            out.append(Panel(f"{a} ({p:.2f})", m, localize(m)[0], "answers", f"p = {p:.4f}"))
+            boxes = localize(torch.stack([m for _, _, m in self.top_answers]))
+        for (a, p, m), b in zip(self.top_answers, boxes):
+            out.append(Panel(f"{a} ({p:.2f})", m, b, "answers", f"p = {p:.4f}"))
         if self.contrast is not None and self.contrast_map is not None:
             out.append(Panel(f"{self.answer} rather than {self.contrast}", self.contrast_map,
                              self.contrast_box, "contrast",
@@ -302,6 +309,7 @@ class VQAExplanation(_Shows):
             "probability": self.probability,
             "box": _box_list(self.box),
             "method": self.method,
+            "layer": self.layer,
             "image_size": list(self.image.size),
             "top_answers": [
                 {"answer": a, "probability": p, "map_max": float(m.max())}
@@ -321,3 +329,68 @@ class VQAExplanation(_Shows):
             names.append("contrast.png")
         self._save_common(out, names)
         return out
+
+
+@dataclass(frozen=True)
+class ClassExplanation(_Shows):
+    """Maps for the top (or chosen) classes of one image.
+
+    ``maps`` (k,H,W) are un-normalized and carried onto the image's own pixels;
+    ``layer_maps`` (k,h,w) are at the explained layer's grid; ``guided_gradcam``
+    (k,3,Hin,Win) is at the model input's resolution; ``boxes`` are 15%-of-max boxes.
+    """
+
+    image: Image.Image
+    classes: list[int]
+    labels: list[str]
+    scores: list[float]
+    probabilities: list[float]
+    maps: torch.Tensor
+    layer_maps: torch.Tensor
+    boxes: list[Box | None]
+    method: str
+    layer: str
+    guided_gradcam: torch.Tensor | None = field(default=None, repr=False)
+
+    def panels(self) -> list[Panel]:
+        return [
+            Panel(f"{lab} ({p:.2f})", m, b, "classes", f"class {c}: score {s:.4f}, p = {p:.4f}")
+            for c, lab, s, p, m, b in zip(self.classes, self.labels, self.scores,
+                                          self.probabilities, self.maps, self.boxes)
+        ]
+
+    def _headline(self) -> str:
+        return f"classes: {', '.join(self.labels)} (layer {self.layer})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no pixel data)."""
+        return {
+            "method": self.method,
+            "layer": self.layer,
+            "image_size": list(self.image.size),
+            "classes": [
+                {"id": c, "label": lab, "score": s, "probability": p, "box": _box_list(b),
+                 "map_max": float(m.max())}
+                for c, lab, s, p, b, m in zip(self.classes, self.labels, self.scores,
+                                              self.probabilities, self.boxes, self.maps)
+            ],
+        }
+
+    def save(self, out: str | Path) -> list[Path]:
+        """Write grid.png, per class ``class{i}_{id}_box.png`` (shared scale, box),
+        ``class{i}_{id}_{method}.png`` (own scale) and the guided Grad-CAM image,
+        result.json and index.html; return the files written."""
+        out = Path(out)
+        names = [f"class{i}_{c}_box.png" for i, c in enumerate(self.classes)]
+        self._save_common(out, names)
+        written = [out / n for n in ("grid.png", "grid_per_map_scale.png", "result.json",
+                                     "index.html")] + [out / n for n in names]
+        for i, (c, ov) in enumerate(zip(self.classes, self.overlays(shared=False))):
+            p = out / f"class{i}_{c}_{self.method}.png"
+            ov.save(p)
+            written.append(p)
+            if self.guided_gradcam is not None:
+                p = out / f"class{i}_{c}_guided_gradcam.png"
+                guided_image(self.guided_gradcam[i]).resize(self.image.size).save(p)
+                written.append(p)
+        return written

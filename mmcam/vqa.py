@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from torch import nn
 
-from mmcam.adapters.base import VQAAdapter
-from mmcam.batched import copy_gradients
-from mmcam.cam import get_method, localize, upsample
-from mmcam.caption import module_of
-from mmcam.capture import eval_mode
+from mmcam.cam import get_method
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
+from mmcam.layers import Layout
+from mmcam.pipeline import Context, Explained, Pipeline, Rows
 from mmcam.results import VQAExplanation
 
 
@@ -20,13 +20,22 @@ class VQAExplainer:
     """Explain VQA answers: the model's, any candidate, the top-k, and contrasts.
 
     The explained score for answer a is ``log p(a | question, image)``; for a contrast
-    "a rather than b" it is ``log p(a) - log p(b)``. All maps come from one encoder pass
-    and one batched backward over copies of the explained layer's features.
+    "a rather than b" it is ``log p(a) - log p(b)``. All maps come from one batched pass at
+    ``layer`` (None: the adapter's default); see :class:`mmcam.CaptionExplainer` for
+    ``layout`` and ``strategy``.
     """
 
-    def __init__(self, adapter: VQAAdapter, method: str = "gradcam") -> None:
+    def __init__(
+        self,
+        adapter: Any,
+        method: str = "gradcam",
+        layer: str | nn.Module | None = None,
+        layout: Layout | str | Callable | None = None,
+        strategy: str = "auto",
+        chunk_size: int | None = 64,
+    ) -> None:
         missing = [
-            m for m in ("prepare", "encode", "tokenize_question", "score_answers")
+            m for m in ("prepare", "tokenize_question", "score_answers")
             if not callable(getattr(adapter, m, None))
         ]
         if missing or not hasattr(adapter, "answers"):
@@ -37,6 +46,8 @@ class VQAExplainer:
         self.method_name = method
         self.method = get_method(method)
         self._index = {a.lower(): i for i, a in enumerate(adapter.answers)}
+        self.pipeline = Pipeline(adapter, adapter.score_answers, layer=layer, layout=layout,
+                                 strategy=strategy, chunk_size=chunk_size)
 
     def answer_id(self, answer: str) -> int:
         """Index of ``answer`` in the model's answer vocabulary (case-insensitive)."""
@@ -55,54 +66,70 @@ class VQAExplainer:
         top_k: int = 5,
     ) -> VQAExplanation:
         """Explain ``answer`` (default: the model's) and the ``top_k`` answers."""
-        if not isinstance(question, str) or not question.strip():
-            raise MMCamError("the question is empty: ask something about the image")
-        pil = load_image(image)
+        return self.explain_batch([image], [question], [answer], [contrast], top_k)[0]
+
+    def explain_batch(
+        self,
+        images: Sequence[ImageInput],
+        questions: Sequence[str] | str,
+        answers: Sequence[str | None] | None = None,
+        contrasts: Sequence[str | None] | None = None,
+        top_k: int = 5,
+    ) -> list[VQAExplanation]:
+        """Explain several images in one pass; ``questions`` one per image or one for all.
+        Each result equals ``explain`` of that image alone."""
+        n = len(images)
+        qs = [questions] * n if isinstance(questions, str) else list(questions)
+        answers = list(answers) if answers is not None else [None] * n
+        contrasts = list(contrasts) if contrasts is not None else [None] * n
+        if not len(qs) == len(answers) == len(contrasts) == n:
+            raise MMCamError(f"give one question, answer and contrast per image ({n} images)")
+        for q in qs:
+            if not isinstance(q, str) or not q.strip():
+                raise MMCamError("the question is empty: ask something about the image")
+        chosen = [None if a is None else self.answer_id(a) for a in answers]
+        others = [None if c is None else self.answer_id(c) for c in contrasts]
+        pils = [load_image(im) for im in images]
         ad = self.adapter
-        chosen = None if answer is None else self.answer_id(answer)
-        other = None if contrast is None else self.answer_id(contrast)
-        module = module_of(ad)
-        with eval_mode(module) if module is not None else nullcontext():
-            pixels = ad.prepare(pil)
-            with torch.no_grad():
-                feats = ad.encode(pixels)
-            q, unknown = ad.tokenize_question(question)
+
+        def rows(ctx: Context, i: int) -> Rows:
+            q, unknown = ad.tokenize_question(qs[i])
             q = torch.as_tensor(q, dtype=torch.long).reshape(1, -1)
-            with torch.no_grad():
-                lp = ad.score_answers(feats, q)[0]
+            lp = ctx.score(q)[0].cpu()
             K = lp.shape[0]
             top = lp.topk(min(top_k, K)).indices.tolist()
             model_answer = int(lp.argmax())
-            chosen = model_answer if chosen is None else chosen
-            rows = [chosen] + top
-            coefs = torch.zeros(len(rows) + (other is not None), K)
-            coefs[torch.arange(len(rows)), torch.tensor(rows)] = 1.0
-            if other is not None:
-                coefs[-1, chosen] += 1.0
-                coefs[-1, other] -= 1.0
+            pick = model_answer if chosen[i] is None else chosen[i]
+            picked = [pick] + top
+            coefs = torch.zeros(len(picked) + (others[i] is not None), K)
+            coefs[torch.arange(len(picked)), torch.tensor(picked)] = 1.0
+            if others[i] is not None:
+                coefs[-1, pick] += 1.0
+                coefs[-1, others[i]] -= 1.0
+            info = (qs[i], list(unknown), lp, pick, top, model_answer, others[i])
+            return Rows(q.expand(coefs.shape[0], -1), coefs, info)
 
-            def score(copies: torch.Tensor) -> torch.Tensor:
-                return ad.score_answers(copies, q.expand(copies.shape[0], -1))
+        return [self._result(e) for e in self.pipeline.explain(pils, rows, self.method_name)]
 
-            _, G = copy_gradients(feats, score, coefs)
-        A = feats.detach()
-        H, W = pil.size[1], pil.size[0]
-        maps = upsample(self.method(A.expand(G.shape[0], *A.shape[1:]), G), (H, W))
-        boxes = localize(maps)
+    def _result(self, e: Explained) -> VQAExplanation:
+        question, unknown, lp, pick, top, model_answer, other = e.rows.info
+        names = self.adapter.answers
         probs = lp.exp()
-        n = len(rows)
+        n = 1 + len(top)
         return VQAExplanation(
-            image=pil,
+            image=e.image,
             question=question,
-            unknown_words=list(unknown),
-            answer=ad.answers[chosen],
-            probability=float(probs[chosen]),
-            map=maps[0],
-            box=boxes[0],
-            top_answers=[(ad.answers[a], float(probs[a]), maps[1 + i]) for i, a in enumerate(top)],
+            unknown_words=unknown,
+            answer=names[pick],
+            probability=float(probs[pick]),
+            map=e.maps[0],
+            box=e.boxes[0],
+            top_answers=[(names[a], float(probs[a]), e.maps[1 + i]) for i, a in enumerate(top)],
+            top_boxes=e.boxes[1:n],
             method=self.method_name,
-            model_answer=ad.answers[model_answer],
-            contrast=None if other is None else ad.answers[other],
-            contrast_map=None if other is None else maps[n],
-            contrast_box=None if other is None else boxes[n],
+            model_answer=names[model_answer],
+            contrast=None if other is None else names[other],
+            contrast_map=None if other is None else e.maps[n],
+            contrast_box=None if other is None else e.boxes[n],
+            layer=self.pipeline.layer_label,
         )

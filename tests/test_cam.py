@@ -36,7 +36,7 @@ x = [[1, 2], [3, 4]]
 
 def maps(method):
     ex = ClassExplainer(Tiny(), layer="conv", method=method)
-    return ex.explain_batch(X, torch.tensor([[0, 1]]))["layer_maps"][0].double()
+    return ex.explain_pixels(X, torch.tensor([[0, 1]]))["layer_maps"][0].double()
 
 
 def test_gradcam_by_hand():

@@ -15,7 +15,7 @@ def test_matches_captum(name, layer):
     model = torchvision.models.get_model(name, weights=None).eval()
     x = torch.randn(2, 3, 64, 64)
     target = torch.tensor([3, 500])
-    r = ClassExplainer(model, layer=layer).explain_batch(x, target[:, None], guided=True)
+    r = ClassExplainer(model, layer=layer).explain_pixels(x, target[:, None], guided=True)
     lay = model.get_submodule(layer)
     ref = captum_attr.LayerGradCam(model, lay).attribute(x, target=target, relu_attributions=True)
     ref_up = captum_attr.LayerAttribution.interpolate(ref, (64, 64), interpolate_mode="bilinear")
@@ -36,7 +36,7 @@ def test_logprob_score_matches_captum_on_log_softmax():
     model = torchvision.models.resnet18(weights=None).eval()
     x = torch.randn(1, 3, 64, 64)
     ex = ClassExplainer(model, layer="layer4", score="logprob")
-    r = ex.explain_batch(x, torch.tensor([[7]]))
+    r = ex.explain_pixels(x, torch.tensor([[7]]))
 
     def logp(inp):
         return torch.log_softmax(model(inp), dim=1)

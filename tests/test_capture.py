@@ -5,10 +5,10 @@ import torch
 import torchvision
 from torch import nn
 
-from mmcam.capture import capture
 from mmcam.classify import ClassExplainer
 from mmcam.errors import MMCamError
 from mmcam.guided import guided_relus
+from mmcam.layers import tap as capture
 
 
 def hooks_left(model):
@@ -36,7 +36,7 @@ def test_state_untouched_after_explain(resnet):
     flags = {n: m.training for n, m in resnet.named_modules()}
     req = {n: p.requires_grad for n, p in resnet.named_parameters()}
     state = {k: v.clone() for k, v in resnet.state_dict().items()}
-    ClassExplainer(resnet, layer="layer4").explain_batch(torch.randn(2, 3, 64, 64), guided=True)
+    ClassExplainer(resnet, layer="layer4").explain_pixels(torch.randn(2, 3, 64, 64), guided=True)
     assert {n: m.training for n, m in resnet.named_modules()} == flags
     assert {n: p.requires_grad for n, p in resnet.named_parameters()} == req
     assert hooks_left(resnet) == 0 and patched_relus(resnet) == 0
@@ -61,7 +61,8 @@ def test_hooks_removed_when_the_body_raises(resnet):
 def test_hooks_removed_when_the_model_raises(resnet):
     resnet.train()
     with pytest.raises(RuntimeError):  # wrong channel count fails inside the forward
-        ClassExplainer(resnet, layer="layer4").explain_batch(torch.randn(1, 4, 32, 32), guided=True)
+        ClassExplainer(resnet, layer="layer4").explain_pixels(
+            torch.randn(1, 4, 32, 32), guided=True)
     assert hooks_left(resnet) == 0 and patched_relus(resnet) == 0
     assert all(m.training for m in resnet.modules())
 
@@ -79,14 +80,19 @@ def test_inplace_op_after_layer_does_not_corrupt_capture():
 
     net = Net()
     x = torch.tensor([[[[1.0, -2.0]]]])
-    with capture(net, "conv") as cap:
-        net(x)
-        assert torch.equal(cap.get(), torch.tensor([[[[-1.0, 2.0]]]]))
+    # A = conv(x) = [-1, 2]; y = sum(relu(A)) so G = [0, 1]; counterfactual Grad-CAM =
+    # relu(-mean(G) * A) = relu(-0.5 * [-1, 2]) = [0.5, 0]. Had the in-place ReLU after the
+    # layer clobbered the captured A to [0, 2], the map would be [0, 0].
+    for strategy in ("copies", "vjp"):
+        r = ClassExplainer(net, layer="conv", method="counterfactual",
+                           strategy=strategy).explain_pixels(x, torch.tensor([[0]]))
+        assert torch.equal(r["layer_maps"][0, 0], torch.tensor([[0.5, 0.0]])), strategy
+    assert hooks_left(net) == 0
 
 
 def test_layer_errors(resnet):
     with pytest.raises(MMCamError, match="no layer named 'layer9'"):
-        ClassExplainer(resnet, layer="layer9").explain_batch(torch.randn(1, 3, 32, 32))
+        ClassExplainer(resnet, layer="layer9").explain_pixels(torch.randn(1, 3, 32, 32))
 
     class Skip(nn.Module):
         def __init__(self):
@@ -99,5 +105,5 @@ def test_layer_errors(resnet):
 
     skip = Skip()
     with pytest.raises(MMCamError, match="never reached layer 'unused'"):
-        ClassExplainer(skip, layer="unused").explain_batch(torch.randn(1, 3, 8, 8))
+        ClassExplainer(skip, layer="unused").explain_pixels(torch.randn(1, 3, 8, 8))
     assert hooks_left(skip) == 0

@@ -173,3 +173,93 @@ def image(seed: int = 0, size: tuple[int, int] = (40, 30)) -> Image.Image:
     g = torch.Generator().manual_seed(seed)
     arr = (torch.rand(size[1], size[0], 3, generator=g) * 255).to(torch.uint8).numpy()
     return Image.fromarray(arr)
+
+
+class ToyViTCaptioner(nn.Module):
+    """A whole-model captioner (no ``encode`` split): ViT tower (4x4 patches + CLS, two
+    transformer blocks) and a causal transformer decoder cross-attending its tokens.
+
+    ``score_tokens(pixels, ids)`` runs the whole model; pixels may have batch 1 for any
+    number of id rows (the image tokens are broadcast), as Hugging Face models allow.
+    """
+
+    layer = "vision.layers[-1]"
+
+    def __init__(self, seed: int = 0, size: int = 16, crop: bool = False) -> None:
+        super().__init__()
+        from mmcam.layers import Tokens
+
+        torch.manual_seed(seed)
+        d = 16
+        self.size, self.crop = size, crop
+        self.layout = Tokens(prefix=1)
+        self.vocab = ["<bos>", "<eos>"] + WORDS
+        self.vision = nn.Module()
+        self.vision.patch = nn.Conv2d(3, d, 4, stride=4)
+        self.vision.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.vision.pos = nn.Parameter(torch.randn(1, 1 + (size // 4) ** 2, d) * 0.5)
+        self.vision.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(d, 2, 32, dropout=0.1, batch_first=True)
+            for _ in range(2)
+        )
+        self.embed = nn.Embedding(len(self.vocab), d)
+        self.text_pos = nn.Parameter(torch.randn(1, 24, d) * 0.5)
+        self.decoder = nn.TransformerDecoderLayer(d, 2, 32, dropout=0.1, batch_first=True)
+        self.out = nn.Linear(d, len(self.vocab))
+
+    def prepare(self, image: Image.Image):
+        from mmcam.geometry import Geometry
+
+        g = Geometry.identity(image.size)
+        if self.crop:  # shorter side to `size`, then a centre crop: geometry recorded
+            g = g.resize_short(self.size)
+            im = image.convert("RGB").resize(g.input_size, Image.BILINEAR)
+            g = g.center_crop((self.size, self.size))
+            im = TF.center_crop(im, [self.size, self.size])
+        else:
+            g = g.resize((self.size, self.size))
+            im = image.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+        p = next(self.parameters())
+        return TF.to_tensor(im).unsqueeze(0).to(p.device, p.dtype), g
+
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.vision.patch(pixels).flatten(2).transpose(1, 2)
+        x = torch.cat([self.vision.cls.expand(x.shape[0], -1, -1), x], 1) + self.vision.pos
+        for blk in self.vision.layers:
+            x = blk(x)
+        return x
+
+    def logits(self, memory: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        inp = torch.cat([torch.zeros_like(ids[:, :1]), ids[:, :-1]], 1)
+        T = inp.shape[1]
+        mask = torch.triu(torch.full((T, T), float("-inf"), device=ids.device), 1)
+        if memory.shape[0] != ids.shape[0]:
+            memory = memory.expand(ids.shape[0], -1, -1)
+        h = self.decoder(self.embed(inp) + self.text_pos[:, :T], memory, tgt_mask=mask.to(
+            memory.dtype))
+        return self.out(h).float()
+
+    def score_tokens(self, pixels: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        lp = self.logits(self.image_tokens(pixels), token_ids).log_softmax(-1)
+        return lp.gather(2, token_ids[..., None])[..., 0]
+
+    @torch.no_grad()
+    def generate(self, pixels, max_len=20, beam_size=1):
+        mem = self.image_tokens(pixels)
+        ids = torch.zeros(1, 0, dtype=torch.long)
+        for _ in range(max_len):
+            probe = torch.cat([ids, torch.zeros(1, 1, dtype=torch.long)], 1)
+            lp = self.logits(mem, probe)[0, -1]
+            lp[:2] = -float("inf") if ids.shape[1] < 3 else lp[:2]
+            lp[0] = -float("inf")
+            nxt = int(lp.argmax())
+            if nxt == 1:
+                break
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+        return ids
+
+    def tokenize(self, text):
+        return torch.tensor([self.vocab.index(w) for w in text.lower().split()])
+
+    def words(self, ids):
+        return [self.vocab[int(t)] for t in ids]

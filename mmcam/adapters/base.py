@@ -1,12 +1,27 @@
 """The adapter contracts. A user's own model plugs into mmcam by implementing one of these.
 
-Shapes: ``pixels`` (1,3,H,W); ``features`` (B,C,h,w) are the activations of the explained
-conv layer; ``token_ids`` (B,T) hold caption tokens *without* begin/end markers.
+Two forms, told apart by whether the adapter has ``encode``:
+
+- **whole model** (any model, e.g. Hugging Face): ``prepare(image) -> (inputs, Geometry)``
+  and a scorer that runs the *whole* model from those inputs on rows of token ids. The
+  explained layer is any submodule of ``model`` (attribute ``layer``, a dotted path such as
+  ``"vision_model.encoder.layers[-1]"``, or the module), read through ``layout``
+  (:mod:`mmcam.layers`). The inputs have batch 1; the scorer must accept N rows of ids (the
+  image side is broadcast or expanded to N rows after the explained layer, as HF models do).
+- **split** (the older form): ``encode(pixels) -> features`` and a scorer from features. The
+  default explained layer is the output of ``encode``; any module inside the encoder can be
+  named instead.
+
+Adapters keep no state between calls: everything a call needs travels in ``inputs``.
+Shapes: ``token_ids`` (N,T) hold caption tokens *without* begin/end markers.
+Optional attributes: ``model`` (the ``nn.Module``; the adapter itself if it is one),
+``layer`` and ``layout`` (defaults), ``strategy`` ("copies" or "vjp", else measured per family:
+recurrent decoders -> copies, others -> vjp), ``word_index(ids) -> list[int]``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
@@ -14,24 +29,18 @@ from PIL import Image
 
 @runtime_checkable
 class CaptionAdapter(Protocol):
-    """A captioning model split at the explained layer."""
+    """A captioning model (whole-model form; the split form adds ``encode``)."""
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        """RGB image -> pixels (1,3,H,W). Only a resize may change geometry."""
+    def prepare(self, image: Image.Image) -> Any:
+        """RGB image -> ``(inputs, Geometry)``, or pixels (1,3,H,W) made by a plain resize."""
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels (B,3,H,W) -> features (B,C,h,w) of the explained conv layer."""
+    def score_tokens(self, inputs: Any, token_ids: torch.Tensor) -> torch.Tensor:
+        """inputs (or features, split form), ids (N,T) -> (N,T):
+        entry t = log p(token_t | tokens_<t, image). Rows must be independent and token t's
+        score must not depend on later tokens (teacher forcing)."""
 
-    def score_tokens(self, features: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """(B,C,h,w), (B,T) -> (B,T) with entry t = log p(token_t | tokens_<t, image).
-
-        Must be differentiable in ``features`` and treat batch rows independently.
-        """
-
-    def generate(
-        self, features: torch.Tensor, max_len: int = 20, beam_size: int = 1
-    ) -> torch.Tensor:
-        """(1,C,h,w) -> token ids (1,T) of the generated caption, markers excluded."""
+    def generate(self, inputs: Any, max_len: int = 20, beam_size: int = 1) -> torch.Tensor:
+        """inputs (or features) -> token ids (1,T) of the generated caption, markers excluded."""
 
     def tokenize(self, text: str) -> torch.Tensor:
         """Caption text -> token ids (T,), markers excluded."""
@@ -45,34 +54,36 @@ class CaptionAdapter(Protocol):
 
 
 @runtime_checkable
+class SplitCaptionAdapter(CaptionAdapter, Protocol):
+    """A captioning model split at its encoder's output."""
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (B,3,H,W) -> features (B,C,h,w): the default explained layer."""
+
+
+@runtime_checkable
 class VQAAdapter(Protocol):
-    """A classifier-style VQA model split at the explained layer."""
+    """A classifier-style VQA model (whole-model form; the split form adds ``encode``)."""
 
     answers: list[str]
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        """RGB image -> pixels (1,3,H,W)."""
-
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels (B,3,H,W) -> features (B,C,h,w) of the explained conv layer."""
+    def prepare(self, image: Image.Image) -> Any:
+        """RGB image -> ``(inputs, Geometry)`` or pixels (1,3,H,W)."""
 
     def tokenize_question(self, question: str) -> tuple[torch.Tensor, list[str]]:
-        """Question -> (token ids (L,), the question words that were out of vocabulary).
+        """Question -> (token ids (L,), the question words that were out of vocabulary)."""
 
-        Unknown words are mapped to the model's unknown token, as in training.
-        """
-
-    def score_answers(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
-        """(B,C,h,w), (B,L) -> (B, n_answers) log-probabilities over ``answers``."""
+    def score_answers(self, inputs: Any, question_ids: torch.Tensor) -> torch.Tensor:
+        """inputs (or features), question ids (N,L) -> (N, n_answers) log-probabilities."""
 
 
 @runtime_checkable
 class ClassifierAdapter(Protocol):
-    """A CNN classifier with the name of its explained layer."""
+    """A classifier with the name of its explained layer."""
 
     model: torch.nn.Module
     layer: str
     labels: list[str]
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        """RGB image -> pixels (1,3,H,W)."""
+    def prepare(self, image: Image.Image) -> Any:
+        """RGB image -> pixels (1,3,H,W) or ``(pixels, Geometry)``."""

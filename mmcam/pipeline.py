@@ -1,0 +1,406 @@
+"""The one explain path: image -> prepare -> gradients at the layer for all rows -> method ->
+back through geometry -> localize. Caption, VQA and classification only choose the rows.
+
+A model plugs in through one of two forms (see :mod:`mmcam.adapters.base`):
+
+- **split**: ``encode(pixels) -> features`` and a scorer from features. The encoder runs once
+  per image (shared with generation); the decoder's rows are batched by the strategy at the
+  features; an explained layer inside the encoder receives them by one batched VJP through
+  the encoder's remainder (exact: the chain rule is linear in the cotangent).
+- **whole model**: a scorer from the prepared inputs. A forward hook on the explained layer
+  hands its output to the strategy (copies or vjp, :mod:`mmcam.engine`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from mmcam import engine
+from mmcam.cam import get_method, gradcam, localize
+from mmcam.errors import MMCamError
+from mmcam.geometry import Geometry
+from mmcam.guided import guided_from_layer, guided_gradcam
+from mmcam.layers import Conv, Layout, Tokens, as_layout, eval_mode, layer_name, tap
+
+Box = tuple[int, int, int, int]
+RECURRENT = (nn.RNNBase, nn.RNNCellBase)
+
+
+def module_of(adapter: Any) -> nn.Module | None:
+    """The ``nn.Module`` behind an adapter (itself, or its ``.model``), if any."""
+    if isinstance(adapter, nn.Module):
+        return adapter
+    m = getattr(adapter, "model", None)
+    return m if isinstance(m, nn.Module) else None
+
+
+def infer_layout(x: torch.Tensor) -> Layout:
+    """Conv for (B,C,h,w); for (B,n,D) tokens the smallest prefix p <= 8 leaving a square."""
+    if x.dim() == 4:
+        return Conv()
+    if x.dim() == 3:
+        for p in range(9):
+            r = math.isqrt(max(x.shape[1] - p, 0))
+            if r > 0 and r * r == x.shape[1] - p:
+                return Tokens(prefix=p)
+    raise MMCamError(
+        f"cannot read a {tuple(x.shape)} layer output as an (h,w) grid: choose a conv layer or a "
+        "token block, or pass layout=Tokens(prefix=..., grid=(h, w)), ChannelsLast() or a callback"
+    )
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What to explain for one image: ids (n,T) per row and coefficients (n,K) on scores."""
+
+    ids: torch.Tensor
+    coefs: torch.Tensor
+    info: Any = None
+
+
+@dataclass(frozen=True)
+class Explained:
+    """One image's rows explained: grid maps (n,h,w), image maps (n,H,W), boxes, scores."""
+
+    image: Image.Image | None
+    inputs: Any
+    geometry: Geometry
+    rows: Rows
+    A: torch.Tensor  # (C,h,w)
+    G: torch.Tensor  # (n,C,h,w)
+    layer_maps: torch.Tensor
+    maps: torch.Tensor
+    boxes: list[Box | None]
+    scores: torch.Tensor  # (n,K) each row's scores
+    guided: torch.Tensor | None  # (n,3,Hin,Win)
+
+    def extra_map(self, method: Callable, G: torch.Tensor) -> tuple[torch.Tensor, Box | None]:
+        """Map (H,W) and box for a further gradient G (C,h,w) of this image (e.g. a sum)."""
+        m = self.geometry.to_image(method(self.A[None], G[None]))[0]
+        return m, localize(m)[0]
+
+
+class Context:
+    """What a task may ask of the model for one image before choosing its rows."""
+
+    def __init__(self, score: Callable[[torch.Tensor], torch.Tensor],
+                 generate: Callable[..., torch.Tensor] | None) -> None:
+        self._score, self._generate = score, generate
+
+    def score(self, ids: torch.Tensor) -> torch.Tensor:
+        """Scores (n,K) of ``ids`` rows, without gradients."""
+        with torch.no_grad():
+            return self._score(ids).float()
+
+    def generate(self, **kw: Any) -> torch.Tensor:
+        if self._generate is None:
+            raise MMCamError("the model has no generate()")
+        with torch.no_grad():
+            return self._generate(**kw)
+
+
+def _pixels_of(inputs: Any) -> torch.Tensor | None:
+    if isinstance(inputs, torch.Tensor):
+        return inputs
+    if isinstance(inputs, dict):
+        for k in ("pixel_values", "pixels"):
+            if isinstance(inputs.get(k), torch.Tensor):
+                return inputs[k]
+    return None
+
+
+def _with_pixels(inputs: Any, px: torch.Tensor) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return px
+    key = "pixel_values" if "pixel_values" in inputs else "pixels"
+    return {**inputs, key: px}
+
+
+class Pipeline:
+    """A model bound to an explained layer, a layout, a strategy and a scoring function.
+
+    ``score(inputs_or_features, ids) -> (n,K)`` and ``generate`` are the task's view of the
+    adapter; ``split`` says whether ``score`` starts from ``encode``'s features.
+    """
+
+    def __init__(
+        self,
+        adapter: Any,
+        score: Callable[[Any, torch.Tensor], torch.Tensor],
+        generate: Callable[..., torch.Tensor] | None = None,
+        layer: str | nn.Module | None = None,
+        layout: Layout | str | Callable | None = None,
+        strategy: str = "auto",
+        chunk_size: int | None = 64,
+        causal: bool = False,
+        stack_inputs: bool = False,
+    ) -> None:
+        self.adapter = adapter
+        self.module = module_of(adapter)
+        self.split = callable(getattr(adapter, "encode", None))
+        self.score_fn, self.generate_fn = score, generate
+        self.causal, self.stack_inputs = causal, stack_inputs
+        self.chunk_size = chunk_size
+        if layer is None and not self.split:
+            layer = getattr(adapter, "layer", None)
+            if layer is None:
+                raise MMCamError("give the layer to explain, e.g. layer='layer4'")
+        if layer is not None and self.module is None:
+            raise MMCamError("a layer can only be named on an adapter with an nn.Module .model")
+        if layer is not None:
+            from mmcam.layers import resolve_layer
+
+            resolve_layer(self.module, layer)  # fail early on a bad name
+        self.layer = layer
+        self.layout = None if layout is None else as_layout(layout)
+        if self.layout is None and layer is None or (layer is not None and layer == getattr(
+                adapter, "layer", object()) and getattr(adapter, "layout", None) is not None):
+            self.layout = as_layout(getattr(adapter, "layout", None))
+        self.strategy = self._choose(engine.check_strategy(strategy))
+
+    @property
+    def layer_label(self) -> str:
+        """The explained layer's name (``"encode output"`` for a split model's default)."""
+        if self.layer is None:
+            return "encode output"
+        return layer_name(self.module, self.layer)
+
+    def _choose(self, strategy: str) -> str:
+        if strategy != "auto":
+            return strategy
+        own = getattr(self.adapter, "strategy", None)
+        if own in ("copies", "vjp"):
+            return own
+        mods = self.module.modules() if self.module is not None else []
+        return "copies" if any(isinstance(m, RECURRENT) for m in mods) else "vjp"
+
+    # ------------------------------------------------------------------ preparation
+
+    def prepare(self, image: Image.Image) -> tuple[Any, Geometry]:
+        """``adapter.prepare`` -> (inputs, geometry); a bare pixel tensor means a resize."""
+        out = self.adapter.prepare(image)
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Geometry):
+            inputs, geom = out
+        else:
+            inputs = out
+            px = _pixels_of(inputs)
+            if px is None:
+                raise MMCamError("prepare() must return pixels (1,3,H,W) or (inputs, Geometry)")
+            geom = Geometry.identity(image.size).resize((px.shape[-1], px.shape[-2]))
+        if geom.image_size != tuple(image.size):
+            raise MMCamError(f"prepare() recorded an image of size {geom.image_size}, but the "
+                             f"image is {image.size}")
+        return inputs, geom
+
+    def _device(self) -> torch.device | None:
+        if self.module is None:
+            return None
+        p = next(self.module.parameters(), None)
+        return p.device if p is not None else None
+
+    def _to_device(self, inputs: Any) -> Any:
+        dev = self._device()
+        if dev is None:
+            return inputs
+        if isinstance(inputs, torch.Tensor):
+            return inputs.to(dev)
+        if isinstance(inputs, dict):
+            return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return inputs
+
+    # ------------------------------------------------------------------ explain
+
+    def explain(
+        self,
+        images: list[Image.Image],
+        rows_fn: Callable[[Context, int], Rows],
+        method: str = "gradcam",
+        guided: bool = False,
+    ) -> list[Explained]:
+        """Explain the rows ``rows_fn(context, image_index)`` of every image."""
+        return self.explain_prepared(images, [self.prepare(im) for im in images], rows_fn,
+                                     method, guided)
+
+    def explain_prepared(
+        self,
+        images: list[Image.Image | None],
+        prepared: list[tuple[Any, Geometry]],
+        rows_fn: Callable[[Context, int], Rows],
+        method: str = "gradcam",
+        guided: bool = False,
+    ) -> list[Explained]:
+        """As :meth:`explain`, for inputs already prepared (``(inputs, geometry)`` each)."""
+        cam = gradcam if method == "guided-gradcam" else get_method(method)
+        with eval_mode(self.module):
+            if self.split:
+                out: list[Explained | None] = [None] * len(images)
+                for idx in self._groups(prepared):
+                    for i, e in zip(idx, self._explain_split(
+                            [images[i] for i in idx], [prepared[i] for i in idx], rows_fn,
+                            idx, cam, guided)):
+                        out[i] = e
+                return out  # type: ignore[return-value]
+            groups = (self._groups(prepared) if self.stack_inputs
+                      else [[i] for i in range(len(images))])
+            out = [None] * len(images)
+            for idx in groups:
+                for i, e in zip(idx, self._explain_whole(
+                        [images[i] for i in idx], [prepared[i] for i in idx], rows_fn, idx,
+                        cam, guided)):
+                    out[i] = e
+            return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _groups(prepared: list[tuple[Any, Geometry]]) -> list[list[int]]:
+        """Images whose pixel tensors can be stacked into one encoder batch."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (inp, _) in enumerate(prepared):
+            px = _pixels_of(inp)
+            key = tuple(px.shape) if px is not None else ("single", i)
+            groups.setdefault(key, []).append(i)
+        return list(groups.values())
+
+    def _row_gradients(self, run: engine.Run, rows: list[Rows], n_images: int):
+        """Gradients of the rows of all images: one engine call when the rows can be stacked
+        (equal widths, or causal scores padded at the end, which cannot change the scores
+        before the padding), else one call per width."""
+        if self.causal:
+            groups = [list(range(len(rows)))]
+        else:
+            by: dict[tuple[int, int], list[int]] = {}
+            for b, r in enumerate(rows):
+                by.setdefault((r.ids.shape[1], r.coefs.shape[1]), []).append(b)
+            groups = list(by.values())
+        K = max(r.coefs.shape[1] for r in rows)
+        starts = torch.tensor([0] + [r.ids.shape[0] for r in rows]).cumsum(0).tolist()
+        N = starts[-1]
+        G = scores = A = None
+        image = torch.cat([torch.full((r.ids.shape[0],), b) for b, r in enumerate(rows)])
+        for group in groups:
+            T = max(rows[b].ids.shape[1] for b in group)
+            ids = torch.cat([F.pad(rows[b].ids, (0, T - rows[b].ids.shape[1])) for b in group])
+            coefs = torch.cat([F.pad(rows[b].coefs.float(), (0, K - rows[b].coefs.shape[1]))
+                               for b in group])
+            img = torch.cat([torch.full((rows[b].ids.shape[0],), b) for b in group])
+            g = engine.layer_gradients(run, ids, coefs, self.strategy, self.chunk_size, img,
+                                       n_images)
+            if G is None:
+                A = g.A
+                G = g.G.new_zeros(N, *g.G.shape[1:])
+                scores = g.scores.new_zeros(N, K)
+            at = torch.cat([torch.arange(starts[b], starts[b + 1]) for b in group])
+            G[at] = g.G
+            scores[at, : g.scores.shape[1]] = g.scores
+        return A, G, scores, image
+
+    def _explain_split(self, images, prepared, rows_fn, index, cam, guided) -> list[Explained]:
+        ad = self.adapter
+        pixels = torch.cat([self._to_device(_pixels_of(p[0])) for p in prepared])
+        held: dict[str, torch.Tensor] = {}
+        if self.layer is None:
+            with torch.no_grad():
+                feats = ad.encode(pixels)
+        else:
+            def record(a: torch.Tensor) -> torch.Tensor:
+                held["A"] = a.detach().requires_grad_(True)
+                return held["A"].clone()
+
+            with tap(self.module, self.layer) as t, t.run(record), torch.enable_grad():
+                feats = ad.encode(pixels)
+        base = feats.detach()
+        rows = [rows_fn(Context(lambda ids, b=b: self.score_fn(base[b:b + 1].expand(
+            ids.shape[0], *base.shape[1:]), ids), lambda b=b, **kw: self.generate_fn(
+            base[b:b + 1], **kw)), index[b]) for b in range(len(images))]
+
+        def run(feed: engine.Feed, row_ids: torch.Tensor) -> torch.Tensor:
+            return self.score_fn(feed(base), row_ids.to(base.device))
+
+        A_raw, G_raw, scores, image = self._row_gradients(run, rows, len(images))
+        if self.layer is not None:
+            A_raw = held["A"].detach()
+            G_raw = self._carry_back(feats, held["A"], G_raw, image)
+        return self._finish(images, prepared, rows, A_raw, G_raw, scores, image, cam,
+                            guided, lambda px, feed: self._encode_to(px, feed))
+
+    def _encode_to(self, px: torch.Tensor, feed: engine.Feed) -> None:
+        if self.layer is None:
+            feed(self.adapter.encode(px))
+            return
+        with tap(self.module, self.layer) as t, t.run(feed):
+            self.adapter.encode(px)
+
+    def _carry_back(self, feats, leaf, G_point, image) -> torch.Tensor:
+        out = []
+        for sl in engine._chunks(G_point.shape[0], self.chunk_size):
+            n = sl.stop - sl.start
+            cot = torch.zeros(n, *feats.shape, device=feats.device)
+            cot[torch.arange(n), image[sl]] = G_point[sl].to(cot.device)
+            g = engine.batched_vjp(feats, leaf, cot)
+            out.append(g[torch.arange(n), image[sl]].float())
+        return torch.cat(out)
+
+    def _explain_whole(self, images, prepared, rows_fn, index, cam, guided) -> list[Explained]:
+        """Whole-model path; several images share one pass when ``stack_inputs`` (the
+        scorer then takes a batch of pixels), else one image at a time."""
+        B = len(images)
+        inputs = self._to_device(
+            torch.cat([_pixels_of(p[0]) for p in prepared]) if B > 1 else prepared[0][0])
+        with tap(self.module, self.layer) as t:
+            def run(feed: engine.Feed, ids: torch.Tensor) -> torch.Tensor:
+                with t.run(feed):
+                    return self.score_fn(inputs, ids)
+
+            first: dict[str, torch.Tensor] = {}
+
+            def score_of(b: int, ids: torch.Tensor) -> torch.Tensor:
+                if B == 1:
+                    return run(lambda a: a, ids)
+                if "s" not in first:  # one forward for all images (scores ignore ids)
+                    first["s"] = run(lambda a: a, ids[:1])
+                return first["s"][b:b + 1].expand(ids.shape[0], -1)
+
+            rows = [rows_fn(Context(lambda ids, b=b: score_of(b, ids),
+                                    None if self.generate_fn is None else
+                                    lambda **kw: self.generate_fn(inputs, **kw)), index[b])
+                    for b in range(B)]
+            A_raw, G_raw, scores, image = self._row_gradients(run, rows, B)
+
+            def to_layer(px: torch.Tensor, feed: engine.Feed) -> None:
+                with t.run(feed):
+                    self.score_fn(_with_pixels(prepared[0][0], px), rows[0].ids[:1])
+
+            return self._finish(images, prepared, rows, A_raw, G_raw, scores, image, cam,
+                                guided, to_layer)
+
+    def _finish(self, images, prepared, rows, A_raw, G_raw, scores, image, cam, guided,
+                to_layer) -> list[Explained]:
+        layout = self.layout or infer_layout(A_raw)
+        A = layout.to_grid(A_raw).float()
+        G = layout.to_grid(G_raw).float()
+        out, start = [], 0
+        for b, (im, (inputs, geom), r) in enumerate(zip(images, prepared, rows)):
+            n = r.ids.shape[0]
+            sel = slice(start, start + n)
+            start += n
+            Gb = G[sel]
+            lmaps = cam(A[b:b + 1].expand(n, *A.shape[1:]), Gb)
+            maps = geom.to_image(lmaps)
+            gg = None
+            if guided:
+                px = _pixels_of(inputs)
+                if px is None:
+                    raise MMCamError("guided-gradcam needs pixel inputs")
+                gb = guided_from_layer(self.module, self._to_device(px), G_raw[sel], to_layer,
+                                       self.chunk_size)
+                gg = guided_gradcam(lmaps, gb)
+            out.append(Explained(im, inputs, geom, r, A[b], Gb, lmaps, maps, localize(maps),
+                                 scores[sel, : r.coefs.shape[1]], gg))
+        return out
