@@ -36,8 +36,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from demos.custom_captioner import ResNetLSTMCaptioner, default_vocab  # noqa: E402
-from mmcam.caption import CaptionExplainer, word_membership  # noqa: E402
 from mmcam.cam import gradcam  # noqa: E402
+from mmcam.caption import CaptionExplainer, word_membership  # noqa: E402
 from mmcam.geometry import Geometry  # noqa: E402
 from mmcam.layers import Tokens, resolve_layer  # noqa: E402
 
