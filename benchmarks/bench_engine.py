@@ -85,7 +85,7 @@ class ViTGPTCaptioner(nn.Module):
         mem = mem.expand(ids.shape[0], -1, -1) if mem.shape[0] == 1 else mem
         inp = torch.cat([torch.zeros_like(ids[:, :1]), ids[:, :-1]], 1)
         T = inp.shape[1]
-        mask = torch.triu(torch.full((T, T), float("-inf")), 1)
+        mask = torch.triu(torch.full((T, T), float("-inf"), device=ids.device), 1)
         h = self.decoder(self.embed(inp) + self.pos[:, :T], mem, tgt_mask=mask)
         return self.out(h).float().log_softmax(-1).gather(2, ids[..., None])[..., 0]
 
@@ -100,12 +100,22 @@ class ViTGPTCaptioner(nn.Module):
         return [str(int(i)) for i in ids]
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     fn()  # warm-up
     ts = []
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t)
     return {"median": statistics.median(ts), "min": min(ts), "runs": ts}
 
@@ -132,7 +142,7 @@ def loop_maps(module: nn.Module, layer: str, layout, y_of_word: Callable[[int], 
         (g,) = torch.autograd.grad(y, A)
         grid_a, grid_g = layout.to_grid(A.detach()), layout.to_grid(g)
         maps.append(gradcam(grid_a, grid_g))
-    return torch.cat(maps)
+    return torch.cat(maps).cpu()
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -144,17 +154,18 @@ def bench_lstm(repeats: int, bar: tqdm) -> dict:
 
     torch.manual_seed(0)
     m = ResNetLSTMCaptioner(default_vocab(1000), resnet="resnet50", min_len=WORDS).eval()
+    m.to(DEVICE)
     img = photo()
+    px = m.prepare(img).to(DEVICE)
     with torch.no_grad():
-        ids = m.generate(m.encode(m.prepare(img)), max_len=WORDS)[0]
+        ids = m.generate(m.encode(px), max_len=WORDS)[0]
     caption = " ".join(m.words(ids))
-    member = word_membership(m, ids)
-    px = m.prepare(img)
+    member = word_membership(m, ids.cpu()).to(DEVICE)
     out: dict = {"caption_words": len(ids)}
 
     def gen() -> None:
         with torch.no_grad():
-            m.generate(m.encode(m.prepare(img)), max_len=WORDS)
+            m.generate(m.encode(m.prepare(img).to(DEVICE)), max_len=WORDS)
 
     out["generate"] = timed(gen, repeats)
     bar.update()
@@ -184,11 +195,11 @@ def bench_lstm(repeats: int, bar: tqdm) -> dict:
 
 def bench_transformer(repeats: int, bar: tqdm) -> dict:
     torch.manual_seed(0)
-    m = ViTGPTCaptioner().eval()
+    m = ViTGPTCaptioner().eval().to(DEVICE)
     img = photo()
     caption = " ".join(str(int(i)) for i in torch.randint(1, 8000, (WORDS,)))
-    ids = m.tokenize(caption)
-    px, _ = m.prepare(img)
+    ids = m.tokenize(caption).to(DEVICE)
+    px = m.prepare(img)[0].to(DEVICE)
     out: dict = {}
     ref = loop_maps(m, m.layer, m.layout, lambda i: m.score_tokens(px, ids[None])[0, i],
                     WORDS)
@@ -209,19 +220,23 @@ def bench_batch(repeats: int, bar: tqdm) -> dict:
     from mmcam import load_model, scenes
 
     out = {}
-    cap = load_model("shapes-captioner")
-    imgs = [s.image for s in scenes.generate(16, seed=5)]
-    ex = CaptionExplainer(cap)
-    one = timed(lambda: [ex.explain(i) for i in imgs], repeats)
-    batch = timed(lambda: ex.explain_batch(imgs), repeats)
-    out["shapes-captioner"] = {"images": len(imgs), "one_by_one": one, "batched": batch,
-                               "images_per_s_one": len(imgs) / one["median"],
-                               "images_per_s_batched": len(imgs) / batch["median"]}
+    if DEVICE.type == "cpu":  # the shipped reference models run on the CPU
+        cap = load_model("shapes-captioner")
+        imgs = [s.image for s in scenes.generate(16, seed=5)]
+        ex = CaptionExplainer(cap)
+        one = timed(lambda: [ex.explain(i) for i in imgs], repeats)
+        batch = timed(lambda: ex.explain_batch(imgs), repeats)
+        out["shapes-captioner"] = {"images": len(imgs), "one_by_one": one, "batched": batch,
+                                   "images_per_s_one": len(imgs) / one["median"],
+                                   "images_per_s_batched": len(imgs) / batch["median"]}
     bar.update()
     torch.manual_seed(0)
     m = ResNetLSTMCaptioner(default_vocab(1000), resnet="resnet50", min_len=12).eval()
+    m.to(DEVICE)
     base = photo(320)
-    imgs = [base.crop((k * 20, k * 10, k * 20 + 224, k * 10 + 224)) for k in range(4)]
+    n = 4 if DEVICE.type == "cpu" else 32
+    imgs = [base.crop((k % 5 * 20, k // 5 * 10, k % 5 * 20 + 224, k // 5 * 10 + 224))
+            for k in range(n)]
     ex = CaptionExplainer(m)
     one = timed(lambda: [ex.explain(i, max_len=12) for i in imgs], repeats)
     batch = timed(lambda: ex.explain_batch(imgs, max_len=12), repeats)
@@ -235,7 +250,8 @@ def bench_batch(repeats: int, bar: tqdm) -> dict:
 def machine() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg()}
+            "load_average": os.getloadavg(), "device": str(DEVICE),
+            "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else None}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,7 +259,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engine.json"))
     p.add_argument("--only", choices=["lstm", "transformer", "batch"], default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (models moved there)")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":  # float32 means float32 on both sides of each comparison
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     results: dict = {"machine_before": machine()}
     parts = {"lstm": (bench_lstm, 8), "transformer": (bench_transformer, 3),
              "batch": (bench_batch, 2)}

@@ -80,7 +80,8 @@ class ResNetLSTMCaptioner(nn.Module):
         for step in range(max_len):
             cand = []
             for score, toks, state in beams:
-                h, new = self.lstm(self.embed(torch.tensor([[toks[-1] if toks else BOS]])), state)
+                prev = torch.tensor([[toks[-1] if toks else BOS]], device=features.device)
+                h, new = self.lstm(self.embed(prev), state)
                 lp = torch.log_softmax(self.out(h[0, -1]), -1)
                 lp[BOS] = -float("inf")
                 if step < min_len:

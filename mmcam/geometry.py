@@ -130,15 +130,13 @@ class Geometry:
         """Maps (N,h,w) on the layer grid -> (N,H,W) on the original image (see module doc)."""
         maps = maps.detach().float()
         n, h, w = maps.shape
-        pos, seen = self.sample_grid((h, w), cell)
         W, H = self.image_size
-        pos = pos.to(maps.device)
         if self._plain_resize(cell):
-            out = F.interpolate(maps[:, None], size=(H, W), mode="bilinear",
-                                align_corners=False)[:, 0]
-        else:
-            out = F.grid_sample(maps[:, None], pos[None].expand(n, -1, -1, -1),
-                                mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
+            return F.interpolate(maps[:, None], size=(H, W), mode="bilinear",
+                                 align_corners=False)[:, 0]
+        pos, seen = self.sample_grid((h, w), cell)
+        out = F.grid_sample(maps[:, None], pos.to(maps.device)[None].expand(n, -1, -1, -1),
+                            mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
         if not bool(seen.all()):
             out = out * seen.to(out.device)
         return out

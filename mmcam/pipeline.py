@@ -354,9 +354,11 @@ class Pipeline:
         inputs = self._to_device(
             torch.cat([_pixels_of(p[0]) for p in prepared]) if B > 1 else prepared[0][0])
         with tap(self.module, self.layer) as t:
+            dev = self._device()
+
             def run(feed: engine.Feed, ids: torch.Tensor) -> torch.Tensor:
                 with t.run(feed):
-                    return self.score_fn(inputs, ids)
+                    return self.score_fn(inputs, ids if dev is None else ids.to(dev))
 
             first: dict[str, torch.Tensor] = {}
 
@@ -385,6 +387,7 @@ class Pipeline:
         layout = self.layout or infer_layout(A_raw)
         A = layout.to_grid(A_raw).float()
         G = layout.to_grid(G_raw).float()
+        scores = scores.cpu()
         out, start = [], 0
         for b, (im, (inputs, geom), r) in enumerate(zip(images, prepared, rows)):
             n = r.ids.shape[0]
@@ -392,7 +395,7 @@ class Pipeline:
             start += n
             Gb = G[sel]
             lmaps = cam(A[b:b + 1].expand(n, *A.shape[1:]), Gb)
-            maps = geom.to_image(lmaps)
+            maps = geom.to_image(lmaps).cpu()
             gg = None
             if guided:
                 px = _pixels_of(inputs)
@@ -400,7 +403,7 @@ class Pipeline:
                     raise MMCamError("guided-gradcam needs pixel inputs")
                 gb = guided_from_layer(self.module, self._to_device(px), G_raw[sel], to_layer,
                                        self.chunk_size)
-                gg = guided_gradcam(lmaps, gb)
-            out.append(Explained(im, inputs, geom, r, A[b], Gb, lmaps, maps, localize(maps),
-                                 scores[sel, : r.coefs.shape[1]], gg))
+                gg = guided_gradcam(lmaps, gb).cpu()
+            out.append(Explained(im, inputs, geom, r, A[b].cpu(), Gb.cpu(), lmaps.cpu(), maps,
+                                 localize(maps), scores[sel, : r.coefs.shape[1]], gg))
         return out

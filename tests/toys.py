@@ -74,7 +74,7 @@ class ToyCaptioner(nn.Module):
     def score_tokens(self, feats, token_ids):
         B, T = token_ids.shape
         state = self._start(feats)
-        prev = torch.zeros(B, dtype=torch.long)
+        prev = torch.zeros(B, dtype=torch.long, device=feats.device)
         out = []
         for t in range(T):
             lp, state = self._step(feats, prev, state)
@@ -84,7 +84,7 @@ class ToyCaptioner(nn.Module):
 
     def generate(self, feats, max_len=20, beam_size=1):
         state = self._start(feats)
-        prev = torch.zeros(1, dtype=torch.long)
+        prev = torch.zeros(1, dtype=torch.long, device=feats.device)
         ids = []
         for _ in range(max_len):
             lp, state = self._step(feats, prev, state)
@@ -246,16 +246,16 @@ class ToyViTCaptioner(nn.Module):
     @torch.no_grad()
     def generate(self, pixels, max_len=20, beam_size=1):
         mem = self.image_tokens(pixels)
-        ids = torch.zeros(1, 0, dtype=torch.long)
+        ids = torch.zeros(1, 0, dtype=torch.long, device=pixels.device)
         for _ in range(max_len):
-            probe = torch.cat([ids, torch.zeros(1, 1, dtype=torch.long)], 1)
+            probe = F.pad(ids, (0, 1))
             lp = self.logits(mem, probe)[0, -1]
             lp[:2] = -float("inf") if ids.shape[1] < 3 else lp[:2]
             lp[0] = -float("inf")
             nxt = int(lp.argmax())
             if nxt == 1:
                 break
-            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+            ids = torch.cat([ids, torch.tensor([[nxt]], device=pixels.device)], 1)
         return ids
 
     def tokenize(self, text):
