@@ -161,6 +161,7 @@ def bench_lstm(repeats: int, bar: tqdm) -> dict:
         ids = m.generate(m.encode(px), max_len=WORDS)[0]
     caption = " ".join(m.words(ids))
     member = word_membership(m, ids.cpu()).to(DEVICE)
+    ids = ids.to(DEVICE)
     out: dict = {"caption_words": len(ids)}
 
     def gen() -> None:
@@ -170,8 +171,9 @@ def bench_lstm(repeats: int, bar: tqdm) -> dict:
     out["generate"] = timed(gen, repeats)
     bar.update()
     for layer in ("encoder.layer4", "encoder.layer3"):
-        def y(i, layer=layer):
-            return (m.score_tokens(m.encode(px), ids[None])[0] * member[i]).sum()
+        def y(i, layer=layer):  # cuDNN's RNN backward needs train mode: off on CUDA
+            with torch.backends.cudnn.flags(enabled=DEVICE.type != "cuda"):
+                return (m.score_tokens(m.encode(px), ids[None])[0] * member[i]).sum()
 
         ref = loop_maps(m, layer, Conv(), y, len(ids))
         key = "layer4" if layer.endswith("4") else "layer3"

@@ -13,6 +13,7 @@ A model plugs in through one of two forms (see :mod:`mmcam.adapters.base`):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -268,6 +269,15 @@ class Pipeline:
             groups.setdefault(key, []).append(i)
         return list(groups.values())
 
+    def _rnn_context(self) -> Any:
+        """cuDNN's RNN backward refuses eval mode: on CUDA, models with recurrent modules
+        run their gradient passes with cuDNN off (PyTorch's own kernels, same math)."""
+        dev = self._device()
+        if dev is not None and dev.type == "cuda" and any(
+                isinstance(m, nn.RNNBase) for m in self.module.modules()):
+            return torch.backends.cudnn.flags(enabled=False)
+        return contextlib.nullcontext()
+
     def _row_gradients(self, run: engine.Run, rows: list[Rows], n_images: int):
         """Gradients of the rows of all images: one engine call when the rows can be stacked
         (equal widths, or causal scores padded at the end, which cannot change the scores
@@ -290,8 +300,9 @@ class Pipeline:
             coefs = torch.cat([F.pad(rows[b].coefs.float(), (0, K - rows[b].coefs.shape[1]))
                                for b in group])
             img = torch.cat([torch.full((rows[b].ids.shape[0],), b) for b in group])
-            g = engine.layer_gradients(run, ids, coefs, self.strategy, self.chunk_size, img,
-                                       n_images)
+            with self._rnn_context():
+                g = engine.layer_gradients(run, ids, coefs, self.strategy, self.chunk_size, img,
+                                           n_images)
             if G is None:
                 A = g.A
                 G = g.G.new_zeros(N, *g.G.shape[1:])
@@ -317,8 +328,9 @@ class Pipeline:
                 feats = ad.encode(pixels)
         base = feats.detach()
         rows = [rows_fn(Context(lambda ids, b=b: self.score_fn(base[b:b + 1].expand(
-            ids.shape[0], *base.shape[1:]), ids), lambda b=b, **kw: self.generate_fn(
-            base[b:b + 1], **kw)), index[b]) for b in range(len(images))]
+            ids.shape[0], *base.shape[1:]), ids.to(base.device)),
+            lambda b=b, **kw: self.generate_fn(base[b:b + 1], **kw)), index[b])
+            for b in range(len(images))]
 
         def run(feed: engine.Feed, row_ids: torch.Tensor) -> torch.Tensor:
             return self.score_fn(feed(base), row_ids.to(base.device))

@@ -15,10 +15,11 @@ from test_engine import (
     loop_grads,
     tokens_to_grid,
 )
-from toys import ToyCaptioner, ToyViTCaptioner, image
+from toys import ToyCaptioner, ToyViTCaptioner, ToyVQA, image
 
 from mmcam.caption import CaptionExplainer, word_membership
 from mmcam.layers import resolve_layer
+from mmcam.vqa import VQAExplainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -77,3 +78,15 @@ def test_bfloat16_on_cuda_and_batches():
                                        max_len=5), pils):
         one = ex.explain(pil, b.caption)
         assert_maps_close(b.maps, one.maps)
+
+
+@pytest.mark.parametrize("strategy", ["copies", "vjp"])
+def test_recurrent_vqa_on_cuda_equals_cpu(strategy):
+    """A GRU question encoder: cuDNN refuses RNN backward in eval mode; mmcam must not."""
+    cpu = VQAExplainer(ToyVQA(seed=2).eval(), strategy=strategy).explain(
+        image(1), "what color is the circle?", contrast="blue")
+    gpu = VQAExplainer(ToyVQA(seed=2).eval().cuda(), strategy=strategy).explain(
+        image(1), "what color is the circle?", contrast="blue")
+    assert gpu.answer == cpu.answer
+    assert_maps_close(torch.stack([m for _, _, m in gpu.top_answers]),
+                      torch.stack([m for _, _, m in cpu.top_answers]))
