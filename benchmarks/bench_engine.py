@@ -120,6 +120,22 @@ def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     return {"median": statistics.median(ts), "min": min(ts), "runs": ts}
 
 
+def paired(base: Callable[[], object], other: Callable[[], object], repeats: int) -> dict:
+    """Alternate ``base`` and ``other``; the median of the per-pair ratios other / base is
+    robust to slow drifts in machine load."""
+    base(), other()
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, ts in ((base, a), (other, b)):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t)
+    return {"base": a, "other": b, "ratio_median": statistics.median(y / x for x, y in zip(a, b)),
+            "base_median": statistics.median(a), "other_median": statistics.median(b)}
+
+
 def loop_maps(module: nn.Module, layer: str, layout, y_of_word: Callable[[int], torch.Tensor],
               n: int) -> torch.Tensor:
     """The naive way: per word, one forward of the whole model and one backward."""
@@ -191,6 +207,8 @@ def bench_lstm(repeats: int, bar: tqdm) -> dict:
     ex = CaptionExplainer(m)
     out["auto"] = ex.strategy
     out["generate_explain"] = timed(lambda: ex.explain(img, max_len=WORDS), repeats)
+    out["generate_vs_generate_explain"] = paired(gen, lambda: ex.explain(img, max_len=WORDS),
+                                                 2 * repeats)
     bar.update()
     return out
 
@@ -288,7 +306,9 @@ def report(r: dict) -> str:
         lines += ["ResNet-50 + LSTM, 16 words (median s, ratio to generate):",
                   f"  generate                 {g:.3f}",
                   f"  generate + explain       {x['generate_explain']['median']:.3f}  "
-                  f"{x['generate_explain']['median'] / g:.2f}x  (auto = {x['auto']})"]
+                  f"{x['generate_explain']['median'] / g:.2f}x  (auto = {x['auto']})",
+                  f"  paired ratio, median of {len(x['generate_vs_generate_explain']['base'])}"
+                  f" alternating pairs: {x['generate_vs_generate_explain']['ratio_median']:.2f}x"]
         for key in ("layer4", "layer3"):
             loop = x[f"loop_{key}"]["median"]
             for s in ("copies", "vjp"):

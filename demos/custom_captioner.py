@@ -17,6 +17,7 @@ import torch
 import torchvision
 from PIL import Image
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchvision.transforms import functional as TF
 
 from mmcam.caption import CaptionExplainer
@@ -64,11 +65,29 @@ class ResNetLSTMCaptioner(nn.Module):
         _, state = self.lstm(self.image_in(features.mean(dim=(2, 3)))[:, None])
         return state
 
-    def score_tokens(self, features: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """(B,C,h,w), (B,T) -> (B,T): log p(token_t | <bos>, tokens_<t, image)."""
+    def score_tokens(self, features: torch.Tensor, token_ids: torch.Tensor,
+                     last: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,C,h,w), (B,T) -> (B,T): log p(token_t | <bos>, tokens_<t, image).
+
+        Optional ``last`` (B,): row b's scores after position ``last[b]`` are not needed
+        (mmcam passes it); the LSTM then runs on packed sequences of ``last + 1`` steps and
+        projects only those positions; the rest of the row is 0.
+        """
         inputs = torch.cat([torch.full_like(token_ids[:, :1], BOS), token_ids[:, :-1]], dim=1)
-        h, _ = self.lstm(self.embed(inputs), self._start(features))
-        return torch.log_softmax(self.out(h), -1).gather(2, token_ids[..., None])[..., 0]
+        state = self._start(features)
+        if last is None:
+            h, _ = self.lstm(self.embed(inputs), state)
+            return torch.log_softmax(self.out(h), -1).gather(2, token_ids[..., None])[..., 0]
+        lengths = (last + 1).cpu()
+        packed = pack_padded_sequence(self.embed(inputs), lengths, batch_first=True,
+                                      enforce_sorted=False)
+        h, _ = self.lstm(packed, state)
+        targets = pack_padded_sequence(token_ids, lengths, batch_first=True,
+                                       enforce_sorted=False).data
+        lp = torch.log_softmax(self.out(h.data), -1).gather(1, targets[:, None])[:, 0]
+        out, _ = pad_packed_sequence(h._replace(data=lp), batch_first=True,
+                                     total_length=token_ids.shape[1])
+        return out
 
     @torch.no_grad()
     def generate(self, features: torch.Tensor, max_len: int = 20, beam_size: int = 1,

@@ -129,13 +129,12 @@ class CaptionExplainer:
     def _result(self, e: Explained) -> CaptionExplanation:
         text, words = e.rows.info
         member = e.rows.coefs
-        token_lp = e.scores[0]
         sentence, sentence_box = e.extra_map(self.pipeline_method(), e.G.sum(dim=0))
         return CaptionExplanation(
             image=e.image,
             caption=text if text is not None else " ".join(words),
             words=words,
-            logprobs=(member @ token_lp.to(member.dtype)).tolist(),
+            logprobs=(member * e.scores.to(member.dtype)).sum(dim=1).tolist(),  # own rows
             maps=e.maps,
             layer_maps=e.layer_maps,
             boxes=e.boxes,

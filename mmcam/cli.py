@@ -48,7 +48,8 @@ def _caption(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     if args.caption is not None and not args.caption.strip():
         raise MMCamError("the caption is empty: give some words or leave --caption out")
-    explainer = CaptionExplainer(load_model(args.model), method=args.method)
+    explainer = CaptionExplainer(load_model(args.model), method=args.method, layer=args.layer,
+                                 strategy=args.strategy)
     result = explainer.explain(image, caption=args.caption, beam_size=args.beam)
     result.save(args.out)
     print(f"caption: {result.caption}")
@@ -66,7 +67,8 @@ def _vqa(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     if not args.question.strip():
         raise MMCamError("the question is empty: ask something about the image")
-    explainer = VQAExplainer(load_model(args.model), method=args.method)
+    explainer = VQAExplainer(load_model(args.model), method=args.method, layer=args.layer,
+                             strategy=args.strategy)
     result = explainer.explain(
         image, args.question, answer=args.answer, contrast=args.contrast, top_k=args.top
     )
@@ -106,6 +108,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--layer", default=None,
+                   help="dotted layer path, e.g. encoder.9 (default: the model's own)")
+    c.add_argument("--strategy", default="auto", choices=["auto", "copies", "vjp"],
+                   help="how the word/answer rows are batched (same numbers either way)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmcam", description="Grad-CAM for captions, VQA, classes")
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default="shapes-captioner")
     c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES + ["guided-gradcam"])
     c.add_argument("--beam", type=int, default=1, help="beam size for generation")
+    _engine_options(c)
     c.add_argument("--out", required=True)
     c.set_defaults(func=_caption)
 
@@ -138,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default="shapes-vqa")
     c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
     c.add_argument("--top", type=int, default=5)
+    _engine_options(c)
     c.add_argument("--out", required=True)
     c.set_defaults(func=_vqa)
 

@@ -33,7 +33,9 @@ STRATEGIES = ("auto", "copies", "vjp")
 Feed = Callable[[torch.Tensor], torch.Tensor]
 # run(feed, ids) runs the model on rows of token ids (n,T); the explained layer's output A
 # (B,...) is handed to ``feed`` and the model continues with what it returns (n rows).
-Run = Callable[[Feed, torch.Tensor], torch.Tensor]
+# For causal scores the engine calls run(feed, ids, last): row r's scores after position
+# last[r] are never used, so the model may skip computing them.
+Run = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,18 @@ def _check_scores(s: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return s.float()
 
 
-def _copies(run: Run, ids, coefs, image, n_images, chunk_size):
+def _last(coefs: torch.Tensor) -> torch.Tensor:
+    """(N,) index of each row's last non-zero coefficient (0 for an all-zero row)."""
+    nz = coefs != 0
+    idx = torch.arange(coefs.shape[1]).expand_as(coefs)
+    return torch.where(nz, idx, torch.zeros_like(idx)).amax(dim=1)
+
+
+def _call(run: Run, feed: Feed, ids: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
+    return run(feed, ids) if last is None else run(feed, ids, last)
+
+
+def _copies(run: Run, ids, coefs, image, n_images, chunk_size, causal):
     A = None
     grads, scores = [], []
     for sl in _chunks(coefs.shape[0], chunk_size):
@@ -111,7 +124,8 @@ def _copies(run: Run, ids, coefs, image, n_images, chunk_size):
             return leaf.clone()  # in-place ops after the layer must not touch the leaf
 
         with torch.enable_grad():
-            s = _check_scores(run(feed, ids[sl]), rows.shape[0], coefs.shape[1])
+            last = _last(coefs[sl]) if causal else None
+            s = _check_scores(_call(run, feed, ids[sl], last), rows.shape[0], coefs.shape[1])
             c = coefs[sl].to(s.device)
             (g,) = torch.autograd.grad((s * c).sum(), held["leaf"], allow_unused=True)
         A = held["A"]
@@ -120,7 +134,7 @@ def _copies(run: Run, ids, coefs, image, n_images, chunk_size):
     return A, torch.cat(grads), torch.cat(scores)
 
 
-def _vjp(run: Run, ids, coefs, image, n_images, chunk_size):
+def _vjp(run: Run, ids, coefs, image, n_images, chunk_size, causal):
     key = torch.cat([image[:, None], ids.to(image.dtype)], dim=1)
     uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
     u_image, u_ids = uniq[:, 0], uniq[:, 1:].to(ids.dtype)
@@ -133,7 +147,11 @@ def _vjp(run: Run, ids, coefs, image, n_images, chunk_size):
         return leaf[u_image.to(a.device)]  # index_select: a new tensor, in-graph
 
     with torch.enable_grad():
-        s = _check_scores(run(feed, u_ids), u_ids.shape[0], coefs.shape[1])
+        last = None
+        if causal:
+            last = torch.zeros(u_ids.shape[0], dtype=torch.long).scatter_reduce(
+                0, inverse, _last(coefs), "amax")
+        s = _check_scores(_call(run, feed, u_ids, last), u_ids.shape[0], coefs.shape[1])
         leaf = held["leaf"]
         grads = []
         for sl in _chunks(coefs.shape[0], chunk_size):
@@ -153,11 +171,14 @@ def layer_gradients(
     chunk_size: int | None = None,
     image: torch.Tensor | None = None,
     n_images: int = 1,
+    causal: bool = False,
 ) -> Gradients:
     """Row gradients at the explained layer (see the module docstring for the proof).
 
     ids (N,T) token ids per row (T may be 0); coefs (N,K); image (N,) row -> image index
-    (default all 0); ``run`` as :data:`Run`. ``strategy``: "copies" or "vjp".
+    (default all 0); ``run`` as :data:`Run`. ``strategy``: "copies" or "vjp". ``causal``:
+    score t depends only on tokens <= t, so ``run`` is told each row's last used position.
+    Returned scores are exact only up to each row's last position when ``causal``.
     """
     N = coefs.shape[0]
     if ids.shape[0] != N:
@@ -168,5 +189,5 @@ def layer_gradients(
     fn = {"copies": _copies, "vjp": _vjp}.get(check_strategy(strategy))
     if fn is None:
         raise ValueError("resolve strategy 'auto' before calling layer_gradients")
-    A, G, scores = fn(run, ids.long(), coefs.float(), image, n_images, chunk_size)
+    A, G, scores = fn(run, ids.long(), coefs.float(), image, n_images, chunk_size, causal)
     return Gradients(A=A, G=G.float(), scores=scores, image=image)

@@ -14,6 +14,7 @@ A model plugs in through one of two forms (see :mod:`mmcam.adapters.base`):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,6 +150,10 @@ class Pipeline:
         self.split = callable(getattr(adapter, "encode", None))
         self.score_fn, self.generate_fn = score, generate
         self.causal, self.stack_inputs = causal, stack_inputs
+        try:
+            self.takes_last = "last" in inspect.signature(score).parameters
+        except (TypeError, ValueError):
+            self.takes_last = False
         self.chunk_size = chunk_size
         if layer is None and not self.split:
             layer = getattr(adapter, "layer", None)
@@ -269,6 +274,12 @@ class Pipeline:
             groups.setdefault(key, []).append(i)
         return list(groups.values())
 
+    def _score(self, x: Any, ids: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
+        """The scorer, told each row's last used position when it takes ``last=``."""
+        if last is not None and self.takes_last:
+            return self.score_fn(x, ids, last=last.to(ids.device))
+        return self.score_fn(x, ids)
+
     def _rnn_context(self) -> Any:
         """cuDNN's RNN backward refuses eval mode: on CUDA, models with recurrent modules
         run their gradient passes with cuDNN off (PyTorch's own kernels, same math)."""
@@ -302,7 +313,7 @@ class Pipeline:
             img = torch.cat([torch.full((rows[b].ids.shape[0],), b) for b in group])
             with self._rnn_context():
                 g = engine.layer_gradients(run, ids, coefs, self.strategy, self.chunk_size, img,
-                                           n_images)
+                                           n_images, self.causal)
             if G is None:
                 A = g.A
                 G = g.G.new_zeros(N, *g.G.shape[1:])
@@ -332,8 +343,8 @@ class Pipeline:
             lambda b=b, **kw: self.generate_fn(base[b:b + 1], **kw)), index[b])
             for b in range(len(images))]
 
-        def run(feed: engine.Feed, row_ids: torch.Tensor) -> torch.Tensor:
-            return self.score_fn(feed(base), row_ids.to(base.device))
+        def run(feed: engine.Feed, row_ids: torch.Tensor, last=None) -> torch.Tensor:
+            return self._score(feed(base), row_ids.to(base.device), last)
 
         A_raw, G_raw, scores, image = self._row_gradients(run, rows, len(images))
         if self.layer is not None:
@@ -368,9 +379,9 @@ class Pipeline:
         with tap(self.module, self.layer) as t:
             dev = self._device()
 
-            def run(feed: engine.Feed, ids: torch.Tensor) -> torch.Tensor:
+            def run(feed: engine.Feed, ids: torch.Tensor, last=None) -> torch.Tensor:
                 with t.run(feed):
-                    return self.score_fn(inputs, ids if dev is None else ids.to(dev))
+                    return self._score(inputs, ids if dev is None else ids.to(dev), last)
 
             first: dict[str, torch.Tensor] = {}
 

@@ -66,3 +66,59 @@ def test_beam_search_as_wide_as_the_vocabulary_finds_the_best_two_word_caption(c
 def test_tokenize_and_words_round_trip(captioner):
     ids = captioner.tokenize("A cat on the Moon")
     assert captioner.words(ids) == ["a", "cat", "on", "the", "<unk>"]
+
+
+def test_score_tokens_with_last_equals_the_full_rows_up_to_last(captioner):
+    feats = captioner.encode(captioner.prepare(image(3, size=(64, 64)))).expand(4, -1, -1, -1)
+    ids = captioner.tokenize(CAPTION)[None].expand(4, -1)
+    last = torch.tensor([0, 5, 2, 3])
+    full = captioner.score_tokens(feats, ids)
+    part = captioner.score_tokens(feats, ids, last=last)
+    for r, k in enumerate(last.tolist()):
+        torch.testing.assert_close(part[r, : k + 1], full[r, : k + 1], rtol=1e-5, atol=1e-6)
+        assert torch.all(part[r, k + 1:] == 0)
+
+
+@pytest.mark.parametrize("strategy", ["copies", "vjp"])
+def test_layer_inside_the_encoder_equals_the_loop(captioner, strategy):
+    """The README's example at ``encoder.layer3`` instead of the encode output."""
+    pil = image(0, size=(50, 40))
+    res = CaptionExplainer(captioner, layer="encoder.layer3", strategy=strategy).explain(
+        pil, CAPTION)
+    ids = captioner.tokenize(CAPTION)[None]
+    ref = []
+    for t in range(ids.shape[1]):
+        held = {}
+        hook = captioner.encoder.layer3.register_forward_hook(
+            lambda m, i, o, held=held: held.setdefault("A", o))
+        try:
+            lp = captioner.score_tokens(captioner.encode(captioner.prepare(pil)), ids)[0, t]
+        finally:
+            hook.remove()
+        (g,) = torch.autograd.grad(lp, held["A"])
+        ref.append(F.relu((g.mean(dim=(2, 3), keepdim=True) * held["A"]).sum(1))[0])
+    ref = torch.stack(ref).detach()
+    assert res.layer_maps.shape == ref.shape == (6, 4, 4) and ref.amax() > 0
+    torch.testing.assert_close(res.layer_maps, ref, rtol=1e-5, atol=1e-6 * float(ref.max()))
+    assert res.layer == "encoder.layer3"
+
+
+def test_the_readme_example_runs_as_written(tmp_path):
+    """The README's own-captioner code block, run with its photo and output paths replaced."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    code = next(b for b in blocks if "class ResNetLSTMCaptioner" in b)
+    photo = tmp_path / "photo.png"
+    image(7, size=(96, 80)).save(photo)
+    code = code.replace('"photo.jpg"', repr(str(photo))).replace('"out/mine"',
+                                                                 repr(str(tmp_path / "out")))
+    ns: dict = {}
+    torch.manual_seed(0)
+    exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - our own documentation
+    assert ns["result"].words == ["a", "cat", "on", "the", "bed"]
+    assert ns["result"].layer_maps.shape == (5, 7, 7)
+    assert ns["inner"].layer_maps.shape == (5, 14, 14) and ns["inner"].layer == "encoder.6"
+    assert (tmp_path / "out" / "index.html").is_file()
