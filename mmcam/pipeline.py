@@ -30,7 +30,16 @@ from mmcam.cam import get_method, gradcam, localize
 from mmcam.errors import MMCamError
 from mmcam.geometry import Geometry
 from mmcam.guided import guided_from_layer, guided_gradcam
-from mmcam.layers import Conv, Layout, Tokens, as_layout, eval_mode, layer_name, tap
+from mmcam.layers import (
+    Conv,
+    Layout,
+    Tokens,
+    as_layout,
+    eval_mode,
+    layer_name,
+    resolve_layer,
+    tap,
+)
 
 Box = tuple[int, int, int, int]
 RECURRENT = (nn.RNNBase, nn.RNNCellBase)
@@ -155,22 +164,28 @@ class Pipeline:
         except (TypeError, ValueError):
             self.takes_last = False
         self.chunk_size = chunk_size
+        own = getattr(adapter, "layer", None)
+        default = layer is None or layer is own or (isinstance(layer, str) and layer == own)
         if layer is None and not self.split:
             layer = getattr(adapter, "layer", None)
             if layer is None:
                 raise MMCamError("give the layer to explain, e.g. layer='layer4'")
-        if layer is not None and self.module is None:
-            raise MMCamError("a layer can only be named on an adapter with an nn.Module .model")
         if layer is not None:
-            from mmcam.layers import resolve_layer
-
+            if self.module is None:
+                raise MMCamError("a layer can only be named on an adapter with an nn.Module "
+                                 ".model")
             resolve_layer(self.module, layer)  # fail early on a bad name
         self.layer = layer
-        self.layout = None if layout is None else as_layout(layout)
-        if self.layout is None and layer is None or (layer is not None and layer == getattr(
-                adapter, "layer", object()) and getattr(adapter, "layout", None) is not None):
-            self.layout = as_layout(getattr(adapter, "layout", None))
-        self.strategy = self._choose(engine.check_strategy(strategy))
+        if layout is None and default:  # the adapter's layout goes with its default layer
+            layout = getattr(adapter, "layout", None)
+        self.layout = None if layout is None else as_layout(layout)  # None: inferred
+        self.requested = engine.check_strategy(strategy)
+
+    @property
+    def strategy(self) -> str:
+        """"copies" or "vjp": the requested one, or for "auto" the one chosen now (the model
+        may have moved to another device since)."""
+        return self._choose(self.requested)
 
     @property
     def layer_label(self) -> str:
@@ -185,8 +200,13 @@ class Pipeline:
         own = getattr(self.adapter, "strategy", None)
         if own in ("copies", "vjp"):
             return own
+        # measured (benchmarks/bench_engine.py): on CPU copies win for recurrent decoders and
+        # vjp for transformer decoders; on a CUDA GPU copies won for both
         mods = self.module.modules() if self.module is not None else []
-        return "copies" if any(isinstance(m, RECURRENT) for m in mods) else "vjp"
+        dev = self._device()
+        if any(isinstance(m, RECURRENT) for m in mods) or (dev is not None and dev.type == "cuda"):
+            return "copies"
+        return "vjp"
 
     # ------------------------------------------------------------------ preparation
 

@@ -42,6 +42,10 @@ def test_classify_with_a_weights_file(photo, tmp_path):
                "--top", "2", "--method", "gradcam++", "--out", str(out)])
     assert rc == 0
     data = json.loads((out / "result.json").read_text())
+    # the same outputs as captions and VQA: grids, an interactive page
+    for name in ("grid.png", "grid_per_map_scale.png", "index.html"):
+        assert (out / name).is_file(), name
+    assert "data-i=\"2\"" in (out / "index.html").read_text()  # one item per class (2)
     # independent oracle for the top classes: the model itself on the same preprocessing
     from mmcam.adapters.torchvision import build_classifier
 
