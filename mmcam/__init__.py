@@ -9,11 +9,13 @@ from mmcam.layers import ChannelsLast, Conv, Custom, Tokens
 __version__ = "0.1.0"
 
 
-def load_model(name_or_path: str):  # noqa: ANN201 - returns one of the adapters
-    """Load a shipped reference model by name or a model folder; see ``mmcam.models.hub``."""
+def load_model(name_or_path: str, **hf):  # noqa: ANN201 - returns one of the adapters
+    """Load a shipped model by name, a model folder, or ``"hf:<hub id>"`` (keyword options
+    ``prompt``, ``device``, ``dtype``, ``trust_remote_code`` for Hugging Face checkpoints);
+    see :func:`mmcam.models.hub.load_model`."""
     from mmcam.models.hub import load_model as _load
 
-    return _load(name_or_path)
+    return _load(name_or_path, **hf)
 
 
 def __getattr__(name: str):  # lazy: heavy modules load on first use

@@ -22,6 +22,11 @@ def word_membership(adapter: Any, token_ids: torch.Tensor) -> torch.Tensor:
     """(n_words, T) 0/1 matrix: entry (w, t) = 1 if token t belongs to word w."""
     T = token_ids.shape[0]
     index = adapter.word_index(token_ids) if hasattr(adapter, "word_index") else list(range(T))
+    return membership(index, T)
+
+
+def membership(index: list[int], T: int) -> torch.Tensor:
+    """(n_words, T) 0/1 matrix from the word index of each of T tokens."""
     if len(index) != T:
         raise MMCamError(f"word_index gave {len(index)} entries for {T} tokens")
     n = max(index) + 1 if index else 0
@@ -116,8 +121,12 @@ class CaptionExplainer:
                 ids = torch.as_tensor(ad.tokenize(text), dtype=torch.long).reshape(-1)
                 if ids.numel() == 0:
                     raise MMCamError(f"the caption {text!r} has no tokens the model can read")
-            member = word_membership(ad, ids)
-            words = list(ad.words(ids))
+            if callable(getattr(ad, "word_groups", None)):  # labels from the caption's text
+                words, index = ad.word_groups(ids, text)
+                member = membership(index, ids.shape[0])
+            else:
+                member = word_membership(ad, ids)
+                words = list(ad.words(ids))
             if len(words) != member.shape[0]:
                 raise MMCamError(f"words() gave {len(words)} words for {member.shape[0]} word ids")
             return Rows(ids[None].expand(member.shape[0], -1), member, (text, words))

@@ -48,7 +48,8 @@ def _caption(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     if args.caption is not None and not args.caption.strip():
         raise MMCamError("the caption is empty: give some words or leave --caption out")
-    explainer = CaptionExplainer(load_model(args.model), method=args.method, layer=args.layer,
+    model = load_model(args.model, **({"prompt": args.prompt} if args.prompt else {}))
+    explainer = CaptionExplainer(model, method=args.method, layer=args.layer,
                                  strategy=args.strategy)
     result = explainer.explain(image, caption=args.caption, beam_size=args.beam)
     result.save(args.out)
@@ -133,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("caption", help="explain every word of a caption")
     c.add_argument("image")
     c.add_argument("--caption", default=None, help="explain this caption (default: generate)")
-    c.add_argument("--model", default="shapes-captioner")
+    c.add_argument("--model", default="shapes-captioner",
+                   help="shipped name, a model folder, or hf:<hub id> (a cached checkpoint)")
+    c.add_argument("--prompt", default=None,
+                   help="Hugging Face captioners: text read before the caption (not explained)")
     c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES + ["guided-gradcam"])
     c.add_argument("--beam", type=int, default=1, help="beam size for generation")
     _engine_options(c)

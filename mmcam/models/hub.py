@@ -89,12 +89,28 @@ def wrap(model: nn.Module, config: dict[str, Any]) -> Any:
     return ClassifierModelAdapter(model, config["labels"], config)
 
 
-def load_model(name_or_path: str | os.PathLike) -> Any:
-    """Load a model folder by name or path and return its adapter, in eval mode on the CPU.
+def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
+    """Load a model and return its adapter, in eval mode.
 
-    Names: shapes-captioner, shapes-vqa, shapes-classifier (see :func:`resolve`).
+    ``"hf:<hub id>"`` or a folder holding a transformers ``config.json`` (one with
+    ``architectures``) loads a Hugging Face checkpoint (:func:`mmcam.adapters.hf.load_hf`,
+    which takes ``prompt``, ``device``, ``dtype``, ``trust_remote_code``). Otherwise a shipped
+    reference model by name (shapes-captioner, shapes-vqa, shapes-classifier) or a folder of
+    one, on the CPU (see :func:`resolve`).
     """
+    name = str(name_or_path)
+    if name.startswith("hf:"):
+        from mmcam.adapters.hf import load_hf
+
+        return load_hf(name[3:], **hf)
     folder = resolve(name_or_path)
+    if _is_hf_folder(folder):
+        from mmcam.adapters.hf import load_hf
+
+        return load_hf(folder, **hf)
+    if any(v is not None for v in hf.values()):
+        raise MMCamError(f"{', '.join(hf)} only apply to Hugging Face models (hf:<id> or an "
+                         "HF folder)")
     config = read_config(folder)
     weights = folder / WEIGHTS
     if not weights.is_file():
@@ -108,6 +124,14 @@ def load_model(name_or_path: str | os.PathLike) -> Any:
         raise MMCamError(f"cannot load weights {weights}: {first}") from None
     model.eval()
     return wrap(model, config)
+
+
+def _is_hf_folder(folder: Path) -> bool:
+    try:
+        cfg = json.loads((folder / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return "kind" not in cfg and bool(cfg.get("architectures"))
 
 
 def save_model(model: nn.Module, config: dict[str, Any], out: str | os.PathLike) -> Path:

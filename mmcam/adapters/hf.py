@@ -1,0 +1,326 @@
+"""Hugging Face captioning models through mmcam's whole-model contract.
+
+One generic adapter, configured per family by the explained layer, the token layout and a
+teacher-forcing recipe. Scores are computed from logits (never from ``outputs.loss``):
+the model reads ``prefix + caption`` once, and caption token j is predicted by the logits at
+position ``shift + len(prefix) + j - 1`` where ``shift`` counts image tokens the model puts
+inside its text sequence (GIT). Families:
+
+- ``BlipForConditionalGeneration``: prefix ``[DEC] + prompt``; layer
+  ``vision_model.encoder.layers[-1]`` (CLS first). Not ``post_layernorm``: BLIP calls it twice.
+- ``GitForCausalLM``: prefix ``[CLS] + prompt``; layer
+  ``git.image_encoder.vision_model.encoder.layers[-1]`` (CLS first); image tokens come first
+  in the language model's sequence.
+- ``VisionEncoderDecoderModel`` (ViT + GPT-2 and similar): prefix ``[decoder start]``; layer
+  ``encoder.layers[-1]`` (ViT, CLS first) or the last Swin stage (no CLS).
+
+The adapter keeps no state between calls; the prompt is context, not explained.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from mmcam.errors import MMCamError
+from mmcam.geometry import Geometry
+from mmcam.layers import Layout, Tokens
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a family's explained layer is and how it reads text."""
+
+    layer: str
+    layout: Layout
+    text_kwarg: str  # the forward argument that takes the text ids
+
+
+def _ved_family(model: nn.Module) -> Family:
+    enc = model.encoder
+    if hasattr(enc, "layers") and isinstance(enc.layers, nn.ModuleList):  # ViT-like (v5)
+        prefix = 2 if "deit" in type(enc).__name__.lower() else 1
+        return Family("encoder.layers[-1]", Tokens(prefix=prefix), "decoder_input_ids")
+    if hasattr(enc, "encoder") and hasattr(enc.encoder, "layers"):  # Swin: last stage
+        return Family("encoder.encoder.layers[-1]", Tokens(prefix=0), "decoder_input_ids")
+    raise MMCamError(f"no default layer known for a {type(enc).__name__} encoder: pass layer=")
+
+
+def family_of(model: nn.Module) -> Family:
+    """The :class:`Family` of a transformers captioning model."""
+    name = type(model).__name__
+    if name == "BlipForConditionalGeneration":
+        return Family("vision_model.encoder.layers[-1]", Tokens(prefix=1), "input_ids")
+    if name == "GitForCausalLM":
+        return Family("git.image_encoder.vision_model.encoder.layers[-1]", Tokens(prefix=1),
+                      "input_ids")
+    if name == "VisionEncoderDecoderModel":
+        return _ved_family(model)
+    raise MMCamError(f"{name} is not a captioning family mmcam knows (BLIP, GIT, "
+                     "VisionEncoderDecoder)")
+
+
+def processor_geometry(image_processor: Any, size: tuple[int, int]) -> Geometry:
+    """What a transformers image processor does to an image of ``size=(W,H)``: a resize to
+    ``size={"height","width"}``, or the shorter side to ``shortest_edge`` (longer side
+    truncated, as transformers computes it) followed by a centre crop to ``crop_size``."""
+    g = Geometry.identity(size)
+    s = getattr(image_processor, "size", None) or {}
+    get = s.get if isinstance(s, dict) else (lambda k, d=None: getattr(s, k, d))
+    if getattr(image_processor, "do_resize", True):
+        if get("height") and get("width"):
+            g = g.resize((int(get("width")), int(get("height"))))
+        elif get("shortest_edge"):
+            short = int(get("shortest_edge"))
+            W, H = size
+            if W <= H:
+                g = g.resize((short, int(short * H / W)))
+            else:
+                g = g.resize((int(short * W / H), short))
+    if getattr(image_processor, "do_center_crop", False):
+        c = getattr(image_processor, "crop_size", None) or {}
+        cget = c.get if isinstance(c, dict) else (lambda k, d=None: getattr(c, k, d))
+        if cget("height") and cget("width"):
+            g = g.center_crop((int(cget("width")), int(cget("height"))))
+    return g
+
+
+class HFCaptioner:
+    """A transformers captioning model (:func:`family_of`) with its processor.
+
+    ``prompt`` (e.g. "a picture of") is read before the caption as context; it is not
+    explained and is removed from generated captions.
+    """
+
+    def __init__(self, model: nn.Module, processor: Any, prompt: str | None = None,
+                 family: Family | None = None) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", None) or processor
+        self.family = family or family_of(model)
+        self.layer, self.layout = self.family.layer, self.family.layout
+        self.prompt = prompt or ""
+        vocab = self.tokenizer.get_vocab()
+        self._wordpiece = any(t.startswith("##") for t in vocab)
+
+    # ------------------------------------------------------------------ inputs
+
+    def prepare(self, image: Image.Image) -> tuple[dict[str, torch.Tensor], Geometry]:
+        """RGB image -> ({"pixel_values"}, geometry) with the checkpoint's own processor."""
+        ip = getattr(self.processor, "image_processor", self.processor)
+        pv = ip(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        p = next(self.model.parameters())
+        geom = processor_geometry(ip, image.size)
+        if geom.input_size != (pv.shape[-1], pv.shape[-2]):
+            geom = Geometry.identity(image.size).resize((pv.shape[-1], pv.shape[-2]))
+        return {"pixel_values": pv.to(p.device, p.dtype)}, geom
+
+    def _special(self, name: str) -> int | None:
+        for src in (getattr(self.model.config, "text_config", None), self.model.config,
+                    getattr(self.model.config, "decoder", None), self.tokenizer):
+            v = getattr(src, name, None) if src is not None else None
+            if isinstance(v, int):
+                return v
+        return None
+
+    def _prefix(self) -> list[int]:
+        name = type(self.model).__name__
+        if name == "BlipForConditionalGeneration":
+            start = self._special("bos_token_id")
+        elif name == "GitForCausalLM":
+            start = self.tokenizer.cls_token_id
+        else:
+            start = self._special("decoder_start_token_id")
+        if start is None:
+            raise MMCamError(f"{name}: no start token id in the config or tokenizer")
+        prompt = self.tokenizer(self.prompt, add_special_tokens=False)["input_ids"] \
+            if self.prompt.strip() else []
+        return [int(start)] + list(prompt)
+
+    def _ends(self) -> set[int]:
+        ids = {self._special(n) for n in ("eos_token_id", "sep_token_id", "pad_token_id")}
+        ids |= {self.tokenizer.sep_token_id, self.tokenizer.eos_token_id,
+                self.tokenizer.pad_token_id}
+        return {int(i) for i in ids if i is not None}
+
+    # ------------------------------------------------------------------ scoring
+
+    def score_tokens(self, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,
+                     last: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,T) -> (N,T): log p(token_t | prefix, tokens_<t, image), in float32.
+
+        ``last``: positions after ``max(last)`` are not computed (returned as 0).
+        """
+        N, T = token_ids.shape
+        t_used = T if last is None else int(last.max()) + 1
+        prefix = torch.tensor(self._prefix(), device=token_ids.device)
+        full = torch.cat([prefix.expand(N, -1), token_ids[:, :t_used]], dim=1)
+        kw = {self.family.text_kwarg: full, "use_cache": False}
+        logits = self.model(pixel_values=inputs["pixel_values"], **kw).logits
+        shift = logits.shape[1] - full.shape[1]
+        k = prefix.shape[0]
+        sel = logits[:, shift + k - 1: shift + k - 1 + t_used].float().log_softmax(-1)
+        lp = sel.gather(2, token_ids[:, :t_used, None])[..., 0]
+        if t_used < T:
+            lp = torch.cat([lp, lp.new_zeros(N, T - t_used)], dim=1)
+        return lp
+
+    @torch.no_grad()
+    def generate(self, inputs: dict[str, torch.Tensor], max_len: int = 20,
+                 beam_size: int = 1) -> torch.Tensor:
+        """Caption ids (1,T): the model's own ``generate`` (greedy or beam search), with the
+        start token and prompt removed and cut at the first end/padding token."""
+        prefix = self._prefix()
+        dev = inputs["pixel_values"].device
+        kw: dict[str, Any] = {"max_new_tokens": max_len, "num_beams": beam_size,
+                              "do_sample": False}
+        name = type(self.model).__name__
+        if name == "BlipForConditionalGeneration":  # BLIP's generate drops a trailing [SEP]
+            sep = self.tokenizer.sep_token_id
+            kw["input_ids"] = torch.tensor([prefix + [sep if sep is not None else 0]], device=dev)
+        elif name == "GitForCausalLM":
+            kw["input_ids"] = torch.tensor([prefix], device=dev)
+        out = self.model.generate(pixel_values=inputs["pixel_values"], **kw)[0].tolist()
+        if out[: len(prefix)] == prefix:
+            out = out[len(prefix):]
+        elif out[:1] == prefix[:1]:
+            out = out[1:]
+        ends = self._ends()
+        ids = []
+        for t in out:
+            if t in ends:
+                break
+            ids.append(t)
+        return torch.tensor([ids], dtype=torch.long)
+
+    # ------------------------------------------------------------------ words
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        """Caption text -> ids (T,), no special tokens."""
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"],
+                            dtype=torch.long)
+
+    def word_groups(self, token_ids: torch.Tensor, text: str | None = None
+                    ) -> tuple[list[str], list[int]]:
+        """(word labels, word index of every token).
+
+        With the caption's ``text``: each token belongs to the whitespace word holding its
+        first non-space character (offsets), and labels are the text's words. Without it
+        (generated captions): a WordPiece ``##`` token continues a word; a byte-level BPE or
+        SentencePiece token starts one when it begins with ``Ġ`` or ``▁``; labels are the
+        decoded tokens of each word.
+        """
+        ids = [int(i) for i in token_ids.reshape(-1)]
+        if text is not None:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            if list(enc["input_ids"]) == ids:
+                spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", text)]
+                index, prev = [], 0
+                for a, b in enc["offset_mapping"]:
+                    piece = text[a:b]
+                    first = a + (len(piece) - len(piece.lstrip())) if b > a else None
+                    w = prev if first is None else next(
+                        (k for k, (s, e, _) in enumerate(spans) if s <= first < e), prev)
+                    index.append(w)
+                    prev = w
+                used = sorted(set(index))
+                remap = {w: k for k, w in enumerate(used)}
+                return [spans[w][2] for w in used], [remap[w] for w in index]
+        toks = self.tokenizer.convert_ids_to_tokens(ids)
+        index, w = [], -1
+        for k, t in enumerate(toks):
+            starts = (not t.startswith("##")) if self._wordpiece else (
+                k == 0 or t.startswith(("Ġ", "▁")))
+            w += 1 if (starts or w < 0) else 0
+            index.append(w)
+        labels = []
+        for g in range(w + 1):
+            part = [i for i, x in zip(ids, index) if x == g]
+            labels.append(self.tokenizer.decode(part).strip() or "?")
+        return labels, index
+
+    def words(self, token_ids: torch.Tensor) -> list[str]:
+        """Word labels of ``token_ids`` (sub-tokens merged)."""
+        return self.word_groups(token_ids)[0]
+
+    def word_index(self, token_ids: torch.Tensor) -> list[int]:
+        """Word index of every token."""
+        return self.word_groups(token_ids)[1]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class Processor:
+    """An image processor and a tokenizer loaded separately."""
+
+    image_processor: Any
+    tokenizer: Any
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
+            device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+            trust_remote_code: bool = False) -> HFCaptioner:
+    """Load a transformers captioning checkpoint (hub id or folder) and its processor.
+
+    A hub id is read from the local cache first; only when that fails and ``HF_HUB_OFFLINE``
+    is not set is the hub asked. The class comes from the config's ``architectures``.
+    """
+    try:
+        import transformers
+    except ImportError:
+        raise MMCamError("Hugging Face models need transformers: pip install "
+                         "'mmcam[hf]'") from None
+    src = str(name_or_path)
+    local = Path(src).expanduser().is_dir()
+
+    def get(fn, **kw):
+        if local:
+            return fn(src, **kw)
+        try:
+            return fn(src, local_files_only=True, **kw)
+        except OSError as e:
+            if _offline():
+                raise MMCamError(f"{src} is not in the local cache: run once online or pass a "
+                                 "folder") from None
+            try:
+                return fn(src, **kw)
+            except OSError:
+                raise MMCamError(f"{src} is not in the local cache and cannot be downloaded "
+                                 f"({str(e).splitlines()[0]}): run once online or pass a "
+                                 "folder") from None
+
+    config = get(transformers.AutoConfig.from_pretrained, trust_remote_code=trust_remote_code)
+    archs = list(getattr(config, "architectures", None) or [])
+    cls = next((getattr(transformers, a) for a in archs if hasattr(transformers, a)), None)
+    if cls is None:
+        raise MMCamError(f"{src}: config.json names no transformers class mmcam can load "
+                         f"({archs or 'no architectures'})")
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kw["dtype"] = dtype
+    model = get(cls.from_pretrained, **kw)
+    processor = get(transformers.AutoProcessor.from_pretrained,
+                    trust_remote_code=trust_remote_code)
+    if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
+        # checkpoints such as vit-gpt2 keep an image processor and a tokenizer, no processor
+        processor = Processor(
+            get(transformers.AutoImageProcessor.from_pretrained,
+                trust_remote_code=trust_remote_code),
+            get(transformers.AutoTokenizer.from_pretrained, trust_remote_code=trust_remote_code))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return HFCaptioner(model, processor, prompt=prompt)

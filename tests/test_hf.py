@@ -1,0 +1,209 @@
+"""Hugging Face captioners: tiny random models built from configs, saved with
+``save_pretrained``, loaded through ``mmcam.load_model`` as a user's checkpoint would be.
+
+Expected maps come from a per-token loop written here directly against the transformers
+class: one forward with a hook on the layer and one backward per caption token.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_engine import assert_maps_close, cam_by_hand, hooks_left, tokens_to_grid
+from toys import image
+
+transformers = pytest.importorskip("transformers")
+
+import mmcam  # noqa: E402
+from mmcam.caption import CaptionExplainer  # noqa: E402
+from mmcam.errors import MMCamError  # noqa: E402
+from mmcam.layers import resolve_layer  # noqa: E402
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "picture", "of", "red",
+         "blue", "circle", "square", "big", "small", "left", "the", "##s", "and", "."]
+VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+              image_size=32, patch_size=8)
+TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def bert_tokenizer():
+    tok = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)},
+                                     do_lower_case=True)
+    tok.add_special_tokens({"bos_token": "[DEC]"})
+    return tok
+
+
+def save_blip(path):
+    torch.manual_seed(0)
+    cfg = transformers.BlipConfig(vision_config=VISION, text_config=dict(
+        TEXT, vocab_size=len(WORDS), bos_token_id=5, pad_token_id=0, sep_token_id=3,
+        eos_token_id=3))
+    model = transformers.BlipForConditionalGeneration(cfg)
+    proc = transformers.BlipProcessor(
+        image_processor=transformers.BlipImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=bert_tokenizer())
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+def save_git(path):
+    torch.manual_seed(1)
+    cfg = transformers.GitConfig(vision_config=VISION, vocab_size=len(WORDS), bos_token_id=2,
+                                 eos_token_id=3, pad_token_id=0, **TEXT)
+    model = transformers.GitForCausalLM(cfg)
+    proc = transformers.GitProcessor(
+        image_processor=transformers.CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=bert_tokenizer())
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+def save_vit_gpt2(path):
+    torch.manual_seed(2)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["a red circle left of the big blue square", "the small squares and circles",
+              "a picture of red and blue"] * 20
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=80, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
+                                               bos_token="<|endoftext|>",
+                                               pad_token="<|endoftext|>")
+    end = tok.eos_token_id
+    vc = transformers.ViTConfig(**VISION)
+    gc = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2,
+                                 add_cross_attention=True, bos_token_id=end, eos_token_id=end)
+    cfg = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vc, gc)
+    cfg.decoder_start_token_id = cfg.pad_token_id = end
+    model = transformers.VisionEncoderDecoderModel(cfg)
+    model.generation_config.decoder_start_token_id = end
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id = end
+    proc = transformers.ViTImageProcessor(size={"height": 32, "width": 32})
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+FAMILIES = {"blip": save_blip, "git": save_git, "vit-gpt2": save_vit_gpt2}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def saved(request, tmp_path_factory):
+    return request.param, FAMILIES[request.param](tmp_path_factory.mktemp(request.param))
+
+
+def loop_grads(model, layer, pixel_values, full_ids, kwarg, positions, targets):
+    """Per target token: forward the HF class with a hook, one backward -> (A, G) raw."""
+    out = []
+    for pos, tgt in zip(positions, targets):
+        held = {}
+
+        def hook(m, i, o, held=held):
+            t = o[0] if isinstance(o, tuple) else o
+            held["A"] = t.detach().requires_grad_(True)
+            new = held["A"] * 1
+            return (new, *o[1:]) if isinstance(o, tuple) else new
+
+        h = layer.register_forward_hook(hook, prepend=True)
+        try:
+            logits = model(pixel_values=pixel_values, use_cache=False,
+                           **{kwarg: full_ids}).logits
+        finally:
+            h.remove()
+        shift = logits.shape[1] - full_ids.shape[1]
+        y = logits[0, shift + pos].float().log_softmax(-1)[tgt]
+        (g,) = torch.autograd.grad(y, held["A"])
+        out.append((held["A"].detach(), g))
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["copies", "vjp"])
+def test_maps_equal_a_per_token_loop_against_the_hf_class(saved, strategy):
+    name, path = saved
+    ad = mmcam.load_model(path)
+    model = ad.model
+    caption = "A red circles left of the big square."
+    ex = CaptionExplainer(ad, strategy=strategy, chunk_size=3)
+    r1 = ex.explain(image(3, (50, 40)), caption)
+    r2 = ex.explain(image(3, (50, 40)), caption)  # transformers adds hooks lazily: same maps
+    torch.testing.assert_close(r1.layer_maps, r2.layer_maps)
+    assert r1.words == caption.split()
+    pv = ad.prepare(image(3, (50, 40)))[0]["pixel_values"]
+    ids = ad.tokenize(caption)
+    prefix = ad._prefix()
+    full = torch.cat([torch.tensor(prefix), ids])[None]
+    k = len(prefix)
+    pairs = loop_grads(model, resolve_layer(model, ad.layer), pv, full, ad.family.text_kwarg,
+                       [k - 1 + j for j in range(len(ids))], ids.tolist())
+    _, index = ad.word_groups(ids, caption)
+    want = []
+    for w in range(len(r1.words)):  # a word's score is the sum of its tokens' log-probs
+        toks = [t for t, x in enumerate(index) if x == w]
+        A = pairs[toks[0]][0]
+        G = sum(pairs[t][1] for t in toks)
+        p = ad.layout.prefix
+        want.append(cam_by_hand(tokens_to_grid(A, p), tokens_to_grid(G, p)))
+    want = torch.stack(want)
+    assert (want.amax(dim=(1, 2)) > 0).sum() >= 3
+    assert_maps_close(r1.layer_maps, want)
+    with torch.no_grad():
+        logits = model(pixel_values=pv, use_cache=False, **{ad.family.text_kwarg: full}).logits
+    tok_lp = [float(logits[0, -len(ids) - 1 + t].float().log_softmax(-1)[ids[t]])
+              for t in range(len(ids))]
+    lp = [sum(x for x, i in zip(tok_lp, index) if i == w) for w in range(len(r1.words))]
+    torch.testing.assert_close(torch.tensor(r1.logprobs), torch.tensor(lp), rtol=1e-5, atol=1e-5)
+    assert hooks_left(model) == 0
+
+
+def test_generated_caption_and_word_grouping(saved):
+    name, path = saved
+    ad = mmcam.load_model(path)
+    res = CaptionExplainer(ad).explain(image(5, (40, 40)), max_len=6)
+    ids = ad.generate(ad.prepare(image(5, (40, 40)))[0], max_len=6)[0]
+    assert len(res.words) == len(ad.word_groups(ids)[0]) and res.maps.shape[1:] == (40, 40)
+
+
+def test_word_grouping_on_known_strings():
+    from mmcam.adapters.hf import HFCaptioner
+
+    wp = HFCaptioner.__new__(HFCaptioner)
+    wp.tokenizer, wp._wordpiece = bert_tokenizer(), True
+    ids = wp.tokenize("The red circles.")
+    assert wp.word_groups(ids, "The red circles.") == (["The", "red", "circles."], [0, 1, 2, 2, 2])
+    assert wp.word_groups(ids)[1] == [0, 1, 2, 2, 3]  # without text "." is its own word
+    unk = wp.tokenize("a green circle")  # "green" is not in the vocabulary: [UNK]
+    assert wp.word_groups(unk, "a green circle")[0] == ["a", "green", "circle"]
+
+
+def test_hub_id_not_cached_is_one_clear_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(MMCamError, match="not in the local cache: run once online or pass a"):
+        mmcam.load_model("hf:someone/no-such-captioner")
+
+
+def test_cli_explains_a_saved_hf_folder(tmp_path):
+    import subprocess
+    import sys
+
+    folder = save_blip(tmp_path / "blip")
+    img = tmp_path / "img.png"
+    image(6, (48, 40)).save(img)
+    r = subprocess.run([sys.executable, "-m", "mmcam", "caption", str(img), "--model",
+                        str(folder), "--caption", "a big red circle", "--strategy", "vjp",
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[0] for line in r.stdout.splitlines()[1:5]] == ["a", "big", "red",
+                                                                       "circle"]
+    assert (tmp_path / "out" / "index.html").is_file()
+    lib = CaptionExplainer(mmcam.load_model(folder)).explain(img, "a big red circle")
+    shown = [float(line.split("log p =")[1].split()[0]) for line in r.stdout.splitlines()[1:5]]
+    assert shown == pytest.approx(lib.logprobs, abs=1e-4)
