@@ -218,6 +218,20 @@ class Models:
             raise MMCamError(f"{name!r} is not a loaded {kind} model")
         return self.adapters[name]
 
+    def add_hf_folders(self) -> list[str]:
+        """Load the Hugging Face model folders under ``$MMCAM_MODELS``; return one line per
+        folder that could not be loaded (the app starts without it)."""
+        from mmcam import load_model
+        from mmcam.models.hub import hf_folders
+
+        problems = []
+        for folder in hf_folders():
+            try:
+                self.add(str(folder.resolve()), load_model(folder))
+            except MMCamError as e:
+                problems.append(f"{folder}: {e}")
+        return problems
+
     def load_folder(self, path: str) -> tuple[str, str]:
         """Load a local model folder with :func:`mmcam.load_model`; return (name, kind)."""
         from mmcam import load_model
@@ -632,6 +646,8 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
             got = models.add(str(name), adapter)
             if got != kind:
                 raise MMCamError(f"the {kind} given to build_app is a {got} adapter")
+    for problem in models.add_hf_folders():
+        _log.warning("model folder not loaded: %s", problem)
 
     model_events = {"concurrency_id": "model", "concurrency_limit": 1}
     # drawing from stored maps is cheap: served at once, outside the queue, without a spinner;

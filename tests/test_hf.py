@@ -207,3 +207,22 @@ def test_cli_explains_a_saved_hf_folder(tmp_path):
     lib = CaptionExplainer(mmcam.load_model(folder)).explain(img, "a big red circle")
     shown = [float(line.split("log p =")[1].split()[0]) for line in r.stdout.splitlines()[1:5]]
     assert shown == pytest.approx(lib.logprobs, abs=1e-4)
+
+
+def test_app_lists_hf_folders_under_mmcam_models(tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    from mmcam.app import Models
+
+    save_blip(tmp_path / "tiny-blip")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"architectures": ["NoSuchModel"]}')
+    (tmp_path / "not-a-model").mkdir()
+    monkeypatch.setenv("MMCAM_MODELS", str(tmp_path))
+    models = Models()
+    problems = models.add_hf_folders()
+    name = str((tmp_path / "tiny-blip").resolve())
+    assert models.names("captioner") == [name]
+    assert len(problems) == 1 and "broken" in problems[0]
+    assert "not a transformers checkpoint" in problems[0]
+    r = CaptionExplainer(models.get(name, "captioner")).explain(image(1), "a red circle")
+    assert r.words == ["a", "red", "circle"]

@@ -302,7 +302,13 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
                                  f"({str(e).splitlines()[0]}): run once online or pass a "
                                  "folder") from None
 
-    config = get(transformers.AutoConfig.from_pretrained, trust_remote_code=trust_remote_code)
+    try:
+        config = get(transformers.AutoConfig.from_pretrained,
+                     trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MMCamError(f"{src}: not a transformers checkpoint mmcam can read ({first})") \
+            from None
     archs = list(getattr(config, "architectures", None) or [])
     cls = next((getattr(transformers, a) for a in archs if hasattr(transformers, a)), None)
     if cls is None:

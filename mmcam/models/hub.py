@@ -126,6 +126,14 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
     return wrap(model, config)
 
 
+def hf_folders() -> list[Path]:
+    """Hugging Face model folders directly under ``$MMCAM_MODELS`` (sorted by name)."""
+    root = os.environ.get("MMCAM_MODELS")
+    if not root or not Path(root).is_dir():
+        return []
+    return sorted(f for f in Path(root).iterdir() if f.is_dir() and _is_hf_folder(f))
+
+
 def _is_hf_folder(folder: Path) -> bool:
     try:
         cfg = json.loads((folder / CONFIG).read_text())
