@@ -85,9 +85,14 @@ def _vqa(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mmcam.models.train import train
+    if args.kind == "blip-captioner":
+        from mmcam.models.blip import train_blip_captioner as train_blip
 
-    metrics = train(args.kind, args.out, seed=args.seed, steps=args.steps)
+        metrics = train_blip(args.out, seed=args.seed, steps=args.steps)
+    else:
+        from mmcam.models.train import train
+
+        metrics = train(args.kind, args.out, seed=args.seed, steps=args.steps)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
     return 0
 
@@ -157,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_vqa)
 
     c = sub.add_parser("train", help="train a reference model from scratch")
-    c.add_argument("kind", choices=["captioner", "vqa", "classifier"])
+    c.add_argument("kind", choices=["captioner", "vqa", "classifier", "blip-captioner"])
     c.add_argument("--out", required=True)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--steps", type=int, default=None)

@@ -34,20 +34,33 @@ class VQAExplainer:
         strategy: str = "auto",
         chunk_size: int | None = 64,
     ) -> None:
-        missing = [
-            m for m in ("prepare", "tokenize_question", "score_answers")
-            if not callable(getattr(adapter, m, None))
-        ]
-        if missing or not hasattr(adapter, "answers"):
-            raise MMCamError(
-                f"the model is not a VQA adapter: it lacks {', '.join(missing or ['answers'])}"
-            )
+        self.generative = callable(getattr(adapter, "score_answer_tokens", None))
+        needs = ("prepare", "tokenize_question") + (
+            ("tokenize_answer", "generate_answers", "decode_answer") if self.generative
+            else ("score_answers",))
+        missing = [m for m in needs if not callable(getattr(adapter, m, None))]
+        if not self.generative and not hasattr(adapter, "answers"):
+            missing.append("answers")
+        if missing:
+            raise MMCamError(f"the model is not a VQA adapter: it lacks {', '.join(missing)}")
         self.adapter = adapter
         self.method_name = method
         self.method = get_method(method)
-        self._index = {a.lower(): i for i, a in enumerate(adapter.answers)}
-        self.pipeline = Pipeline(adapter, adapter.score_answers, layer=layer, layout=layout,
-                                 strategy=strategy, chunk_size=chunk_size)
+        self._index = {a.lower(): i for i, a in enumerate(getattr(adapter, "answers", []))}
+        self._options = {"layer": layer, "layout": layout, "strategy": strategy,
+                         "chunk_size": chunk_size}
+        self.pipeline = Pipeline(adapter, self._score_fn(), causal=self.generative,
+                                 **self._options)
+
+    def _score_fn(self, question_ids: torch.Tensor | None = None) -> Callable:
+        ad = self.adapter
+        if not self.generative:
+            return ad.score_answers
+
+        def score(x: Any, ids: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+            return ad.score_answer_tokens(x, question_ids, ids)
+
+        return score
 
     def answer_id(self, answer: str) -> int:
         """Index of ``answer`` in the model's answer vocabulary (case-insensitive)."""
@@ -68,6 +81,46 @@ class VQAExplainer:
         """Explain ``answer`` (default: the model's) and the ``top_k`` answers."""
         return self.explain_batch([image], [question], [answer], [contrast], top_k)[0]
 
+    def _explain_generative(self, pil: Any, question: str, answer: str | None,
+                            contrast: str | None, top_k: int) -> VQAExplanation:
+        """Answers written as text: each candidate is a row with its own token ids, its score
+        the sum of its tokens' log-probs (end token included); the contrast map is the CAM of
+        ``G_answer - G_contrast``, exact by linearity."""
+        ad = self.adapter
+        q, unknown = ad.tokenize_question(question)
+        q = torch.as_tensor(q, dtype=torch.long)
+        pipe = Pipeline(ad, self._score_fn(q), lambda x, **kw: ad.generate_answers(x, q, **kw),
+                        causal=True, **self._options)
+
+        def rows(ctx: Context, i: int) -> Rows:
+            cands = ctx.generate(k=top_k)
+            if not cands:
+                raise MMCamError("the model generated no answer: nothing to explain")
+            pick = cands[0] if answer is None else ad.tokenize_answer(answer)
+            seqs = [pick] + cands + ([] if contrast is None else [ad.tokenize_answer(contrast)])
+            T = max(len(x) for x in seqs)
+            ids = torch.zeros(len(seqs), T, dtype=torch.long)
+            coefs = torch.zeros(len(seqs), T)
+            for r, x in enumerate(seqs):
+                ids[r, : len(x)] = x
+                coefs[r, : len(x)] = 1.0
+            return Rows(ids, coefs, [ad.decode_answer(x) for x in seqs])
+
+        e = pipe.explain([pil], rows, self.method_name)[0]
+        texts = e.rows.info
+        logp = (e.rows.coefs * e.scores).sum(dim=1)
+        n = 1 + (len(texts) - 1 - (contrast is not None))
+        cmap = cbox = None
+        if contrast is not None:
+            cmap, cbox = e.extra_map(self.method, e.G[0] - e.G[-1])
+        return VQAExplanation(
+            image=e.image, question=question, unknown_words=unknown, answer=texts[0],
+            probability=float(logp[0].exp()), map=e.maps[0], box=e.boxes[0],
+            top_answers=[(texts[r], float(logp[r].exp()), e.maps[r]) for r in range(1, n)],
+            top_boxes=e.boxes[1:n], method=self.method_name, model_answer=texts[1],
+            contrast=contrast, contrast_map=cmap, contrast_box=cbox,
+            layer=pipe.layer_label)
+
     def explain_batch(
         self,
         images: Sequence[ImageInput],
@@ -87,6 +140,9 @@ class VQAExplainer:
         for q in qs:
             if not isinstance(q, str) or not q.strip():
                 raise MMCamError("the question is empty: ask something about the image")
+        if self.generative:  # the question is part of the scorer: one image at a time
+            return [self._explain_generative(load_image(im), q, a, c, top_k)
+                    for im, q, a, c in zip(images, qs, answers, contrasts)]
         chosen = [None if a is None else self.answer_id(a) for a in answers]
         others = [None if c is None else self.answer_id(c) for c in contrasts]
         pils = [load_image(im) for im in images]

@@ -226,3 +226,94 @@ def test_app_lists_hf_folders_under_mmcam_models(tmp_path, monkeypatch):
     assert "not a transformers checkpoint" in problems[0]
     r = CaptionExplainer(models.get(name, "captioner")).explain(image(1), "a red circle")
     assert r.words == ["a", "red", "circle"]
+
+
+def save_blip_vqa(path):
+    torch.manual_seed(3)
+    cfg = transformers.BlipConfig(vision_config=VISION, text_config=dict(
+        TEXT, vocab_size=len(WORDS), bos_token_id=5, pad_token_id=0, sep_token_id=3,
+        eos_token_id=3))
+    model = transformers.BlipForQuestionAnswering(cfg)
+    proc = transformers.BlipProcessor(
+        image_processor=transformers.BlipImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=bert_tokenizer())
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+def blip_vqa_answer_grads(model, pv, question, answer_ids, layer):
+    """log p(answer ids | question, image) by running BLIP VQA's parts, and dy/dA at layer."""
+    held = {}
+
+    def hook(m, i, o):
+        t = o[0] if isinstance(o, tuple) else o
+        held["A"] = t.detach().requires_grad_(True)
+        return (held["A"] * 1, *o[1:]) if isinstance(o, tuple) else held["A"] * 1
+
+    h = layer.register_forward_hook(hook, prepend=True)
+    try:
+        img = model.vision_model(pixel_values=pv)[0]
+        q = model.text_encoder(input_ids=question, encoder_hidden_states=img)[0]
+        dec_in = torch.tensor([[5] + answer_ids[:-1]])
+        logits = model.text_decoder(input_ids=dec_in, encoder_hidden_states=q,
+                                    use_cache=False).logits[0]
+    finally:
+        h.remove()
+    y = sum(logits[j].float().log_softmax(-1)[t] for j, t in enumerate(answer_ids))
+    (g,) = torch.autograd.grad(y, held["A"])
+    return float(y), held["A"].detach(), g
+
+
+@pytest.mark.parametrize("strategy", ["copies", "vjp"])
+def test_blip_vqa_answers_as_text_equal_a_loop(tmp_path, strategy):
+    from mmcam.vqa import VQAExplainer
+
+    ad = mmcam.load_model(save_blip_vqa(tmp_path / "vqa"))
+    model = ad.model
+    pil = image(8, (44, 36))
+    r = VQAExplainer(ad, strategy=strategy).explain(pil, "what color is the circle?",
+                                                    answer="red", contrast="blue", top_k=3)
+    pv = ad.prepare(pil)[0]["pixel_values"]
+    q = torch.tensor([bert_tokenizer()("what color is the circle?")["input_ids"]])
+    layer = resolve_layer(model, "vision_model.encoder.layers[-1]")
+    y_red, A, g_red = blip_vqa_answer_grads(model, pv, q, [9, 3], layer)
+    _, _, g_blue = blip_vqa_answer_grads(model, pv, q, [10, 3], layer)
+    grid = [tokens_to_grid(t, 1) for t in (A, g_red, g_blue)]
+    assert r.answer == "red" and r.probability == pytest.approx(float(torch.tensor(y_red).exp()),
+                                                                rel=1e-5)
+    want = torch.stack([cam_by_hand(grid[0], grid[1]), cam_by_hand(grid[0], grid[1] - grid[2])])
+    # maps are drawn on the image: compare through the same geometry
+    geom = ad.prepare(pil)[1]
+    assert_maps_close(torch.stack([r.map, r.contrast_map]), geom.to_image(want))
+    # the top answers are the model's own beam-search answers, each explained as text
+    assert 1 <= len(r.top_answers) <= 3 and r.model_answer == r.top_answers[0][0]
+    for text, p, m in r.top_answers:
+        ids = bert_tokenizer()(text, add_special_tokens=False)["input_ids"] + [3]
+        y, A, g = blip_vqa_answer_grads(model, pv, q, ids, layer)
+        assert p == pytest.approx(float(torch.tensor(y).exp()), rel=1e-5)
+        want = geom.to_image(cam_by_hand(tokens_to_grid(A, 1), tokens_to_grid(g, 1))[None])[0]
+        if want.abs().max() > 0:
+            assert_maps_close(m, want)
+    assert hooks_left(model) == 0
+
+
+def test_blip_trainer_is_deterministic_and_saves_a_loadable_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from mmcam.models.blip import train_blip_captioner
+
+    runs = [train_blip_captioner(tmp_path / f"run{k}", seed=3, steps=3, n_train=12,
+                                 progress=False, n_eval=3) for k in range(2)]
+    a, b = (load_file(str(tmp_path / f"run{k}" / "model.safetensors")) for k in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert runs[0]["loss_history"] == runs[1]["loss_history"] and len(runs[0]["loss_history"]) == 3
+    assert 0.0 <= runs[0]["bleu4"] <= 1.0 and runs[0]["n_scenes"] == 3
+    ad = mmcam.load_model(tmp_path / "run0")
+    assert type(ad.model).__name__ == "BlipForConditionalGeneration"
+    assert ad.layer == "vision_model.encoder.layers[-1]"
+    assert "BLEU-4" in (tmp_path / "run0" / "README.md").read_text()
+    r = CaptionExplainer(ad).explain(image(2, (128, 128)), "a large red circle")
+    assert r.layer_maps.shape == (4, 8, 8)  # the explained grid is 8x8
+    with pytest.raises(MMCamError, match="reserved"):
+        train_blip_captioner(tmp_path / "x", seed=1_000_000, steps=1)

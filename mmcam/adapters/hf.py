@@ -255,6 +255,87 @@ class HFCaptioner:
         return self.word_groups(token_ids)[1]
 
 
+class HFAnswerer(HFCaptioner):
+    """``BlipForQuestionAnswering``: answers generated as text and explained as text.
+
+    An answer's score is ``log p(answer tokens + [SEP] | question, image)``: the vision tower,
+    then the text encoder reads ``[CLS] question [SEP]`` cross-attending the image, then the
+    text decoder reads ``[DEC] + answer`` cross-attending the question's encoding (the model's
+    ``forward`` returns no logits, so the parts are run in that order).
+    """
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        if type(model).__name__ != "BlipForQuestionAnswering":
+            raise MMCamError(f"{type(model).__name__} is not a generative VQA family mmcam knows")
+        super().__init__(model, processor, family=Family(
+            "vision_model.encoder.layers[-1]", Tokens(prefix=1), "input_ids"))
+
+    def tokenize_question(self, question: str) -> tuple[torch.Tensor, list[str]]:
+        """``[CLS] question [SEP]`` ids and the question words the vocabulary lacks."""
+        ids = self.tokenizer(question)["input_ids"]
+        unk = self.tokenizer.unk_token_id
+        words, index = self.word_groups(torch.tensor(ids[1:-1]), question)
+        missing = sorted({words[w] for t, w in zip(ids[1:-1], index) if t == unk})
+        return torch.tensor(ids, dtype=torch.long), missing
+
+    def tokenize_answer(self, text: str) -> torch.Tensor:
+        """Answer text -> ids (T+1,) ending with the end token ([SEP])."""
+        return torch.cat([self.tokenize(text), torch.tensor([self.tokenizer.sep_token_id])])
+
+    def decode_answer(self, ids: torch.Tensor) -> str:
+        """Answer ids -> text (special tokens dropped)."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+
+    def _question_states(self, inputs: dict[str, torch.Tensor], question_ids: torch.Tensor,
+                         n: int) -> torch.Tensor:
+        img = self.model.vision_model(pixel_values=inputs["pixel_values"])[0]
+        q = question_ids.reshape(1, -1).to(img.device).expand(img.shape[0], -1)
+        enc = self.model.text_encoder(
+            input_ids=q, encoder_hidden_states=img,
+            encoder_attention_mask=torch.ones(img.shape[:2], dtype=torch.long,
+                                              device=img.device))[0]
+        return enc.expand(n, -1, -1) if enc.shape[0] == 1 and n > 1 else enc
+
+    def score_answer_tokens(self, inputs: dict[str, torch.Tensor], question_ids: torch.Tensor,
+                            answer_ids: torch.Tensor, last: torch.Tensor | None = None
+                            ) -> torch.Tensor:
+        """(N,T) answer ids (each ending with [SEP], then padding) -> (N,T) log-probs."""
+        N, T = answer_ids.shape
+        qs = self._question_states(inputs, question_ids, N)
+        start = torch.full((N, 1), self._special("bos_token_id"), dtype=torch.long,
+                           device=answer_ids.device)
+        dec_in = torch.cat([start, answer_ids[:, :-1]], dim=1)
+        logits = self.model.text_decoder(
+            input_ids=dec_in, encoder_hidden_states=qs,
+            encoder_attention_mask=torch.ones(qs.shape[:2], dtype=torch.long, device=qs.device),
+            use_cache=False).logits
+        return logits.float().log_softmax(-1).gather(2, answer_ids[..., None])[..., 0]
+
+    @torch.no_grad()
+    def generate_answers(self, inputs: dict[str, torch.Tensor], question_ids: torch.Tensor,
+                         k: int = 5, max_len: int = 10) -> list[torch.Tensor]:
+        """Up to ``k`` distinct answers by beam search, best first, each ending with [SEP]."""
+        ends, sep = self._ends(), self.tokenizer.sep_token_id
+        # answers are words: no special token but the end may be generated
+        specials = sorted(set(self.tokenizer.all_special_ids) - {sep})
+        out = self.model.generate(
+            input_ids=question_ids.reshape(1, -1).to(inputs["pixel_values"].device),
+            pixel_values=inputs["pixel_values"], max_new_tokens=max_len, num_beams=max(k, 1),
+            num_return_sequences=max(k, 1), do_sample=False, suppress_tokens=specials)
+        answers, seen = [], set()
+        for row in out.tolist():
+            row = row[1:] if row[:1] == [self._special("bos_token_id")] else row
+            ids = []
+            for t in row:
+                if t in ends:
+                    break
+                ids.append(t)
+            if ids and tuple(ids) not in seen:
+                seen.add(tuple(ids))
+                answers.append(torch.tensor(ids + [sep], dtype=torch.long))
+        return answers
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -273,7 +354,8 @@ def _offline() -> bool:
 def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
             device: str | torch.device | None = None, dtype: torch.dtype | None = None,
             trust_remote_code: bool = False) -> HFCaptioner:
-    """Load a transformers captioning checkpoint (hub id or folder) and its processor.
+    """Load a transformers checkpoint (hub id or folder) and its processor: an
+    :class:`HFCaptioner`, or an :class:`HFAnswerer` for BLIP VQA.
 
     A hub id is read from the local cache first; only when that fails and ``HF_HUB_OFFLINE``
     is not set is the hub asked. The class comes from the config's ``architectures``.
@@ -329,4 +411,6 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
     model.eval()
     if device is not None:
         model.to(device)
+    if type(model).__name__ == "BlipForQuestionAnswering":
+        return HFAnswerer(model, processor)
     return HFCaptioner(model, processor, prompt=prompt)
