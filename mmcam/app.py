@@ -176,6 +176,8 @@ def _close_session(session: Session) -> None:
 
 def kind_of(adapter: Any) -> str:
     """"captioner", "vqa" or "classifier", from the methods ``adapter`` has."""
+    if callable(getattr(adapter, "score_answer_tokens", None)):  # answers generated as text
+        return "vqa"
     if callable(getattr(adapter, "generate", None)) and callable(
         getattr(adapter, "score_tokens", None)
     ):
@@ -777,7 +779,8 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
             gr.update(choices=_answer_choices(view), value=0),
             session.png(vqa_image(view, 0, alpha, box, own), "answer"),
             _answer_info(view, 0, own),
-            gr.update(choices=list(adapter.answers), value=second),
+            gr.update(choices=list(getattr(adapter, "answers", None)
+                                   or [a for a, _, _ in result.top_answers]), value=second),
             None,
             "",
         )

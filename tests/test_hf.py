@@ -317,3 +317,14 @@ def test_blip_trainer_is_deterministic_and_saves_a_loadable_checkpoint(tmp_path)
     assert r.layer_maps.shape == (4, 8, 8)  # the explained grid is 8x8
     with pytest.raises(MMCamError, match="reserved"):
         train_blip_captioner(tmp_path / "x", seed=1_000_000, steps=1)
+
+
+def test_app_sorts_blip_vqa_as_a_vqa_model(tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    from mmcam.app import Models
+
+    save_blip_vqa(tmp_path / "tiny-blip-vqa")
+    monkeypatch.setenv("MMCAM_MODELS", str(tmp_path))
+    models = Models()
+    assert models.add_hf_folders() == []
+    assert models.names("vqa") == [str((tmp_path / "tiny-blip-vqa").resolve())]
