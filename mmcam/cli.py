@@ -85,10 +85,11 @@ def _vqa(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    if args.kind == "blip-captioner":
-        from mmcam.models.blip import train_blip_captioner as train_blip
+    if args.kind in ("blip-captioner", "blip-vqa"):
+        from mmcam.models.blip import train_blip
 
-        metrics = train_blip(args.out, seed=args.seed, steps=args.steps)
+        task = "caption" if args.kind == "blip-captioner" else "vqa"
+        metrics = train_blip(task, args.out, seed=args.seed, steps=args.steps)
     else:
         from mmcam.models.train import train
 
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_vqa)
 
     c = sub.add_parser("train", help="train a reference model from scratch")
-    c.add_argument("kind", choices=["captioner", "vqa", "classifier", "blip-captioner"])
+    c.add_argument("kind", choices=["captioner", "vqa", "classifier", "blip-captioner", "blip-vqa"])
     c.add_argument("--out", required=True)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--steps", type=int, default=None)
