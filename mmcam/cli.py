@@ -48,7 +48,8 @@ def _caption(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     if args.caption is not None and not args.caption.strip():
         raise MMCamError("the caption is empty: give some words or leave --caption out")
-    model = load_model(args.model, **({"prompt": args.prompt} if args.prompt else {}))
+    model = load_model(args.model, **_placement(args),
+                       **({"prompt": args.prompt} if args.prompt else {}))
     explainer = CaptionExplainer(model, method=args.method, layer=args.layer,
                                  strategy=args.strategy)
     result = explainer.explain(image, caption=args.caption, beam_size=args.beam)
@@ -68,7 +69,8 @@ def _vqa(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     if not args.question.strip():
         raise MMCamError("the question is empty: ask something about the image")
-    explainer = VQAExplainer(load_model(args.model), method=args.method, layer=args.layer,
+    explainer = VQAExplainer(load_model(args.model, **_placement(args)), method=args.method,
+                             layer=args.layer,
                              strategy=args.strategy)
     result = explainer.explain(
         image, args.question, answer=args.answer, contrast=args.contrast, top_k=args.top
@@ -115,7 +117,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _placement(args: argparse.Namespace) -> dict:
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise MMCamError("--device cuda: no CUDA device is available here")
+    return {"device": args.device, "dtype": getattr(torch, args.dtype)}
+
+
 def _engine_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the model's weights (scores are always taken in float32)")
     c.add_argument("--layer", default=None,
                    help="dotted layer path, e.g. encoder.9 (default: the model's own)")
     c.add_argument("--strategy", default="auto", choices=["auto", "copies", "vjp"],

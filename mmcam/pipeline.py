@@ -226,21 +226,29 @@ class Pipeline:
                              f"image is {image.size}")
         return inputs, geom
 
-    def _device(self) -> torch.device | None:
+    def _param(self) -> torch.Tensor | None:
         if self.module is None:
             return None
-        p = next(self.module.parameters(), None)
+        return next(self.module.parameters(), None)
+
+    def _device(self) -> torch.device | None:
+        p = self._param()
         return p.device if p is not None else None
 
     def _to_device(self, inputs: Any) -> Any:
-        dev = self._device()
-        if dev is None:
+        """Tensors onto the model's device; floating ones in the model's dtype."""
+        p = self._param()
+        if p is None:
             return inputs
-        if isinstance(inputs, torch.Tensor):
-            return inputs.to(dev)
+
+        def move(t: Any) -> Any:
+            if not isinstance(t, torch.Tensor):
+                return t
+            return t.to(p.device, p.dtype) if t.is_floating_point() else t.to(p.device)
+
         if isinstance(inputs, dict):
-            return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        return inputs
+            return {k: move(v) for k, v in inputs.items()}
+        return move(inputs)
 
     # ------------------------------------------------------------------ explain
 

@@ -83,3 +83,21 @@ def test_bad_input_exits_2(scene_png, tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_caption_cli_bfloat16_and_inner_layer(scene_png, tmp_path):
+    """--dtype bfloat16 runs the model in bf16 (scores in float32): the library's bf16 result;
+    --layer explains inside the encoder (a 32x32 grid for encoder.5)."""
+    path, scene = scene_png
+    text = scene.captions[0]
+    out = tmp_path / "bf16"
+    assert main(["caption", str(path), "--caption", text, "--dtype", "bfloat16",
+                 "--layer", "encoder.5", "--out", str(out)]) == 0
+    data = json.loads((out / "result.json").read_text())
+    model = mmcam.load_model("shapes-captioner", dtype=torch.bfloat16)
+    assert next(model.model.parameters()).dtype == torch.bfloat16
+    ref = CaptionExplainer(model, layer="encoder.5").explain(scene.image, text)
+    assert ref.layer_maps.shape[-2:] == (32, 32) and data["layer"] == "encoder.5"
+    assert [w["logprob"] for w in data["words"]] == pytest.approx(ref.logprobs, rel=1e-5)
+    fp32 = CaptionExplainer(mmcam.load_model("shapes-captioner")).explain(scene.image, text)
+    assert ref.logprobs == pytest.approx(fp32.logprobs, abs=0.1)  # bf16 keeps ~3 digits

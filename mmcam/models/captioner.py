@@ -136,7 +136,7 @@ class CaptionerAdapter:
         for _ in range(max_len):
             cand: list[tuple[float, list[int], State]] = []
             for lp, toks, st in beams:
-                prev = torch.tensor([toks[-1] if toks else self.vocab.bos])
+                prev = torch.tensor([toks[-1] if toks else self.vocab.bos], device=features.device)
                 logits, _, st2 = self.model.step(cells, keys, st, prev)
                 logp = torch.log_softmax(logits[0], -1)
                 top = logp.topk(beam_size)

@@ -96,7 +96,7 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
     ``architectures``) loads a Hugging Face checkpoint (:func:`mmcam.adapters.hf.load_hf`,
     which takes ``prompt``, ``device``, ``dtype``, ``trust_remote_code``). Otherwise a shipped
     reference model by name (shapes-captioner, shapes-vqa, shapes-classifier) or a folder of
-    one, on the CPU (see :func:`resolve`).
+    one (see :func:`resolve`); ``device`` and ``dtype`` move any model there.
     """
     name = str(name_or_path)
     if name.startswith("hf:"):
@@ -108,6 +108,7 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
         from mmcam.adapters.hf import load_hf
 
         return load_hf(folder, **hf)
+    device, dtype = hf.pop("device", None), hf.pop("dtype", None)
     if any(v is not None for v in hf.values()):
         raise MMCamError(f"{', '.join(hf)} only apply to Hugging Face models (hf:<id> or an "
                          "HF folder)")
@@ -123,6 +124,8 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MMCamError(f"cannot load weights {weights}: {first}") from None
     model.eval()
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
     return wrap(model, config)
 
 
