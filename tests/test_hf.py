@@ -328,3 +328,35 @@ def test_app_sorts_blip_vqa_as_a_vqa_model(tmp_path, monkeypatch):
     models = Models()
     assert models.add_hf_folders() == []
     assert models.names("vqa") == [str((tmp_path / "tiny-blip-vqa").resolve())]
+
+
+@pytest.mark.parametrize("strategy", ["copies", "vjp"])
+def test_git_vqa_answers_as_text_equal_a_loop(tmp_path, strategy):
+    from mmcam.vqa import VQAExplainer
+
+    folder = save_git(tmp_path / "git")
+    ad = mmcam.load_model(folder, task="vqa")
+    model = ad.model
+    pil = image(9, (40, 48))
+    r = VQAExplainer(ad, strategy=strategy).explain(pil, "the big circle?", answer="red",
+                                                    contrast="blue", top_k=2)
+    pv = ad.prepare(pil)[0]["pixel_values"]
+    q = bert_tokenizer()("the big circle?")["input_ids"][:-1]  # [CLS] question, no [SEP]
+    layer = resolve_layer(model, "git.image_encoder.vision_model.encoder.layers[-1]")
+
+    def grads(answer):  # log p(answer + [SEP] | [CLS] question, image) on the HF class
+        full = torch.tensor([q + answer])
+        pairs = loop_grads(model, layer, pv, full, "input_ids",
+                           [len(q) - 1 + j for j in range(len(answer))], answer)
+        A = pairs[0][0]
+        return A, sum(g for _, g in pairs)
+
+    A, g_red = grads([9, 3])
+    _, g_blue = grads([10, 3])
+    grid = [tokens_to_grid(t, 1) for t in (A, g_red, g_blue)]
+    geom = ad.prepare(pil)[1]
+    want = geom.to_image(torch.stack([cam_by_hand(grid[0], grid[1]),
+                                      cam_by_hand(grid[0], grid[1] - grid[2])]))
+    assert r.answer == "red"
+    assert_maps_close(torch.stack([r.map, r.contrast_map]), want)
+    assert hooks_left(model) == 0

@@ -256,27 +256,32 @@ class HFCaptioner:
 
 
 class HFAnswerer(HFCaptioner):
-    """``BlipForQuestionAnswering``: answers generated as text and explained as text.
+    """Answers generated as text and explained as text: ``BlipForQuestionAnswering`` and
+    ``GitForCausalLM`` (VQA checkpoints).
 
-    An answer's score is ``log p(answer tokens + [SEP] | question, image)``: the vision tower,
-    then the text encoder reads ``[CLS] question [SEP]`` cross-attending the image, then the
-    text decoder reads ``[DEC] + answer`` cross-attending the question's encoding (the model's
-    ``forward`` returns no logits, so the parts are run in that order).
+    An answer's score is ``log p(answer tokens + [SEP] | question, image)``.
+    BLIP: the vision tower, then the text encoder reads ``[CLS] question [SEP]``
+    cross-attending the image, then the text decoder reads ``[DEC] + answer`` cross-attending
+    the question's encoding (the model's ``forward`` returns no logits, so the parts are run in
+    that order). GIT: one causal sequence ``[image tokens] [CLS] question answer``.
     """
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
-        if type(model).__name__ != "BlipForQuestionAnswering":
-            raise MMCamError(f"{type(model).__name__} is not a generative VQA family mmcam knows")
-        super().__init__(model, processor, family=Family(
+        name = type(model).__name__
+        if name not in ("BlipForQuestionAnswering", "GitForCausalLM"):
+            raise MMCamError(f"{name} is not a generative VQA family mmcam knows")
+        self.git = name == "GitForCausalLM"
+        super().__init__(model, processor, family=family_of(model) if self.git else Family(
             "vision_model.encoder.layers[-1]", Tokens(prefix=1), "input_ids"))
 
     def tokenize_question(self, question: str) -> tuple[torch.Tensor, list[str]]:
-        """``[CLS] question [SEP]`` ids and the question words the vocabulary lacks."""
+        """BLIP ``[CLS] question [SEP]``, GIT ``[CLS] question`` ids, and the question words
+        the vocabulary lacks."""
         ids = self.tokenizer(question)["input_ids"]
         unk = self.tokenizer.unk_token_id
         words, index = self.word_groups(torch.tensor(ids[1:-1]), question)
         missing = sorted({words[w] for t, w in zip(ids[1:-1], index) if t == unk})
-        return torch.tensor(ids, dtype=torch.long), missing
+        return torch.tensor(ids[:-1] if self.git else ids, dtype=torch.long), missing
 
     def tokenize_answer(self, text: str) -> torch.Tensor:
         """Answer text -> ids (T+1,) ending with the end token ([SEP])."""
@@ -301,6 +306,14 @@ class HFAnswerer(HFCaptioner):
                             ) -> torch.Tensor:
         """(N,T) answer ids (each ending with [SEP], then padding) -> (N,T) log-probs."""
         N, T = answer_ids.shape
+        if self.git:
+            q = question_ids.reshape(1, -1).to(answer_ids.device)
+            full = torch.cat([q.expand(N, -1), answer_ids], dim=1)
+            logits = self.model(pixel_values=inputs["pixel_values"], input_ids=full,
+                                use_cache=False).logits
+            first = logits.shape[1] - full.shape[1] + q.shape[1] - 1
+            sel = logits[:, first: first + T].float().log_softmax(-1)
+            return sel.gather(2, answer_ids[..., None])[..., 0]
         qs = self._question_states(inputs, question_ids, N)
         start = torch.full((N, 1), self._special("bos_token_id"), dtype=torch.long,
                            device=answer_ids.device)
@@ -323,8 +336,11 @@ class HFAnswerer(HFCaptioner):
             pixel_values=inputs["pixel_values"], max_new_tokens=max_len, num_beams=max(k, 1),
             num_return_sequences=max(k, 1), do_sample=False, suppress_tokens=specials)
         answers, seen = [], set()
+        q = question_ids.tolist()
         for row in out.tolist():
-            row = row[1:] if row[:1] == [self._special("bos_token_id")] else row
+            if self.git:
+                row = row[len(q):] if row[: len(q)] == q else row
+            row = row[1:] if row[:1] == [self._special("bos_token_id")] and not self.git else row
             ids = []
             for t in row:
                 if t in ends:
@@ -353,9 +369,10 @@ def _offline() -> bool:
 
 def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
             device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-            trust_remote_code: bool = False) -> HFCaptioner:
+            trust_remote_code: bool = False, task: str | None = None) -> HFCaptioner:
     """Load a transformers checkpoint (hub id or folder) and its processor: an
-    :class:`HFCaptioner`, or an :class:`HFAnswerer` for BLIP VQA.
+    :class:`HFCaptioner`, or an :class:`HFAnswerer` for BLIP VQA and for ``task="vqa"``
+    (GIT VQA checkpoints share the captioning class).
 
     A hub id is read from the local cache first; only when that fails and ``HF_HUB_OFFLINE``
     is not set is the hub asked. The class comes from the config's ``architectures``.
@@ -411,6 +428,9 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
     model.eval()
     if device is not None:
         model.to(device)
-    if type(model).__name__ == "BlipForQuestionAnswering":
+    name = type(model).__name__
+    if task not in (None, "caption", "vqa"):
+        raise MMCamError(f"unknown task {task!r}: use caption or vqa")
+    if name == "BlipForQuestionAnswering" or task == "vqa":
         return HFAnswerer(model, processor)
     return HFCaptioner(model, processor, prompt=prompt)
