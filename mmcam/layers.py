@@ -18,6 +18,7 @@ gradient and the CAM formulas apply unchanged on (h,w).
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import threading
@@ -95,9 +96,10 @@ def layer_name(model: nn.Module, layer: str | nn.Module) -> str:
 
 
 class Layout:
-    """How a layer's output tensor becomes a (B,C,h,w) grid. Subclasses define ``to_grid``."""
+    """How a layer's output tensor becomes a (B,C,h,w) grid. Subclasses define ``to_grid``;
+    ``inputs`` are the prepared model inputs of the image, for layouts that need them."""
 
-    def to_grid(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def to_grid(self, x: torch.Tensor, inputs: Any = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -105,7 +107,7 @@ class Layout:
 class Conv(Layout):
     """(B,C,h,w) feature maps, used as they are."""
 
-    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
+    def to_grid(self, x: torch.Tensor, inputs: Any = None) -> torch.Tensor:
         if x.dim() != 4:
             raise MMCamError(
                 f"the layer gives a {tuple(x.shape)} tensor, not (B,C,h,w) maps: give "
@@ -118,7 +120,7 @@ class Conv(Layout):
 class ChannelsLast(Layout):
     """(B,h,w,C) maps (Swin stages, ConvNeXt blocks) -> (B,C,h,w)."""
 
-    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
+    def to_grid(self, x: torch.Tensor, inputs: Any = None) -> torch.Tensor:
         if x.dim() != 4:
             raise MMCamError(f"ChannelsLast expects (B,h,w,C), got {tuple(x.shape)}")
         return x.permute(0, 3, 1, 2)
@@ -134,7 +136,7 @@ class Tokens(Layout):
     prefix: int = 0
     grid: tuple[int, int] | None = None
 
-    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
+    def to_grid(self, x: torch.Tensor, inputs: Any = None) -> torch.Tensor:
         if x.dim() != 3:
             raise MMCamError(f"Tokens expects (B, tokens, D), got {tuple(x.shape)}")
         n = x.shape[1] - self.prefix
@@ -153,12 +155,18 @@ class Tokens(Layout):
 
 @dataclass(frozen=True)
 class Custom(Layout):
-    """A callback ``fn(x) -> (B,C,h,w)`` that must be linear in ``x`` (a re-indexing)."""
+    """A callback ``fn(x) -> (B,C,h,w)``, or ``fn(x, inputs)`` when it needs the image's
+    prepared inputs (e.g. a per-image patch order); it must be linear in ``x`` (a
+    re-indexing)."""
 
-    fn: Callable[[torch.Tensor], torch.Tensor]
+    fn: Callable[..., torch.Tensor]
 
-    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.fn(x)
+    def to_grid(self, x: torch.Tensor, inputs: Any = None) -> torch.Tensor:
+        try:
+            takes_inputs = len(inspect.signature(self.fn).parameters) >= 2
+        except (TypeError, ValueError):
+            takes_inputs = False
+        g = self.fn(x, inputs) if takes_inputs else self.fn(x)
         if not isinstance(g, torch.Tensor) or g.dim() != 4:
             raise MMCamError("a Custom layout's callback must return a (B,C,h,w) tensor")
         return g

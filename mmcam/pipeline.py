@@ -436,8 +436,9 @@ class Pipeline:
     def _finish(self, images, prepared, rows, A_raw, G_raw, scores, image, cam, guided,
                 to_layer) -> list[Explained]:
         layout = self.layout or infer_layout(A_raw)
-        A = layout.to_grid(A_raw).float()
-        G = layout.to_grid(G_raw).float()
+        own = prepared[0][0] if len(prepared) == 1 else None  # inputs, for layouts that read them
+        A = layout.to_grid(A_raw, own).float()
+        G = layout.to_grid(G_raw, own).float()
         scores = scores.cpu()
         out, start = [], 0
         for b, (im, (inputs, geom), r) in enumerate(zip(images, prepared, rows)):

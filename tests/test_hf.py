@@ -360,3 +360,78 @@ def test_git_vqa_answers_as_text_equal_a_loop(tmp_path, strategy):
     assert r.answer == "red"
     assert_maps_close(torch.stack([r.map, r.contrast_map]), want)
     assert hooks_left(model) == 0
+
+
+def save_vilt(path):
+    torch.manual_seed(4)
+    answers = ["red", "blue", "green", "yes", "no", "2"]
+    cfg = transformers.ViltConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+        image_size=64, patch_size=16, max_image_length=-1, vocab_size=len(WORDS),
+        max_position_embeddings=40, num_labels=len(answers),
+        id2label=dict(enumerate(answers)), label2id={a: i for i, a in enumerate(answers)})
+    model = transformers.ViltForQuestionAnswering(cfg)
+    proc = transformers.ViltProcessor(
+        image_processor=transformers.ViltImageProcessor(size={"shortest_edge": 64},
+                                                        size_divisor=16),
+        tokenizer=bert_tokenizer())
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("strategy", ["copies", "vjp"])
+def test_vilt_shuffled_patches_equal_a_loop(tmp_path, strategy):
+    from mmcam.adapters.hf import VILT_SEED
+    from mmcam.vqa import VQAExplainer
+
+    ad = mmcam.load_model(save_vilt(tmp_path / "vilt"))
+    model = ad.model
+    assert ad.layer == "vilt.encoder.layer[1]" and ad.answers[0] == "red"
+    pil = image(10, (70, 50))
+    r = VQAExplainer(ad, strategy=strategy).explain(pil, "the big circle?", contrast="blue")
+    enc = transformers.ViltProcessor.from_pretrained(tmp_path / "vilt")(
+        images=pil, text="the big circle?", return_tensors="pt")
+    layer = model.vilt.encoder.layer[1]
+
+    def forward(rows):  # one forward with the RNG seeded as mmcam seeds it
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(VILT_SEED)
+            return rows()
+
+    with torch.no_grad():
+        _, _, (index, (h, w)) = forward(lambda: model.vilt.embeddings.visual_embed(
+            enc["pixel_values"], enc["pixel_mask"], max_image_length=-1))
+    assert torch.equal(ad.prepare(pil)[0]["patches"], index[0])  # the order mmcam scatters by
+
+    def by_hand(t):  # text, image CLS, then patch k at cell index[k]
+        grid = torch.zeros(t.shape[2], h, w)
+        n = index.shape[1]
+        for k in range(n):
+            grid[:, index[0, k, 0], index[0, k, 1]] = t[0, t.shape[1] - n + k]
+        return grid
+
+    def grads(answer):
+        held = {}
+
+        def hook(m, i, o):
+            t = o[0] if isinstance(o, tuple) else o
+            held["A"] = t.detach().requires_grad_(True)
+            return (held["A"] * 1, *o[1:]) if isinstance(o, tuple) else held["A"] * 1
+
+        hd = layer.register_forward_hook(hook, prepend=True)
+        try:
+            logits = forward(lambda: model(**enc).logits)
+        finally:
+            hd.remove()
+        y = logits[0].log_softmax(-1)[answer]
+        (g,) = torch.autograd.grad(y, held["A"])
+        return by_hand(held["A"]), by_hand(g)
+
+    A, g_top = grads(ad.answers.index(r.answer))
+    _, g_blue = grads(1)
+    geom = ad.prepare(pil)[1]
+    want = geom.to_image(torch.stack([cam_by_hand(A, g_top), cam_by_hand(A, g_top - g_blue)]))
+    assert_maps_close(torch.stack([r.map, r.contrast_map]), want)
+    assert r.unknown_words == ["circle?"]  # "?" is not in the tiny vocabulary
+    assert hooks_left(model) == 0

@@ -92,6 +92,15 @@ def processor_geometry(image_processor: Any, size: tuple[int, int]) -> Geometry:
     return g
 
 
+def unknown_words(tokenizer: Any, text: str) -> list[str]:
+    """The whitespace words of ``text`` that the tokenizer reads as its unknown token."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", text)]
+    unk = tokenizer.unk_token_id
+    return sorted({w for (a, _), t in zip(enc["offset_mapping"], enc["input_ids"]) if t == unk
+                   for s, e, w in spans if s <= a < e})
+
+
 class HFCaptioner:
     """A transformers captioning model (:func:`family_of`) with its processor.
 
@@ -278,10 +287,8 @@ class HFAnswerer(HFCaptioner):
         """BLIP ``[CLS] question [SEP]``, GIT ``[CLS] question`` ids, and the question words
         the vocabulary lacks."""
         ids = self.tokenizer(question)["input_ids"]
-        unk = self.tokenizer.unk_token_id
-        words, index = self.word_groups(torch.tensor(ids[1:-1]), question)
-        missing = sorted({words[w] for t, w in zip(ids[1:-1], index) if t == unk})
-        return torch.tensor(ids[:-1] if self.git else ids, dtype=torch.long), missing
+        return (torch.tensor(ids[:-1] if self.git else ids, dtype=torch.long),
+                unknown_words(self.tokenizer, question))
 
     def tokenize_answer(self, text: str) -> torch.Tensor:
         """Answer text -> ids (T+1,) ending with the end token ([SEP])."""
@@ -350,6 +357,82 @@ class HFAnswerer(HFCaptioner):
                 seen.add(tuple(ids))
                 answers.append(torch.tensor(ids + [sep], dtype=torch.long))
         return answers
+
+
+VILT_SEED = 0
+
+
+class HFVilt:
+    """``ViltForQuestionAnswering``: a classifier over its answer labels.
+
+    The explained score is ``log_softmax(logits)[answer]`` (mmcam's VQA contract; VQAv2 heads
+    are trained with a sigmoid per answer, so probabilities are relative to the listed
+    answers). The default layer is the block before the last: the pooler reads only token 0,
+    so the last block's patch tokens get exactly zero gradient. ViLT samples its patch order
+    at random on every forward; mmcam runs every forward with the CPU generator seeded to
+    ``VILT_SEED`` (restored afterwards), records that order once in ``prepare`` and scatters
+    the patch tokens back to their (row, col) with it. Layer tokens: text, image CLS, patches.
+    """
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        self.model, self.processor = model, processor
+        self.tokenizer = processor.tokenizer
+        n = model.config.num_labels
+        self.answers = [str(model.config.id2label[i]) for i in range(n)]
+        self.layer = f"vilt.encoder.layer[{len(model.vilt.encoder.layer) - 2}]" \
+            if len(model.vilt.encoder.layer) > 1 else "vilt.encoder.layer[0]"
+        from mmcam.layers import Custom
+
+        self.layout = Custom(self._grid)
+
+    @staticmethod
+    def _grid(x: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """(B, L + 1 + n, D) -> (B, D, h, w): patch k goes to cell ``inputs["patches"][k]``."""
+        rows, cols = inputs["patches"].to(x.device).unbind(-1)
+        h, w = inputs["grid"]
+        n = rows.shape[0]
+        grid = x.new_zeros(x.shape[0], x.shape[2], h, w)
+        grid[:, :, rows, cols] = x[:, -n:].transpose(1, 2)
+        return grid
+
+    def _seeded(self, fn: Any) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(VILT_SEED)
+            return fn()
+
+    def prepare(self, image: Image.Image) -> tuple[dict[str, Any], Geometry]:
+        """Pixels, pixel mask and the patch order the seeded forward will use."""
+        enc = self.processor.image_processor(images=image.convert("RGB"), return_tensors="pt")
+        p = next(self.model.parameters())
+        pv = enc["pixel_values"].to(p.device, p.dtype)
+        pm = enc["pixel_mask"].to(p.device)
+        limit = self.model.config.max_image_length
+        with torch.no_grad():
+            _, _, (index, grid) = self._seeded(
+                lambda: self.model.vilt.embeddings.visual_embed(pv, pm, max_image_length=limit))
+        geom = Geometry.identity(image.size).resize((pv.shape[-1], pv.shape[-2]))
+        return {"pixel_values": pv, "pixel_mask": pm, "patches": index[0].cpu(),
+                "grid": tuple(int(g) for g in grid)}, geom
+
+    def tokenize_question(self, question: str) -> tuple[torch.Tensor, list[str]]:
+        """``[CLS] question [SEP]`` ids and the words the vocabulary lacks."""
+        ids = self.tokenizer(question)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long), unknown_words(self.tokenizer, question)
+
+    def score_answers(self, inputs: dict[str, Any], question_ids: torch.Tensor) -> torch.Tensor:
+        """(N,L) question ids -> (N, n_answers) log-probabilities over ``answers``. Rows that
+        share one question run as one forward (the image joins the text before any layer)."""
+        q = question_ids
+        same = bool((q == q[:1]).all())
+        run = q[:1] if same else q
+        pv, pm = inputs["pixel_values"], inputs["pixel_mask"]
+        if run.shape[0] > 1:
+            pv, pm = pv.expand(run.shape[0], -1, -1, -1), pm.expand(run.shape[0], -1, -1)
+        logits = self._seeded(lambda: self.model(
+            input_ids=run, attention_mask=torch.ones_like(run), pixel_values=pv,
+            pixel_mask=pm).logits)
+        lp = logits.float().log_softmax(-1)
+        return lp.expand(q.shape[0], -1) if lp.shape[0] == 1 and q.shape[0] > 1 else lp
 
 
 # ----------------------------------------------------------------------------- loading
@@ -431,6 +514,8 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
     name = type(model).__name__
     if task not in (None, "caption", "vqa"):
         raise MMCamError(f"unknown task {task!r}: use caption or vqa")
+    if name == "ViltForQuestionAnswering":
+        return HFVilt(model, processor)
     if name == "BlipForQuestionAnswering" or task == "vqa":
         return HFAnswerer(model, processor)
     return HFCaptioner(model, processor, prompt=prompt)
