@@ -221,15 +221,18 @@ class Models:
         return self.adapters[name]
 
     def add_hf_folders(self) -> list[str]:
-        """Load the Hugging Face model folders under ``$MMCAM_MODELS``; return one line per
-        folder that could not be loaded (the app starts without it)."""
+        """Load the Hugging Face model folders under ``$MMCAM_MODELS`` and ``models/`` (named
+        by folder); return one line per folder that could not be loaded (the app starts
+        without it)."""
         from mmcam import load_model
         from mmcam.models.hub import hf_folders
 
         problems = []
         for folder in hf_folders():
+            if folder.name in self.adapters:
+                continue
             try:
-                self.add(str(folder.resolve()), load_model(folder))
+                self.add(folder.name, load_model(folder))
             except MMCamError as e:
                 problems.append(f"{folder}: {e}")
         return problems

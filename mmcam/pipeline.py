@@ -273,24 +273,17 @@ class Pipeline:
     ) -> list[Explained]:
         """As :meth:`explain`, for inputs already prepared (``(inputs, geometry)`` each)."""
         cam = gradcam if method == "guided-gradcam" else get_method(method)
+        batched = self.split or self.stack_inputs
+        groups = self._groups(prepared) if batched else [[i] for i in range(len(images))]
+        explain_group = self._explain_split if self.split else self._explain_whole
+        out: list[Explained | None] = [None] * len(images)
         with eval_mode(self.module):
-            if self.split:
-                out: list[Explained | None] = [None] * len(images)
-                for idx in self._groups(prepared):
-                    for i, e in zip(idx, self._explain_split(
-                            [images[i] for i in idx], [prepared[i] for i in idx], rows_fn,
-                            idx, cam, guided)):
-                        out[i] = e
-                return out  # type: ignore[return-value]
-            groups = (self._groups(prepared) if self.stack_inputs
-                      else [[i] for i in range(len(images))])
-            out = [None] * len(images)
             for idx in groups:
-                for i, e in zip(idx, self._explain_whole(
-                        [images[i] for i in idx], [prepared[i] for i in idx], rows_fn, idx,
-                        cam, guided)):
+                done = explain_group([images[i] for i in idx], [prepared[i] for i in idx],
+                                     rows_fn, idx, cam, guided)
+                for i, e in zip(idx, done):
                     out[i] = e
-            return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]
 
     @staticmethod
     def _groups(prepared: list[tuple[Any, Geometry]]) -> list[list[int]]:

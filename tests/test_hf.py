@@ -220,8 +220,8 @@ def test_app_lists_hf_folders_under_mmcam_models(tmp_path, monkeypatch):
     monkeypatch.setenv("MMCAM_MODELS", str(tmp_path))
     models = Models()
     problems = models.add_hf_folders()
-    name = str((tmp_path / "tiny-blip").resolve())
-    assert models.names("captioner") == [name]
+    name = "tiny-blip"
+    assert models.names("captioner")[0] == name  # first: $MMCAM_MODELS comes before models/
     assert len(problems) == 1 and "broken" in problems[0]
     assert "not a transformers checkpoint" in problems[0]
     r = CaptionExplainer(models.get(name, "captioner")).explain(image(1), "a red circle")
@@ -327,7 +327,7 @@ def test_app_sorts_blip_vqa_as_a_vqa_model(tmp_path, monkeypatch):
     monkeypatch.setenv("MMCAM_MODELS", str(tmp_path))
     models = Models()
     assert models.add_hf_folders() == []
-    assert models.names("vqa") == [str((tmp_path / "tiny-blip-vqa").resolve())]
+    assert models.names("vqa")[0] == "tiny-blip-vqa"
 
 
 @pytest.mark.parametrize("strategy", ["copies", "vjp"])
@@ -435,3 +435,33 @@ def test_vilt_shuffled_patches_equal_a_loop(tmp_path, strategy):
     assert_maps_close(torch.stack([r.map, r.contrast_map]), want)
     assert r.unknown_words == ["circle?"]  # "?" is not in the tiny vocabulary
     assert hooks_left(model) == 0
+
+
+def test_swin_encoder_decoder_equals_a_loop(tmp_path):
+    """VisionEncoderDecoder with a Swin encoder: the last stage's tuple output, element 0
+    read as (B, h*w, C) tokens with no CLS."""
+    torch.manual_seed(5)
+    sc = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                                 num_heads=[2, 2], window_size=4)
+    gc = transformers.BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64, is_decoder=True,
+                                 add_cross_attention=True)
+    cfg = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(sc, gc)
+    cfg.decoder_start_token_id, cfg.pad_token_id = 5, 0
+    model = transformers.VisionEncoderDecoderModel(cfg)
+    model.save_pretrained(tmp_path)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    bert_tokenizer().save_pretrained(tmp_path)
+    ad = mmcam.load_model(tmp_path)
+    assert ad.layer == "encoder.encoder.layers[-1]" and ad.layout.prefix == 0
+    caption = "a red circle"
+    r = CaptionExplainer(ad).explain(image(2, (40, 40)), caption)
+    pv = ad.prepare(image(2, (40, 40)))[0]["pixel_values"]
+    ids = ad.tokenize(caption)
+    full = torch.cat([torch.tensor([5]), ids])[None]
+    pairs = loop_grads(ad.model, resolve_layer(ad.model, ad.layer), pv, full,
+                       "decoder_input_ids", list(range(len(ids))), ids.tolist())
+    want = torch.stack([cam_by_hand(tokens_to_grid(A, 0), tokens_to_grid(g, 0))
+                        for A, g in pairs])
+    assert r.layer_maps.shape == (3, 4, 4)
+    assert_maps_close(r.layer_maps, want)

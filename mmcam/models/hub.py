@@ -130,11 +130,17 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
 
 
 def hf_folders() -> list[Path]:
-    """Hugging Face model folders directly under ``$MMCAM_MODELS`` (sorted by name)."""
-    root = os.environ.get("MMCAM_MODELS")
-    if not root or not Path(root).is_dir():
-        return []
-    return sorted(f for f in Path(root).iterdir() if f.is_dir() and _is_hf_folder(f))
+    """Hugging Face model folders directly under ``$MMCAM_MODELS``, then the shipped ones
+    (``models/``), each name once (the first found wins), sorted by name within a root."""
+    roots = [Path(os.environ["MMCAM_MODELS"])] if os.environ.get("MMCAM_MODELS") else []
+    roots.append(REPO_MODELS)
+    found: dict[str, Path] = {}
+    for root in roots:
+        if root.is_dir():
+            for f in sorted(root.iterdir()):
+                if f.is_dir() and f.name not in found and _is_hf_folder(f):
+                    found[f.name] = f
+    return list(found.values())
 
 
 def _is_hf_folder(folder: Path) -> bool:
