@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,8 @@ def pointing_game(
         text = scene.captions[0] if caption == "reference" else None
         res = explainer.explain(scene.image, text)
         W, H = scene.image.size
-        for word, m in zip(res.words, res.maps):
+        for label, m in zip(res.words, res.maps):
+            word = label.lower().strip(string.punctuation)  # "star," is the word star
             kind = names.get(word)
             objs = [o for o in scene.objects if word in (o.color, o.shape)]
             if kind is None or len(objs) != 1:

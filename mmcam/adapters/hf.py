@@ -183,13 +183,14 @@ class HFCaptioner:
 
     @torch.no_grad()
     def generate(self, inputs: dict[str, torch.Tensor], max_len: int = 20,
-                 beam_size: int = 1) -> torch.Tensor:
-        """Caption ids (1,T): the model's own ``generate`` (greedy or beam search), with the
-        start token and prompt removed and cut at the first end/padding token."""
+                 beam_size: int = 1, min_len: int = 0) -> torch.Tensor:
+        """Caption ids (1,T): the model's own ``generate`` (greedy or beam search, at least
+        ``min_len`` new tokens), with the start token and prompt removed and cut at the first
+        end/padding token."""
         prefix = self._prefix()
         dev = inputs["pixel_values"].device
         kw: dict[str, Any] = {"max_new_tokens": max_len, "num_beams": beam_size,
-                              "do_sample": False}
+                              "do_sample": False, "min_new_tokens": min_len}
         name = type(self.model).__name__
         if name == "BlipForConditionalGeneration":  # BLIP's generate drops a trailing [SEP]
             sep = self.tokenizer.sep_token_id
