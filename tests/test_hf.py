@@ -181,6 +181,15 @@ def test_word_grouping_on_known_strings():
     assert wp.word_groups(ids)[1] == [0, 1, 2, 2, 3]  # without text "." is its own word
     unk = wp.tokenize("a green circle")  # "green" is not in the vocabulary: [UNK]
     assert wp.word_groups(unk, "a green circle")[0] == ["a", "green", "circle"]
+    # a WordPiece vocabulary of whole words only (no "##" entries), as shapes-blip has
+    whole = HFCaptioner.__new__(HFCaptioner)
+    whole.tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(
+        [w for w in WORDS if not w.startswith("##")])})
+    from mmcam.adapters.hf import is_wordpiece
+
+    whole._wordpiece = is_wordpiece(whole.tokenizer)
+    assert whole.word_groups(whole.tokenize("a red circle")) == (["a", "red", "circle"],
+                                                                 [0, 1, 2])
 
 
 def test_hub_id_not_cached_is_one_clear_line(monkeypatch, tmp_path):
@@ -465,3 +474,25 @@ def test_swin_encoder_decoder_equals_a_loop(tmp_path):
                         for A, g in pairs])
     assert r.layer_maps.shape == (3, 4, 4)
     assert_maps_close(r.layer_maps, want)
+
+
+def shipped(name):
+    from mmcam.models.hub import REPO_MODELS
+
+    if not (REPO_MODELS / name / "model.safetensors").is_file():
+        pytest.fail(f"models/{name} is missing: train it with `mmcam train` (see its card)")
+    return mmcam.load_model(name)
+
+
+def test_shipped_shapes_blip_meets_its_floor_and_points_at_objects():
+    from mmcam.grounding import pointing_game
+    from mmcam.models.blip import evaluate_blip_captioner
+    from mmcam.scenes import generate
+
+    ad = shipped("shapes-blip")
+    assert type(ad.model).__name__ == "BlipForConditionalGeneration"
+    assert evaluate_blip_captioner(ad, n=40, seed=2_000_000)["bleu4"] >= 0.5
+    r = pointing_game(CaptionExplainer(ad, method="hirescam"), generate(20, seed=2_000_001),
+                      progress=False)
+    assert r["all"]["words"] >= 40
+    assert r["all"]["hit_rate"] > 3 * r["all"]["chance"]  # chance: box area / image area

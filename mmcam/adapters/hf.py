@@ -92,6 +92,15 @@ def processor_geometry(image_processor: Any, size: tuple[int, int]) -> Geometry:
     return g
 
 
+def is_wordpiece(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` is WordPiece (``##`` continues a word) rather than a BPE or
+    SentencePiece one (``Ġ`` / ``▁`` starts a word): its backend model, else its vocabulary."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if model is not None:
+        return type(model).__name__ == "WordPiece"
+    return any(t.startswith("##") for t in tokenizer.get_vocab())
+
+
 def unknown_words(tokenizer: Any, text: str) -> list[str]:
     """The whitespace words of ``text`` that the tokenizer reads as its unknown token."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -116,8 +125,7 @@ class HFCaptioner:
         self.family = family or family_of(model)
         self.layer, self.layout = self.family.layer, self.family.layout
         self.prompt = prompt or ""
-        vocab = self.tokenizer.get_vocab()
-        self._wordpiece = any(t.startswith("##") for t in vocab)
+        self._wordpiece = is_wordpiece(self.tokenizer)
 
     # ------------------------------------------------------------------ inputs
 

@@ -217,7 +217,7 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
         loss.backward()  # training our own model, not explaining a user's
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     model.eval()
