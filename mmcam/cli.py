@@ -91,7 +91,8 @@ def _train(args: argparse.Namespace) -> int:
         from mmcam.models.blip import train_blip
 
         task = "caption" if args.kind == "blip-captioner" else "vqa"
-        metrics = train_blip(task, args.out, seed=args.seed, steps=args.steps)
+        metrics = train_blip(task, args.out, seed=args.seed, steps=args.steps,
+                             init_from=args.init_from)
     else:
         from mmcam.models.train import train
 
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--steps", type=int, default=None)
+    c.add_argument("--init-from", default=None,
+                   help="blip-vqa: start from a shapes-blip folder's weights")
     c.set_defaults(func=_train)
 
     c = sub.add_parser("evaluate-model", help="measure a reference model on fresh scenes")

@@ -111,8 +111,12 @@ def train_blip_vqa(out: str | os.PathLike, seed: int = 0, steps: int | None = No
 
 def train_blip(task: str, out: str | os.PathLike, seed: int = 0, steps: int | None = None,
                n_train: int | None = None, progress: bool = True,
-               n_eval: int = 500) -> dict[str, Any]:
-    """Train a BLIP model for ``task`` ("caption" or "vqa"); see the module docstring."""
+               n_eval: int = 500, init_from: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train a BLIP model for ``task`` ("caption" or "vqa"); see the module docstring.
+
+    ``init_from``: a shapes-blip folder whose weights start every parameter of the same
+    name and shape (vision tower, text blocks; the VQA text encoder from the captioner's
+    decoder blocks); vocabulary-sized ones start at random."""
     if task not in ("caption", "vqa"):
         raise MMCamError(f"unknown BLIP task {task!r}: use caption or vqa")
     if seed in (EVAL_SEED, VALIDATION_SEED):
@@ -123,7 +127,8 @@ def train_blip(task: str, out: str | os.PathLike, seed: int = 0, steps: int | No
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train(task, Path(out), seed, steps, n_train, progress, n_eval, hp)
+        return _train(task, Path(out), seed, steps, n_train, progress, n_eval,
+                      {**hp, "init_from": None if init_from is None else str(init_from)})
     finally:
         torch.set_num_threads(threads)
 
@@ -143,6 +148,26 @@ def _render(n: int, seed: int, progress: bool) -> tuple[torch.Tensor, list[Any]]
         bar.update(min(256, n - start))
     bar.close()
     return images, texts
+
+
+def _warm_start(model: Any, folder: Path) -> int:
+    """Copy every tensor of ``folder``'s model.safetensors whose name and shape match (the
+    VQA text encoder reads the captioner's ``text_decoder.bert``); return how many."""
+    from safetensors.torch import load_file
+
+    src = load_file(str(folder / "model.safetensors"))
+    state = model.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, t in state.items():
+            key = "text_decoder.bert." + name[len("text_encoder."):] \
+                if name.startswith("text_encoder.") else name
+            if key in src and src[key].shape == t.shape:
+                t.copy_(src[key])
+                copied += 1
+    if copied == 0:
+        raise MMCamError(f"nothing in {folder} fits this model: not a shapes-blip folder?")
+    return copied
 
 
 def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,6 +195,8 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
     pad, dec, sep = ids["[PAD]"], ids["[DEC]"], ids["[SEP]"]
     torch.manual_seed(seed)
     model = build_model(len(ids), ids, task)
+    if hp.get("init_from"):
+        _warm_start(model, Path(hp["init_from"]))
 
     def words(text: str) -> list[int]:
         return tok(" ".join(tokenize(text)), add_special_tokens=False)["input_ids"]
@@ -230,7 +257,8 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
     evaluate = evaluate_blip_captioner if task == "caption" else evaluate_blip_vqa
     metrics = evaluate(load_hf(out), n_eval, progress=progress)
     facts = {"task": task, "steps": steps, "n_train": n_train, "seed": seed,
-             "batch": hp["batch"], "lr": hp["lr"], "train_seconds": round(train_seconds),
+             "batch": hp["batch"], "lr": hp["lr"], "init_from": hp.get("init_from"),
+             "train_seconds": round(train_seconds),
              "final_loss": float(np.mean(losses[-50:])), "arch": ARCH}
     write_card(out, metrics, facts)
     return {**facts, **metrics, "loss_history": losses}
@@ -289,6 +317,11 @@ def write_card(out: Path, metrics: dict[str, Any], facts: dict[str, Any]) -> Non
         per = ", ".join(f"{t} {v:.3f}" for t, v in metrics["per_type"].items())
         result = (f"accuracy **{metrics['accuracy']:.3f}** over {metrics['n_questions']} "
                   f"questions (greedy answer equal to the gold one); per type: {per}.")
+    init = ""
+    if facts.get("init_from"):
+        init = " --init-from models/shapes-blip"
+        result += ("\n\nThe vision tower and text blocks started from shapes-blip's weights "
+                   "(same world, same architecture); vocabulary-sized layers started at random.")
     (out / "README.md").write_text(f"""---
 library_name: transformers
 pipeline_tag: {"image-to-text" if caption else "visual-question-answering"}
@@ -301,7 +334,7 @@ A small `{cls}` (vision: ViT {ARCH['vision']['num_hidden_layers']} layers, width
 {ARCH['text']['hidden_size']}) trained from scratch on mmcam's synthetic scene world, so that
 mmcam's Hugging Face path can be tried offline with maps that can be checked against ground truth.
 
-Trained with `mmcam train {kind} --out DIR --seed {facts['seed']}`: {facts['steps']} AdamW
+Trained with `mmcam train {kind} --out DIR --seed {facts['seed']}{init}`: {facts['steps']} AdamW
 steps of batch {facts['batch']} on {facts['n_train']} scenes, {facts['train_seconds']} s on one CPU
 thread (rendering included); final training loss {facts['final_loss']:.3f}.
 
