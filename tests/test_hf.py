@@ -271,7 +271,7 @@ def blip_vqa_answer_grads(model, pv, question, answer_ids, layer):
         h.remove()
     y = sum(logits[j].float().log_softmax(-1)[t] for j, t in enumerate(answer_ids))
     (g,) = torch.autograd.grad(y, held["A"])
-    return float(y), held["A"].detach(), g
+    return y.item(), held["A"].detach(), g
 
 
 @pytest.mark.parametrize("strategy", ["copies", "vjp"])
