@@ -327,3 +327,23 @@ def test_load_model_folder(app, tmp_path):
 def test_build_app_checks_injected_kinds(models):
     with pytest.raises(MMCamError, match="the captioner given to build_app is a vqa adapter"):
         build_app(models["vqa"], models["vqa"], models["classifier"])
+
+
+def test_shipped_hugging_face_captioner_in_the_app(app, scene_png, tmp_path):
+    """shapes-blip (a save_pretrained folder in models/) is listed and explained by the app
+    exactly as by the library."""
+    from mmcam import load_model
+    from mmcam.models.hub import REPO_MODELS
+
+    if not (REPO_MODELS / "shapes-blip" / "model.safetensors").is_file() or \
+            not shipped_models_present():
+        pytest.fail("the shipped models, shapes-blip included, must be in models/")
+    c = client(app, tmp_path)
+    status, words, word0, *_ = c.predict(handle_file(str(scene_png)), "", "shapes-blip",
+                                         "gradcam", 0.5, False, False, False,
+                                         api_name="/caption")
+    lib = CaptionExplainer(load_model("shapes-blip"), method="gradcam").explain(
+        load_image(scene_png))
+    assert status.startswith("**Caption:** " + lib.caption)
+    assert [label for label, _ in words["choices"]] == lib.words
+    np.testing.assert_array_equal(pixels(word0), np.asarray(lib.overlays(0.5)[0]))
