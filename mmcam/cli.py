@@ -88,7 +88,7 @@ def _vqa(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     if args.kind in ("blip-captioner", "blip-vqa"):
-        from mmcam.models.blip import train_blip
+        from mmcam.models.train_blip import train_blip
 
         task = "caption" if args.kind == "blip-captioner" else "vqa"
         metrics = train_blip(task, args.out, seed=args.seed, steps=args.steps,

@@ -33,12 +33,12 @@ def bert_tokenizer():
     return tok
 
 
-def save_blip(path):
-    torch.manual_seed(0)
+def save_blip(path, cls_name="BlipForConditionalGeneration", seed=0):
+    torch.manual_seed(seed)
     cfg = transformers.BlipConfig(vision_config=VISION, text_config=dict(
         TEXT, vocab_size=len(WORDS), bos_token_id=5, pad_token_id=0, sep_token_id=3,
         eos_token_id=3))
-    model = transformers.BlipForConditionalGeneration(cfg)
+    model = getattr(transformers, cls_name)(cfg)
     proc = transformers.BlipProcessor(
         image_processor=transformers.BlipImageProcessor(size={"height": 32, "width": 32}),
         tokenizer=bert_tokenizer())
@@ -238,17 +238,7 @@ def test_app_lists_hf_folders_under_mmcam_models(tmp_path, monkeypatch):
 
 
 def save_blip_vqa(path):
-    torch.manual_seed(3)
-    cfg = transformers.BlipConfig(vision_config=VISION, text_config=dict(
-        TEXT, vocab_size=len(WORDS), bos_token_id=5, pad_token_id=0, sep_token_id=3,
-        eos_token_id=3))
-    model = transformers.BlipForQuestionAnswering(cfg)
-    proc = transformers.BlipProcessor(
-        image_processor=transformers.BlipImageProcessor(size={"height": 32, "width": 32}),
-        tokenizer=bert_tokenizer())
-    model.save_pretrained(path)
-    proc.save_pretrained(path)
-    return path
+    return save_blip(path, "BlipForQuestionAnswering", seed=3)
 
 
 def blip_vqa_answer_grads(model, pv, question, answer_ids, layer):
@@ -310,7 +300,7 @@ def test_blip_vqa_answers_as_text_equal_a_loop(tmp_path, strategy):
 def test_blip_trainer_is_deterministic_and_saves_a_loadable_checkpoint(tmp_path):
     from safetensors.torch import load_file
 
-    from mmcam.models.blip import train_blip_captioner
+    from mmcam.models.train_blip import train_blip_captioner
 
     runs = [train_blip_captioner(tmp_path / f"run{k}", seed=3, steps=3, n_train=12,
                                  progress=False, n_eval=3) for k in range(2)]
@@ -486,7 +476,7 @@ def shipped(name):
 
 def test_shipped_shapes_blip_meets_its_floor_and_points_at_objects():
     from mmcam.grounding import pointing_game
-    from mmcam.models.blip import evaluate_blip_captioner
+    from mmcam.models.train_blip import evaluate_blip_captioner
     from mmcam.scenes import generate
 
     ad = shipped("shapes-blip")
