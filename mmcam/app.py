@@ -43,10 +43,11 @@ SHIPPED = {"captioner": "shapes-captioner", "vqa": "shapes-vqa", "classifier": "
 CAPTION_METHODS = [
     ("Grad-CAM", "gradcam"),
     ("Grad-CAM++", "gradcam++"),
+    ("HiResCAM", "hirescam"),
     ("Counterfactual", "counterfactual"),
     ("Guided Grad-CAM", "guided-gradcam"),
 ]
-METHODS = CAPTION_METHODS[:3]
+METHODS = [m for m in CAPTION_METHODS if m[1] != "guided-gradcam"]
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
 SCENE_SEED = 777  # the app's scene stream; scene indices are drawn at random (fresh scenes)
 MAX_SIDE = 512  # larger images are shrunk: the models see 128x128, and a session keeps
