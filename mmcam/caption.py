@@ -12,7 +12,7 @@ from mmcam.cam import METHODS
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
-from mmcam.pipeline import Context, Explained, Pipeline, Rows, module_of
+from mmcam.pipeline import Context, Explained, Pipeline, Rows, cam_of, module_of
 from mmcam.results import CaptionExplanation
 
 __all__ = ["CaptionExplainer", "CaptionExplanation", "module_of", "word_membership"]
@@ -138,7 +138,7 @@ class CaptionExplainer:
     def _result(self, e: Explained) -> CaptionExplanation:
         text, words = e.rows.info
         member = e.rows.coefs
-        sentence, sentence_box = e.extra_map(self.pipeline_method(), e.G.sum(dim=0))
+        sentence, sentence_box = e.extra_map(cam_of(self.method_name), e.G.sum(dim=0))
         return CaptionExplanation(
             image=e.image,
             caption=text if text is not None else " ".join(words),
@@ -154,9 +154,3 @@ class CaptionExplainer:
             guided=e.guided,
             layer=self.pipeline.layer_label,
         )
-
-    def pipeline_method(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The CAM formula in use (Grad-CAM for guided-gradcam)."""
-        from mmcam.cam import get_method, gradcam
-
-        return gradcam if self.method_name == "guided-gradcam" else get_method(self.method_name)

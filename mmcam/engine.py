@@ -56,7 +56,8 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
-def _chunks(n: int, chunk_size: int | None) -> list[slice]:
+def chunks(n: int, chunk_size: int | None) -> list[slice]:
+    """Slices of at most ``chunk_size`` rows covering ``range(n)`` (all at once if None)."""
     step = n if not chunk_size or chunk_size <= 0 else chunk_size
     return [slice(s, min(s + step, n)) for s in range(0, n, max(step, 1))]
 
@@ -112,7 +113,7 @@ def _call(run: Run, feed: Feed, ids: torch.Tensor, last: torch.Tensor | None) ->
 def _copies(run: Run, ids, coefs, image, n_images, chunk_size, causal):
     A = None
     grads, scores = [], []
-    for sl in _chunks(coefs.shape[0], chunk_size):
+    for sl in chunks(coefs.shape[0], chunk_size):
         rows = image[sl]
         held: dict[str, torch.Tensor] = {}
 
@@ -154,7 +155,7 @@ def _vjp(run: Run, ids, coefs, image, n_images, chunk_size, causal):
         s = _check_scores(_call(run, feed, u_ids, last), u_ids.shape[0], coefs.shape[1])
         leaf = held["leaf"]
         grads = []
-        for sl in _chunks(coefs.shape[0], chunk_size):
+        for sl in chunks(coefs.shape[0], chunk_size):
             n = sl.stop - sl.start
             cot = torch.zeros(n, *s.shape, dtype=s.dtype, device=s.device)
             cot[torch.arange(n), inverse[sl].to(s.device)] = coefs[sl].to(s)

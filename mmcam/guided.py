@@ -183,7 +183,7 @@ def guided_from_layer(
     (which then stops the pass). Returns (N,3,H,W): ``G_i^T dA/dpixels`` with the ReLUs
     below the layer guided, by one forward and one batched VJP per chunk.
     """
-    from mmcam.engine import _chunks, batched_vjp
+    from mmcam.engine import batched_vjp, chunks
 
     x = pixels.detach().clone().requires_grad_(True)
     held: dict[str, torch.Tensor] = {}
@@ -200,7 +200,7 @@ def guided_from_layer(
         run.check()
         A = held["A"]
         out = []
-        for sl in _chunks(layer_grads.shape[0], chunk_size):
+        for sl in chunks(layer_grads.shape[0], chunk_size):
             cot = layer_grads[sl].reshape(-1, *A.shape).to(A)
             out.append(batched_vjp(A, x, cot)[:, 0])
     return torch.cat(out).float()

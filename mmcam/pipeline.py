@@ -53,6 +53,11 @@ def module_of(adapter: Any) -> nn.Module | None:
     return m if isinstance(m, nn.Module) else None
 
 
+def cam_of(method: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The CAM formula of ``method`` (Grad-CAM for "guided-gradcam")."""
+    return gradcam if method == "guided-gradcam" else get_method(method)
+
+
 def infer_layout(x: torch.Tensor) -> Layout:
     """Conv for (B,C,h,w); for (B,n,D) tokens the smallest prefix p <= 8 leaving a square."""
     if x.dim() == 4:
@@ -272,7 +277,7 @@ class Pipeline:
         guided: bool = False,
     ) -> list[Explained]:
         """As :meth:`explain`, for inputs already prepared (``(inputs, geometry)`` each)."""
-        cam = gradcam if method == "guided-gradcam" else get_method(method)
+        cam = cam_of(method)
         batched = self.split or self.stack_inputs
         groups = self._groups(prepared) if batched else [[i] for i in range(len(images))]
         explain_group = self._explain_split if self.split else self._explain_whole
@@ -383,7 +388,7 @@ class Pipeline:
 
     def _carry_back(self, feats, leaf, G_point, image) -> torch.Tensor:
         out = []
-        for sl in engine._chunks(G_point.shape[0], self.chunk_size):
+        for sl in engine.chunks(G_point.shape[0], self.chunk_size):
             n = sl.stop - sl.start
             cot = torch.zeros(n, *feats.shape, device=feats.device)
             cot[torch.arange(n), image[sl]] = G_point[sl].to(cot.device)

@@ -30,19 +30,25 @@ def hooks_left(model: nn.Module) -> int:
                for m in model.modules())
 
 
+def leaf_hook(held: dict):
+    """A forward hook that stores the layer's output (element 0 of a tuple) as a leaf
+    ``held["A"]`` and lets the model continue from a copy of it."""
+
+    def hook(m, inp, o):
+        t = o[0] if isinstance(o, tuple) else o
+        held["A"] = t.detach().requires_grad_(True)
+        new = held["A"] * 1
+        return (new, *o[1:]) if isinstance(o, tuple) else new
+
+    return hook
+
+
 def loop_grads(layer: nn.Module, scores_of_row, n_rows: int):
     """Per row: a fresh forward with a hand-written hook and one backward -> (A, G) raw."""
     out = []
     for i in range(n_rows):
         held = {}
-
-        def hook(m, inp, o, held=held):
-            t = o[0] if isinstance(o, tuple) else o
-            held["A"] = t.detach().requires_grad_(True)
-            new = held["A"] * 1
-            return (new, *o[1:]) if isinstance(o, tuple) else new
-
-        h = layer.register_forward_hook(hook)
+        h = layer.register_forward_hook(leaf_hook(held))
         try:
             with torch.enable_grad():
                 y = scores_of_row(i)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_engine import assert_maps_close, cam_by_hand, hooks_left, tokens_to_grid
+from test_engine import (
+    assert_maps_close,
+    cam_by_hand,
+    hooks_left,
+    leaf_hook,
+    tokens_to_grid,
+)
 from toys import image
 
 transformers = pytest.importorskip("transformers")
@@ -105,14 +111,7 @@ def loop_grads(model, layer, pixel_values, full_ids, kwarg, positions, targets):
     out = []
     for pos, tgt in zip(positions, targets):
         held = {}
-
-        def hook(m, i, o, held=held):
-            t = o[0] if isinstance(o, tuple) else o
-            held["A"] = t.detach().requires_grad_(True)
-            new = held["A"] * 1
-            return (new, *o[1:]) if isinstance(o, tuple) else new
-
-        h = layer.register_forward_hook(hook, prepend=True)
+        h = layer.register_forward_hook(leaf_hook(held), prepend=True)
         try:
             logits = model(pixel_values=pixel_values, use_cache=False,
                            **{kwarg: full_ids}).logits
@@ -244,13 +243,7 @@ def save_blip_vqa(path):
 def blip_vqa_answer_grads(model, pv, question, answer_ids, layer):
     """log p(answer ids | question, image) by running BLIP VQA's parts, and dy/dA at layer."""
     held = {}
-
-    def hook(m, i, o):
-        t = o[0] if isinstance(o, tuple) else o
-        held["A"] = t.detach().requires_grad_(True)
-        return (held["A"] * 1, *o[1:]) if isinstance(o, tuple) else held["A"] * 1
-
-    h = layer.register_forward_hook(hook, prepend=True)
+    h = layer.register_forward_hook(leaf_hook(held), prepend=True)
     try:
         img = model.vision_model(pixel_values=pv)[0]
         q = model.text_encoder(input_ids=question, encoder_hidden_states=img)[0]
@@ -412,13 +405,7 @@ def test_vilt_shuffled_patches_equal_a_loop(tmp_path, strategy):
 
     def grads(answer):
         held = {}
-
-        def hook(m, i, o):
-            t = o[0] if isinstance(o, tuple) else o
-            held["A"] = t.detach().requires_grad_(True)
-            return (held["A"] * 1, *o[1:]) if isinstance(o, tuple) else held["A"] * 1
-
-        hd = layer.register_forward_hook(hook, prepend=True)
+        hd = layer.register_forward_hook(leaf_hook(held), prepend=True)
         try:
             logits = forward(lambda: model(**enc).logits)
         finally:
