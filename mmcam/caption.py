@@ -44,7 +44,8 @@ class CaptionExplainer:
     pixels through the preprocessing geometry. ``method``: "gradcam", "gradcam++",
     "hirescam", "counterfactual" or "guided-gradcam". ``strategy``: "auto", "copies" or
     "vjp" (:mod:`mmcam.engine`); ``chunk_size`` bounds the rows per pass without changing
-    any number.
+    any number. ``align``: "receptive" draws each grid cell at the centre of its receptive
+    field, "bilinear" where plain bilinear upsampling puts it (:mod:`mmcam.align`).
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class CaptionExplainer:
         layer: str | nn.Module | None = None,
         layout: Layout | str | Callable | None = None,
         strategy: str = "auto",
+        align: str = "receptive",
     ) -> None:
         missing = [
             m for m in ("prepare", "score_tokens", "generate", "tokenize", "words")
@@ -75,6 +77,7 @@ class CaptionExplainer:
             adapter, adapter.score_tokens,
             lambda x, **kw: adapter.generate(x, **kw),
             layer=layer, layout=layout, strategy=strategy, chunk_size=chunk_size, causal=True,
+            align=align,
         )
 
     @property

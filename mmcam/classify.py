@@ -38,7 +38,9 @@ class ClassExplainer:
     tensors to :meth:`explain_pixels`) or an adapter with ``.model``, ``.layer``,
     ``.labels`` and ``.prepare`` (which may return ``(pixels, Geometry)``). The explained
     score is the logit (``score="logit"``) or its log-softmax (``"logprob"``). The model is in
-    eval mode during a call and its flags are restored afterwards.
+    eval mode during a call and its flags are restored afterwards. ``align``: "receptive"
+    draws each grid cell at the centre of its receptive field, "bilinear" where plain
+    bilinear upsampling puts it (:mod:`mmcam.align`).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class ClassExplainer:
         layout: Layout | str | Callable | None = None,
         strategy: str = "auto",
         chunk_size: int | None = 64,
+        align: str = "receptive",
     ) -> None:
         if isinstance(model, nn.Module):
             self.model, self.prepare, self.labels = model, prepare, labels
@@ -71,7 +74,8 @@ class ClassExplainer:
         self.score = score
         adapter = _Classifier(self.model, layer, self._prepare)
         self.pipeline = Pipeline(adapter, self._scores, layer=layer, layout=layout,
-                                 strategy=strategy, chunk_size=chunk_size, stack_inputs=True)
+                                 strategy=strategy, chunk_size=chunk_size, stack_inputs=True,
+                                 align=align)
 
     def _prepare(self, image: Any) -> Any:
         if self.prepare is None:
@@ -106,7 +110,7 @@ class ClassExplainer:
         ids = torch.tensor([e.rows.info[0]])
         with eval_mode(self.model):
             gb = guided_backprop(self.model, self.pipeline._to_device(e.inputs), ids)[0]
-        return gb, guided_gradcam(e.layer_maps, gb)
+        return gb, guided_gradcam(e.layer_maps, gb, e.cell)
 
     def explain_pixels(
         self,
@@ -137,7 +141,7 @@ class ClassExplainer:
                 gb = guided_backprop(self.model, self.pipeline._to_device(pixels),
                                      out["targets"])
             out["guided_backprop"] = gb
-            out["guided_gradcam"] = guided_gradcam(out["layer_maps"], gb)
+            out["guided_gradcam"] = guided_gradcam(out["layer_maps"], gb, done[0].cell)
         return out
 
     def explain(

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmcam.align import Cell
 from mmcam.cam import upsample
 from mmcam.errors import MMCamError
+from mmcam.geometry import Geometry
 
 OTHER_ACTIVATIONS = (
     nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU,
@@ -153,15 +155,19 @@ def guided_backprop(
     return torch.stack(out, dim=1)
 
 
-def guided_gradcam(gradcam_maps: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
-    """Guided Grad-CAM: ``guided * upsample_bilinear(gradcam)``.
+def guided_gradcam(gradcam_maps: torch.Tensor, guided: torch.Tensor,
+                   cell: Cell | None = None) -> torch.Tensor:
+    """Guided Grad-CAM: ``guided * upsample_bilinear(gradcam)``; with ``cell`` the maps are
+    sampled at the grid cells' input positions instead (:mod:`mmcam.align`).
 
     gradcam_maps (..., h, w) at layer resolution; guided (..., 3, H, W). Returns (..., 3, H, W).
     """
     lead = gradcam_maps.shape[:-2]
     h, w = gradcam_maps.shape[-2:]
     H, W = guided.shape[-2:]
-    up = upsample(gradcam_maps.reshape(-1, h, w), (H, W)).reshape(*lead, 1, H, W)
+    flat = gradcam_maps.reshape(-1, h, w)
+    up = (upsample(flat, (H, W)) if cell is None else
+          Geometry.identity((W, H)).to_image(flat, cell)).reshape(*lead, 1, H, W)
     return guided * up.to(guided)
 
 

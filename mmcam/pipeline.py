@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ from PIL import Image
 from torch import nn
 
 from mmcam import engine
+from mmcam.align import ALIGNS, Cell, receptive_cells, run_to_layer
 from mmcam.cam import get_method, gradcam, localize
 from mmcam.errors import MMCamError
 from mmcam.geometry import Geometry
@@ -97,10 +100,11 @@ class Explained:
     boxes: list[Box | None]
     scores: torch.Tensor  # (n,K) each row's scores
     guided: torch.Tensor | None  # (n,3,Hin,Win)
+    cell: Cell | None = None  # where grid cells sit on the input (None: bilinear upsampling)
 
     def extra_map(self, method: Callable, G: torch.Tensor) -> tuple[torch.Tensor, Box | None]:
         """Map (H,W) and box for a further gradient G (C,h,w) of this image (e.g. a sum)."""
-        m = self.geometry.to_image(method(self.A[None], G[None]))[0]
+        m = self.geometry.to_image(method(self.A[None], G[None]), self.cell)[0]
         return m, localize(m)[0]
 
 
@@ -140,11 +144,25 @@ def _with_pixels(inputs: Any, px: torch.Tensor) -> Any:
     return {**inputs, key: px}
 
 
+_CELLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CELLS_LOCK = threading.Lock()
+
+
+def check_align(align: str) -> str:
+    """``align`` if it is one of :data:`mmcam.align.ALIGNS`, else an :class:`MMCamError`."""
+    if align not in ALIGNS:
+        raise MMCamError(f"unknown align {align!r}: use {' or '.join(ALIGNS)}")
+    return align
+
+
 class Pipeline:
     """A model bound to an explained layer, a layout, a strategy and a scoring function.
 
     ``score(inputs_or_features, ids) -> (n,K)`` and ``generate`` are the task's view of the
     adapter; ``split`` says whether ``score`` starts from ``encode``'s features.
+    ``align``: "receptive" draws grid cells at the centres of their receptive fields
+    (:mod:`mmcam.align`, derived once per model, layer and input size), "bilinear" where
+    plain bilinear upsampling puts them (the paper's, captum's and pytorch-grad-cam's).
     """
 
     def __init__(
@@ -158,8 +176,10 @@ class Pipeline:
         chunk_size: int | None = 64,
         causal: bool = False,
         stack_inputs: bool = False,
+        align: str = "receptive",
     ) -> None:
         self.adapter = adapter
+        self.align = check_align(align)
         self.module = module_of(adapter)
         self.split = callable(getattr(adapter, "encode", None))
         self.score_fn, self.generate_fn = score, generate
@@ -431,6 +451,24 @@ class Pipeline:
             return self._finish(images, prepared, rows, A_raw, G_raw, scores, image, cam,
                                 guided, to_layer)
 
+    def cells(self, to_layer: Callable, px: torch.Tensor, layout: Layout, own: Any) -> Cell | None:
+        """Where the layer's grid cells sit on inputs shaped like ``px`` (None for
+        ``align="bilinear"``); derived once per model, layer, layout and input size."""
+        if self.align == "bilinear":
+            return None
+        key = (layer_name(self.module, self.layer) if self.layer is not None else None,
+               repr(layout), tuple(px.shape))
+        if self.module is None:
+            store: dict = {}
+        else:
+            with _CELLS_LOCK:
+                store = _CELLS.setdefault(self.module, {})
+        if key not in store:
+            with eval_mode(self.module):
+                store[key] = receptive_cells(
+                    lambda x: layout.to_grid(run_to_layer(to_layer, x), own).float(), px)
+        return store[key]
+
     def _finish(self, images, prepared, rows, A_raw, G_raw, scores, image, cam, guided,
                 to_layer) -> list[Explained]:
         layout = self.layout or infer_layout(A_raw)
@@ -438,6 +476,7 @@ class Pipeline:
         A = layout.to_grid(A_raw, own).float()
         G = layout.to_grid(G_raw, own).float()
         scores = scores.cpu()
+        cells: dict[tuple, Cell | None] = {}
         out, start = [], 0
         for b, (im, (inputs, geom), r) in enumerate(zip(images, prepared, rows)):
             n = r.ids.shape[0]
@@ -445,15 +484,21 @@ class Pipeline:
             start += n
             Gb = G[sel]
             lmaps = cam(A[b:b + 1].expand(n, *A.shape[1:]), Gb)
-            maps = geom.to_image(lmaps).cpu()
+            px = _pixels_of(inputs)
+            cell = None
+            if px is not None and self.align != "bilinear":
+                key = tuple(px.shape)
+                if key not in cells:
+                    cells[key] = self.cells(to_layer, self._to_device(px), layout, own)
+                cell = cells[key]
+            maps = geom.to_image(lmaps, cell).cpu()
             gg = None
             if guided:
-                px = _pixels_of(inputs)
                 if px is None:
                     raise MMCamError("guided-gradcam needs pixel inputs")
                 gb = guided_from_layer(self.module, self._to_device(px), G_raw[sel], to_layer,
                                        self.chunk_size)
-                gg = guided_gradcam(lmaps, gb).cpu()
+                gg = guided_gradcam(lmaps, gb, cell).cpu()
             out.append(Explained(im, inputs, geom, r, A[b].cpu(), Gb.cpu(), lmaps.cpu(), maps,
-                                 localize(maps), scores[sel, : r.coefs.shape[1]], gg))
+                                 localize(maps), scores[sel, : r.coefs.shape[1]], gg, cell))
         return out

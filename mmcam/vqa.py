@@ -22,7 +22,7 @@ class VQAExplainer:
     The explained score for answer a is ``log p(a | question, image)``; for a contrast
     "a rather than b" it is ``log p(a) - log p(b)``. All maps come from one batched pass at
     ``layer`` (None: the adapter's default); see :class:`mmcam.CaptionExplainer` for
-    ``layout`` and ``strategy``.
+    ``layout``, ``strategy`` and ``align``.
     """
 
     def __init__(
@@ -33,6 +33,7 @@ class VQAExplainer:
         layout: Layout | str | Callable | None = None,
         strategy: str = "auto",
         chunk_size: int | None = 64,
+        align: str = "receptive",
     ) -> None:
         self.generative = callable(getattr(adapter, "score_answer_tokens", None))
         needs = ("prepare", "tokenize_question") + (
@@ -48,7 +49,7 @@ class VQAExplainer:
         self.method = get_method(method)
         self._index = {a.lower(): i for i, a in enumerate(getattr(adapter, "answers", []))}
         self._options = {"layer": layer, "layout": layout, "strategy": strategy,
-                         "chunk_size": chunk_size}
+                         "chunk_size": chunk_size, "align": align}
         self.pipeline = Pipeline(adapter, self._score_fn(), causal=self.generative,
                                  **self._options)
 

@@ -37,7 +37,8 @@ def per_word_loop(ad, pil, caption, method):
 def test_batched_equals_per_word_loop(method, chunk):
     ad = ToyCaptioner(seed=1, split_words=True).eval()
     pil = image(0)
-    res = CaptionExplainer(ad, method=method, chunk_size=chunk).explain(pil, CAPTION)
+    res = CaptionExplainer(ad, method=method, chunk_size=chunk,
+                           align="bilinear").explain(pil, CAPTION)
     ref, lps = per_word_loop(ad, pil, CAPTION, method)
     assert res.words == CAPTION.split()
     assert ref.abs().max() > 0
@@ -141,7 +142,8 @@ def test_guided_gradcam_per_word_equals_loop():
 
     ad = ToyCaptioner(seed=5).eval()
     pil = image(4)
-    res = CaptionExplainer(ad, method="guided-gradcam", chunk_size=2).explain(pil, "a red circle")
+    res = CaptionExplainer(ad, method="guided-gradcam", chunk_size=2,
+                           align="bilinear").explain(pil, "a red circle")
     ids = ad.tokenize("a red circle")
     for t in range(3):
         px = ad.prepare(pil).requires_grad_(True)

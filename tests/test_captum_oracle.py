@@ -15,7 +15,8 @@ def test_matches_captum(name, layer):
     model = torchvision.models.get_model(name, weights=None).eval()
     x = torch.randn(2, 3, 64, 64)
     target = torch.tensor([3, 500])
-    r = ClassExplainer(model, layer=layer).explain_pixels(x, target[:, None], guided=True)
+    r = ClassExplainer(model, layer=layer, align="bilinear").explain_pixels(
+        x, target[:, None], guided=True)
     lay = model.get_submodule(layer)
     ref = captum_attr.LayerGradCam(model, lay).attribute(x, target=target, relu_attributions=True)
     ref_up = captum_attr.LayerAttribution.interpolate(ref, (64, 64), interpolate_mode="bilinear")

@@ -22,7 +22,7 @@ def captioner() -> ResNetLSTMCaptioner:
 
 def test_batched_maps_equal_a_forward_and_backward_per_word(captioner):
     pil = image(0, size=(50, 40))
-    res = CaptionExplainer(captioner, chunk_size=4).explain(pil, CAPTION)
+    res = CaptionExplainer(captioner, chunk_size=4, align="bilinear").explain(pil, CAPTION)
     ids = captioner.tokenize(CAPTION)[None]
     maps, lps = [], []
     for t in range(ids.shape[1]):  # the naive way: whole model forward, one backward, per word

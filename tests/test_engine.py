@@ -111,7 +111,8 @@ def test_split_captioner_any_layer_equals_loop(strategy, layer, chunk):
     torch.manual_seed(0)
     ad = ToyCaptioner(seed=3, split_words=True).eval()
     pil = image(4)
-    res = CaptionExplainer(ad, layer=layer, strategy=strategy, chunk_size=chunk).explain(
+    res = CaptionExplainer(ad, layer=layer, strategy=strategy, chunk_size=chunk,
+                           align="bilinear").explain(
         pil, CAPTION)
     ids = ad.tokenize(CAPTION)
     member = word_membership(ad, ids)

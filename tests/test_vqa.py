@@ -26,7 +26,8 @@ def test_answers_and_contrast_equal_loop(method):
     ad = ToyVQA(seed=4).eval()  # a seed whose maps are not all zero
     pil = image(3)
     q = "what color is the circle ?"
-    res = VQAExplainer(ad, method=method).explain(pil, q, answer="blue", contrast="red", top_k=3)
+    res = VQAExplainer(ad, method=method, align="bilinear").explain(
+        pil, q, answer="blue", contrast="red", top_k=3)
     K = len(ad.answers)
     onehot = torch.eye(K)
     ref, lp = loop_map(ad, pil, q, onehot[1], method)
