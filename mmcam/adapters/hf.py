@@ -13,6 +13,9 @@ inside its text sequence (GIT). Families:
   in the language model's sequence.
 - ``VisionEncoderDecoderModel`` (ViT + GPT-2 and similar): prefix ``[decoder start]``; layer
   ``encoder.layers[-1]`` (ViT, CLS first) or the last Swin stage (no CLS).
+- ``LlavaForConditionalGeneration``, ``PaliGemmaForConditionalGeneration``,
+  ``Florence2ForConditionalGeneration``: a prompt or question laid out by the checkpoint's
+  processor, then the reply (:class:`HFPromptedVLM`).
 
 The adapter keeps no state between calls; the prompt is context, not explained.
 """
@@ -31,7 +34,7 @@ from torch import nn
 
 from mmcam.errors import MMCamError
 from mmcam.geometry import Geometry
-from mmcam.layers import Layout, Tokens
+from mmcam.layers import Conv, Layout, Tokens
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,48 @@ def family_of(model: nn.Module) -> Family:
                       "input_ids")
     if name == "VisionEncoderDecoderModel":
         return _ved_family(model)
+    if name in PROMPTED:
+        return _prompted_family(model)
     raise MMCamError(f"{name} is not a captioning family mmcam knows (BLIP, GIT, "
-                     "VisionEncoderDecoder)")
+                     "VisionEncoderDecoder, LLaVA, PaliGemma, Florence-2)")
+
+
+LLAVA = "LlavaForConditionalGeneration"
+PALIGEMMA = "PaliGemmaForConditionalGeneration"
+FLORENCE2 = "Florence2ForConditionalGeneration"
+PROMPTED = (LLAVA, PALIGEMMA, FLORENCE2)
+
+
+def _llava_layer_index(config: Any, n_layers: int) -> int:
+    """The tower block whose output LLaVA reads: ``hidden_states[k]`` is block ``k - 1``'s
+    output for k > 0 and block ``k``'s for k < 0 (kept negative, as the config writes it).
+    A list of layers is read at its earliest one: every listed layer depends on it, so its
+    gradient holds all paths."""
+    ks = config.vision_feature_layer
+    ks = [int(k) for k in (ks if isinstance(ks, (list, tuple)) else [ks])]
+    k = min(ks, key=lambda k: k if k >= 0 else n_layers + 1 + k)  # as hidden_states index
+    h = k if k >= 0 else n_layers + 1 + k
+    if not 1 <= h <= n_layers:
+        raise MMCamError(f"vision_feature_layer {config.vision_feature_layer} reads no tower "
+                         "block: pass layer=")
+    return h - 1 if k > 0 else h - 1 - n_layers
+
+
+def _prompted_family(model: nn.Module) -> Family:
+    """LLaVA: the tower block ``vision_feature_layer`` names, CLS dropped when the tower has
+    one (CLIP; with the "full" strategy the LM also reads CLS, but it is no grid cell);
+    PaliGemma: SigLIP's last block, no CLS; Florence-2: DaViT's last block, (B,C,h,w)."""
+    name = type(model).__name__
+    if name == FLORENCE2:
+        return Family("model.vision_tower.blocks[-1][-1]", Conv(), "decoder_input_ids")
+    tower = model.model.vision_tower
+    inner = "" if hasattr(tower, "encoder") else ".vision_model"
+    vm = getattr(tower, "vision_model", tower)
+    n = len(vm.encoder.layers)
+    prefix = 1 if hasattr(vm.embeddings, "class_embedding") else 0
+    index = -1 if name == PALIGEMMA else _llava_layer_index(model.config, n)
+    return Family(f"model.vision_tower{inner}.encoder.layers[{index}]", Tokens(prefix=prefix),
+                  "input_ids")
 
 
 def processor_geometry(image_processor: Any, size: tuple[int, int]) -> Geometry:
@@ -90,6 +133,15 @@ def processor_geometry(image_processor: Any, size: tuple[int, int]) -> Geometry:
         if cget("height") and cget("width"):
             g = g.center_crop((int(cget("width")), int(cget("height"))))
     return g
+
+
+def pixels_geometry(image_processor: Any, size: tuple[int, int],
+                    pixel_values: torch.Tensor) -> Geometry:
+    """:func:`processor_geometry`, or a plain resize when it does not give the processed
+    pixels' size."""
+    geom = processor_geometry(image_processor, size)
+    wh = (pixel_values.shape[-1], pixel_values.shape[-2])
+    return geom if geom.input_size == wh else Geometry.identity(size).resize(wh)
 
 
 def is_wordpiece(tokenizer: Any) -> bool:
@@ -134,10 +186,7 @@ class HFCaptioner:
         ip = getattr(self.processor, "image_processor", self.processor)
         pv = ip(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
         p = next(self.model.parameters())
-        geom = processor_geometry(ip, image.size)
-        if geom.input_size != (pv.shape[-1], pv.shape[-2]):
-            geom = Geometry.identity(image.size).resize((pv.shape[-1], pv.shape[-2]))
-        return {"pixel_values": pv.to(p.device, p.dtype)}, geom
+        return {"pixel_values": pv.to(p.device, p.dtype)}, pixels_geometry(ip, image.size, pv)
 
     def _special(self, name: str) -> int | None:
         for src in (getattr(self.model.config, "text_config", None), self.model.config,
@@ -368,6 +417,204 @@ class HFAnswerer(HFCaptioner):
         return answers
 
 
+class HFPromptedVLM(HFCaptioner):
+    """LLaVA, PaliGemma and Florence-2: a prompt (an instruction or a question) laid out by
+    the checkpoint's own processor, then the reply, explained as a caption (every word, with
+    :class:`mmcam.CaptionExplainer`; ``prompt`` is the instruction) or as an answer
+    (:class:`mmcam.VQAExplainer`; the question is the prompt).
+
+    - LLaVA: the processor's chat template (llava-1.5: ``USER: <image>\\n{q} ASSISTANT:``, else
+      that text), ``<s>`` and the ``<image>`` placeholders expanded; the reply follows, ends
+      with ``</s>``. Layer: the tower block ``vision_feature_layer`` names (the last block is
+      computed but never read).
+    - PaliGemma: ``<image>``x n + ``<bos>`` + prompt + ``\\n``, then the reply + ``<eos>``
+      (the processor's ``suffix=`` layout); ``token_type_ids`` 0 on the prompt (attended both
+      ways), 1 on the reply (causal).
+    - Florence-2: encoder ids ``<image>``x(h*w+1) + ``<s>`` + prompt + ``</s>`` (the processor
+      maps task tokens such as "<CAPTION>" to their text); decoder ids ``</s> <s>`` + reply.
+
+    The placeholders are laid out on a blank image, then re-expanded to the count the
+    processor gives the explained image (recorded by :meth:`prepare`). Reply token j is
+    scored by ``log_softmax(logits)`` at the position before it.
+    """
+
+    DEFAULT_PROMPTS = {LLAVA: "Describe the image.", PALIGEMMA: "caption en",
+                       FLORENCE2: "<CAPTION>"}
+
+    def __init__(self, model: nn.Module, processor: Any, prompt: str | None = None) -> None:
+        name = type(model).__name__
+        if name not in PROMPTED:
+            raise MMCamError(f"{name} is not LLaVA, PaliGemma or Florence-2")
+        super().__init__(model, processor, prompt=prompt or self.DEFAULT_PROMPTS[name],
+                         family=family_of(model))
+        self.arch = name  # the transformers class name
+        self.seq2seq = name == FLORENCE2
+        self.image_token_id = int(model.config.image_token_id)
+
+    # ------------------------------------------------------------------ prompts
+
+    def _prompt_text(self, text: str) -> str:
+        """What the processor reads for the user's ``text``."""
+        image = self.processor.image_token
+        if self.arch == LLAVA:
+            if getattr(self.processor, "chat_template", None):
+                turn = [{"role": "user", "content": [{"type": "image"},
+                                                     {"type": "text", "text": text}]}]
+                return self.processor.apply_chat_template(turn, add_generation_prompt=True)
+            return f"USER: {image}\n{text} ASSISTANT:"
+        if self.arch == PALIGEMMA:
+            return image + text
+        return text  # Florence-2: the processor adds the image, <s>, </s> and task texts
+
+    def _processed(self, image: Image.Image, text: str) -> Any:
+        return self.processor(images=image.convert("RGB"), text=self._prompt_text(text),
+                              return_tensors="pt")
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        return self._processed(Image.new("RGB", (64, 64)), text)["input_ids"][0].tolist()
+
+    def _prefix(self) -> list[int]:
+        """The caption prompt's ids (LLaVA/PaliGemma: the whole sequence before the reply;
+        Florence-2: the encoder's)."""
+        return self._prompt_ids(self.prompt)
+
+    def _decoder_prefix(self) -> list[int]:
+        start, bos = self._special("decoder_start_token_id"), self.tokenizer.bos_token_id
+        if start is None or bos is None:
+            raise MMCamError(f"{self.arch}: no decoder start or <s> token id")
+        return [int(start), int(bos)]
+
+    def _expand(self, ids: list[int], n: int | None) -> list[int]:
+        """``ids`` with its run of image placeholders resized to ``n``."""
+        tok = self.image_token_id
+        k = ids.count(tok)
+        if n is None or k == n:
+            return ids
+        first = ids.index(tok) if k else -1
+        if k == 0 or ids[first:first + k] != [tok] * k:
+            raise MMCamError(f"{self.arch}: the prompt ids hold no single run of image "
+                             "placeholders; build them with tokenize_question")
+        return ids[:first] + [tok] * n + ids[first + k:]
+
+    def prepare(self, image: Image.Image) -> tuple[dict[str, Any], Geometry]:
+        """RGB image -> ({"pixel_values", "image_tokens"}, geometry): the processor's pixels
+        and its count of image placeholders for this image."""
+        enc = self._processed(image, self.prompt)
+        pv = enc["pixel_values"]
+        p = next(self.model.parameters())
+        n = int((enc["input_ids"][0] == self.image_token_id).sum())
+        return ({"pixel_values": pv.to(p.device, p.dtype), "image_tokens": n},
+                pixels_geometry(self.processor.image_processor, image.size, pv))
+
+    # ------------------------------------------------------------------ scoring
+
+    def _logp(self, inputs: dict[str, Any], prompt: torch.Tensor | list[int],
+              targets: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,T) reply ids after ``prompt`` -> (N,T) log-probs in float32 (positions after
+        ``max(last)`` are not computed: 0)."""
+        N, T = targets.shape
+        t_used = T if last is None else int(last.max()) + 1
+        tgt = targets[:, :t_used]
+        if bool((tgt == self.image_token_id).any()):
+            raise MMCamError("the text holds the image placeholder token: remove it")
+        dev = targets.device
+        ids = self._expand([int(i) for i in torch.as_tensor(prompt).reshape(-1)],
+                           inputs.get("image_tokens"))
+        p = torch.tensor(ids, dtype=torch.long, device=dev).expand(N, -1)
+        if self.seq2seq:  # the decoder reads </s> <s> + reply; the encoder the prompt
+            start = torch.tensor(self._decoder_prefix(), device=dev).expand(N, -1)
+            kw = {"input_ids": p, "decoder_input_ids": torch.cat([start, tgt[:, :-1]], 1)}
+        else:
+            kw = {"input_ids": torch.cat([p, tgt[:, :-1]], 1)}
+            if self.arch == PALIGEMMA:
+                kw["token_type_ids"] = torch.cat([torch.zeros_like(p), torch.ones_like(
+                    tgt[:, :-1])], 1)
+        logits = self.model(pixel_values=inputs["pixel_values"], use_cache=False,
+                            logits_to_keep=t_used, **kw).logits[:, -t_used:]
+        lp = logits.float().log_softmax(-1).gather(2, tgt[..., None])[..., 0]
+        return lp if t_used == T else torch.cat([lp, lp.new_zeros(N, T - t_used)], dim=1)
+
+    def score_tokens(self, inputs: dict[str, Any], token_ids: torch.Tensor,
+                     last: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,T) -> (N,T): log p(token_t | prompt, tokens_<t, image), in float32."""
+        return self._logp(inputs, self._prefix(), token_ids, last)
+
+    def score_answer_tokens(self, inputs: dict[str, Any], question_ids: torch.Tensor,
+                            answer_ids: torch.Tensor, last: torch.Tensor | None = None
+                            ) -> torch.Tensor:
+        """(N,T) answer ids (each ending with the end token, then padding) -> (N,T)
+        log-probs."""
+        return self._logp(inputs, question_ids, answer_ids, last)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def _generate(self, inputs: dict[str, Any], prompt: list[int], max_len: int, beams: int,
+                  k: int = 1, min_len: int = 0) -> list[list[int]]:
+        """Replies by the model's ``generate`` (special tokens other than the end
+        suppressed), each cut at its first end/padding token."""
+        dev = inputs["pixel_values"].device
+        ids = torch.tensor([self._expand(list(prompt), inputs.get("image_tokens"))], device=dev)
+        end = self.tokenizer.eos_token_id
+        kw: dict[str, Any] = {
+            "input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "pixel_values": inputs["pixel_values"], "max_new_tokens": max_len,
+            "num_beams": max(beams, k), "num_return_sequences": k, "do_sample": False,
+            "min_new_tokens": min_len,
+            "suppress_tokens": sorted(set(self.tokenizer.all_special_ids) - {end})}
+        if self.seq2seq:
+            kw["decoder_input_ids"] = torch.tensor([self._decoder_prefix()], device=dev)
+        if self.arch == PALIGEMMA:
+            kw["token_type_ids"] = torch.zeros_like(ids)
+        skip = len(kw["decoder_input_ids"][0]) if self.seq2seq else ids.shape[1]
+        ends, out = self._ends(), []
+        for row in self.model.generate(**kw).tolist():
+            reply = []
+            for t in row[skip:]:
+                if t in ends:
+                    break
+                reply.append(t)
+            out.append(reply)
+        return out
+
+    def generate(self, inputs: dict[str, Any], max_len: int = 20, beam_size: int = 1,
+                 min_len: int = 0) -> torch.Tensor:
+        """The reply (1,T) to ``prompt``: greedy or beam search, at least ``min_len`` tokens,
+        prompt and end token removed."""
+        reply = self._generate(inputs, self._prefix(), max_len, beam_size, min_len=min_len)[0]
+        return torch.tensor([reply], dtype=torch.long)
+
+    def generate_answers(self, inputs: dict[str, Any], question_ids: torch.Tensor, k: int = 5,
+                         max_len: int = 10) -> list[torch.Tensor]:
+        """Up to ``k`` distinct non-empty answers by beam search, best first, each ending
+        with the end token."""
+        rows = self._generate(inputs, [int(i) for i in question_ids.reshape(-1)], max_len,
+                              max(k, 1), k=max(k, 1), min_len=1)
+        seen: set[tuple[int, ...]] = set()
+        answers = []
+        for r in rows:
+            if r and tuple(r) not in seen:
+                seen.add(tuple(r))
+                answers.append(torch.tensor(r + [self.tokenizer.eos_token_id]))
+        return answers
+
+    # ------------------------------------------------------------------ text
+
+    def tokenize_question(self, question: str) -> tuple[torch.Tensor, list[str]]:
+        """The processor's ids for the question as the prompt, and the question words the
+        vocabulary lacks."""
+        return (torch.tensor(self._prompt_ids(question), dtype=torch.long),
+                unknown_words(self.tokenizer, question))
+
+    def tokenize_answer(self, text: str) -> torch.Tensor:
+        """Answer text -> ids (T+1,) ending with the end token."""
+        return torch.cat([self.tokenize(text), torch.tensor([self.tokenizer.eos_token_id])])
+
+    def decode_answer(self, ids: torch.Tensor) -> str:
+        """Answer ids -> text (special tokens dropped)."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+
+
 VILT_SEED = 0
 
 
@@ -464,7 +711,8 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
             trust_remote_code: bool = False, task: str | None = None) -> HFCaptioner:
     """Load a transformers checkpoint (hub id or folder) and its processor: an
     :class:`HFCaptioner`, or an :class:`HFAnswerer` for BLIP VQA and for ``task="vqa"``
-    (GIT VQA checkpoints share the captioning class).
+    (GIT VQA checkpoints share the captioning class); LLaVA, PaliGemma and Florence-2 give an
+    :class:`HFPromptedVLM` for either task (``prompt``: the caption instruction).
 
     A hub id is read from the local cache first; only when that fails and ``HF_HUB_OFFLINE``
     is not set is the hub asked. The class comes from the config's ``architectures``.
@@ -525,6 +773,8 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
         raise MMCamError(f"unknown task {task!r}: use caption or vqa")
     if name == "ViltForQuestionAnswering":
         return HFVilt(model, processor)
+    if name in PROMPTED:  # captions (the prompt's reply) and answers alike
+        return HFPromptedVLM(model, processor, prompt=prompt)
     if name == "BlipForQuestionAnswering" or task == "vqa":
         return HFAnswerer(model, processor)
     return HFCaptioner(model, processor, prompt=prompt)
