@@ -12,8 +12,9 @@ from mmcam.cam import METHODS
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
-from mmcam.pipeline import Context, Explained, Pipeline, Rows, cam_of, module_of
+from mmcam.pipeline import Context, Explained, Pipeline, Rows, cam_of, module_of, takes_last
 from mmcam.results import CaptionExplanation
+from mmcam.scores import Alternatives, check_score, token_scores
 
 __all__ = ["CaptionExplainer", "CaptionExplanation", "module_of", "word_membership"]
 
@@ -44,8 +45,12 @@ class CaptionExplainer:
     pixels through the preprocessing geometry. ``method``: "gradcam", "gradcam++",
     "hirescam", "counterfactual" or "guided-gradcam". ``strategy``: "auto", "copies" or
     "vjp" (:mod:`mmcam.engine`); ``chunk_size`` bounds the rows per pass without changing
-    any number. ``align``: "receptive" draws each grid cell at the centre of its receptive
-    field, "bilinear" where plain bilinear upsampling puts it (:mod:`mmcam.align`).
+    any number. ``score``: the explained score per token (:mod:`mmcam.scores`): "logprob",
+    "logit", "contrast" against the other words of its kind (``kinds``: lists of words, by
+    default the adapter's ``word_kinds``) or the model's top alternatives, "versus" a named
+    alternative (``versus={"circle": "square"}``). ``align``: "receptive" draws each grid
+    cell at the centre of its receptive field, "bilinear" where plain bilinear upsampling
+    puts it (:mod:`mmcam.align`).
     """
 
     def __init__(
@@ -57,6 +62,9 @@ class CaptionExplainer:
         layout: Layout | str | Callable | None = None,
         strategy: str = "auto",
         align: str = "receptive",
+        score: str = "logprob",
+        kinds: Sequence[Sequence[str]] | None = None,
+        versus: dict[str, str] | None = None,
     ) -> None:
         missing = [
             m for m in ("prepare", "score_tokens", "generate", "tokenize", "words")
@@ -73,12 +81,32 @@ class CaptionExplainer:
         self.adapter = adapter
         self.method_name = method
         self.chunk_size = chunk_size
+        self.score = check_score(score)
+        if score != "logprob" and not callable(getattr(adapter, "token_logits", None)):
+            raise MMCamError(f"score={score!r} needs the model's logits: the adapter lacks "
+                             "token_logits(inputs, ids) -> (N,T,V)")
+        if score == "versus" and not versus:
+            raise MMCamError("score='versus' needs versus={word: alternative}")
+        encode = getattr(adapter, "word_ids", None) or (
+            lambda w: [int(i) for i in adapter.tokenize(w).reshape(-1)])
+        groups = kinds if kinds is not None else list(getattr(adapter, "word_kinds", {}).values())
+        self.alternatives = Alternatives(
+            encode, groups if score == "contrast" else (),
+            {w: [a] for w, a in (versus or {}).items()} if score == "versus" else None)
         self.pipeline = Pipeline(
-            adapter, adapter.score_tokens,
+            adapter, adapter.score_tokens if score == "logprob" else self._scores,
             lambda x, **kw: adapter.generate(x, **kw),
             layer=layer, layout=layout, strategy=strategy, chunk_size=chunk_size, causal=True,
             align=align,
         )
+
+    def _scores(self, x: Any, ids: torch.Tensor, last: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """(N,T) ids -> (N,2T): the explained scores, then the log-probs (for display)."""
+        kw = {} if last is None or not takes_last(self.adapter.token_logits) else {"last": last}
+        logits = self.adapter.token_logits(x, ids, **kw)
+        return torch.cat([token_scores(logits, ids, self.score, self.alternatives),
+                          token_scores(logits, ids, "logprob")], dim=1)
 
     @property
     def strategy(self) -> str:
@@ -132,7 +160,9 @@ class CaptionExplainer:
                 words = list(ad.words(ids))
             if len(words) != member.shape[0]:
                 raise MMCamError(f"words() gave {len(words)} words for {member.shape[0]} word ids")
-            return Rows(ids[None].expand(member.shape[0], -1), member, (text, words))
+            coefs = member if self.score == "logprob" else torch.cat(
+                [member, torch.zeros_like(member)], dim=1)
+            return Rows(ids[None].expand(member.shape[0], -1), coefs, (text, words))
 
         done = self.pipeline.explain(pils, rows, self.method_name,
                                      guided=self.method_name == "guided-gradcam")
@@ -140,13 +170,18 @@ class CaptionExplainer:
 
     def _result(self, e: Explained) -> CaptionExplanation:
         text, words = e.rows.info
-        member = e.rows.coefs
+        T = e.rows.ids.shape[1]
+        member = e.rows.coefs[:, :T]
+        scores = e.scores.to(member.dtype)
+        lp = scores[:, T:] if self.score != "logprob" else scores
         sentence, sentence_box = e.extra_map(cam_of(self.method_name), e.G.sum(dim=0))
         return CaptionExplanation(
             image=e.image,
             caption=text if text is not None else " ".join(words),
             words=words,
-            logprobs=(member * e.scores.to(member.dtype)).sum(dim=1).tolist(),  # own rows
+            logprobs=(member * lp).sum(dim=1).tolist(),  # own rows
+            score=self.score,
+            values=(member * scores[:, :T]).sum(dim=1).tolist(),
             maps=e.maps,
             layer_maps=e.layer_maps,
             boxes=e.boxes,

@@ -61,6 +61,14 @@ def cam_of(method: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return gradcam if method == "guided-gradcam" else get_method(method)
 
 
+def takes_last(fn: Callable) -> bool:
+    """Whether ``fn`` accepts a ``last=`` argument (rows' last used positions)."""
+    try:
+        return "last" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def infer_layout(x: torch.Tensor) -> Layout:
     """Conv for (B,C,h,w); for (B,n,D) tokens the smallest prefix p <= 8 leaving a square."""
     if x.dim() == 4:
@@ -184,10 +192,7 @@ class Pipeline:
         self.split = callable(getattr(adapter, "encode", None))
         self.score_fn, self.generate_fn = score, generate
         self.causal, self.stack_inputs = causal, stack_inputs
-        try:
-            self.takes_last = "last" in inspect.signature(score).parameters
-        except (TypeError, ValueError):
-            self.takes_last = False
+        self.takes_last = takes_last(score)
         self.chunk_size = chunk_size
         own = getattr(adapter, "layer", None)
         default = layer is None or layer is own or (isinstance(layer, str) and layer == own)

@@ -190,9 +190,11 @@ def _box_list(box: Box | None) -> list[int] | None:
 class CaptionExplanation(_Shows):
     """Word-by-word maps for one caption of one image.
 
-    ``maps`` (n_words,H,W): map of ``log p(word_t | words_<t, image)`` at the image's own
-    size, ReLU'd and un-normalized; ``sentence_map`` (H,W): map of the caption's total
-    log-probability ``sum_t log p(word_t | ...)``; ``boxes``: 15%-of-max boxes (image pixels).
+    ``maps`` (n_words,H,W): map of each word's explained score (``score``, see
+    :mod:`mmcam.scores`; by default ``log p(word_t | words_<t, image)``) at the image's own
+    size, ReLU'd and un-normalized; ``values``: those scores; ``logprobs``: each word's log p;
+    ``sentence_map`` (H,W): map of the sum of the words' scores; ``boxes``: 15%-of-max boxes
+    (image pixels).
     """
 
     image: Image.Image
@@ -208,16 +210,21 @@ class CaptionExplanation(_Shows):
     generated: bool
     guided: torch.Tensor | None = field(default=None, repr=False)
     layer: str = ""
+    score: str = "logprob"
+    values: list[float] | None = None
 
     def panels(self) -> list[Panel]:
+        vals = self.values if self.values is not None else self.logprobs
         out = [
-            Panel(w, m, b, "words", f"log p = {lp:.4f}")
-            for w, m, b, lp in zip(self.words, self.maps, self.boxes, self.logprobs)
+            Panel(w, m, b, "words", f"log p = {lp:.4f}" if self.score == "logprob"
+                  else f"{self.score} = {v:.3f}, log p = {lp:.4f}")
+            for w, m, b, lp, v in zip(self.words, self.maps, self.boxes, self.logprobs, vals)
         ]
-        total = sum(self.logprobs)
+        total = sum(vals)
         out.append(
             Panel("whole caption", self.sentence_map, self.sentence_box, "sentence",
-                  f"sum of log p = {total:.4f}")
+                  f"sum of log p = {total:.4f}" if self.score == "logprob"
+                  else f"sum of {self.score} = {total:.3f}")
         )
         return out
 
@@ -230,11 +237,14 @@ class CaptionExplanation(_Shows):
             "caption": self.caption,
             "generated": self.generated,
             "method": self.method,
+            "score": self.score,
             "layer": self.layer,
             "image_size": list(self.image.size),
             "words": [
-                {"word": w, "logprob": lp, "box": _box_list(b), "map_max": float(m.max())}
-                for w, lp, b, m in zip(self.words, self.logprobs, self.boxes, self.maps)
+                {"word": w, "logprob": lp, "score": v, "box": _box_list(b),
+                 "map_max": float(m.max())}
+                for w, lp, v, b, m in zip(self.words, self.logprobs,
+                                          self.values or self.logprobs, self.boxes, self.maps)
             ],
             "sentence": {
                 "logprob": float(sum(self.logprobs)),
@@ -279,6 +289,7 @@ class VQAExplanation(_Shows):
     contrast_box: Box | None = None
     top_boxes: list[Box | None] | None = None
     layer: str = ""
+    score: str = "logprob"
 
     def panels(self) -> list[Panel]:
         out = [Panel(f"{self.answer}", self.map, self.box, "answers",

@@ -76,6 +76,10 @@ BACKGROUND_WORDS: dict[str, str] = {
 }
 QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "count", "exists", "relation")
 NUMBERS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
+WORD_KINDS: dict[str, tuple[str, ...]] = {  # words of one kind: a word's alternatives
+    "color": tuple(COLORS), "shape": SHAPES, "size": tuple(SIZES), "number": NUMBERS,
+    "yes/no": ("yes", "no"),
+}
 MAX_OBJECTS = 4
 MIN_VISIBLE = 0.7
 RELATION_MARGIN = 12.0

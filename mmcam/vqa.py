@@ -12,16 +12,20 @@ from mmcam.cam import get_method
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
-from mmcam.pipeline import Context, Explained, Pipeline, Rows
+from mmcam.pipeline import Context, Explained, Pipeline, Rows, takes_last
 from mmcam.results import VQAExplanation
+from mmcam.scores import TOP_K, Alternatives, check_score, token_scores
 
 
 class VQAExplainer:
     """Explain VQA answers: the model's, any candidate, the top-k, and contrasts.
 
-    The explained score for answer a is ``log p(a | question, image)``; for a contrast
-    "a rather than b" it is ``log p(a) - log p(b)``. All maps come from one batched pass at
-    ``layer`` (None: the adapter's default); see :class:`mmcam.CaptionExplainer` for
+    The explained score for answer a is ``log p(a | question, image)`` (``score="logprob"``),
+    its logit (``"logit"``), or its logit minus the mean logit of its alternatives
+    (``"contrast"``: the answers of its kind, ``kinds`` or the adapter's ``word_kinds``, else
+    the model's top other answers; see :mod:`mmcam.scores`); for a contrast "a rather than b"
+    (``explain(..., contrast=b)``) it is ``log p(a) - log p(b)``. All maps come from one
+    batched pass at ``layer`` (None: the adapter's default); see :class:`mmcam.CaptionExplainer` for
     ``layout``, ``strategy`` and ``align``.
     """
 
@@ -34,6 +38,8 @@ class VQAExplainer:
         strategy: str = "auto",
         chunk_size: int | None = 64,
         align: str = "receptive",
+        score: str = "logprob",
+        kinds: Sequence[Sequence[str]] | None = None,
     ) -> None:
         self.generative = callable(getattr(adapter, "score_answer_tokens", None))
         needs = ("prepare", "tokenize_question") + (
@@ -47,6 +53,17 @@ class VQAExplainer:
         self.adapter = adapter
         self.method_name = method
         self.method = get_method(method)
+        self.score = check_score(score)
+        if score == "versus":
+            raise MMCamError("for VQA, explain(..., contrast=B) gives the map of A versus B; "
+                             "choose score logprob, logit or contrast")
+        need = "answer_token_logits" if self.generative else "answer_logits"
+        if score == "logit" or (score == "contrast" and self.generative):
+            if not callable(getattr(adapter, need, None)):
+                raise MMCamError(f"score={score!r} needs the model's logits: the adapter lacks "
+                                 f"{need}")
+        self.kinds = [list(k) for k in (kinds if kinds is not None else
+                                        getattr(adapter, "word_kinds", {}).values())]
         self._index = {a.lower(): i for i, a in enumerate(getattr(adapter, "answers", []))}
         self._options = {"layer": layer, "layout": layout, "strategy": strategy,
                          "chunk_size": chunk_size, "align": align}
@@ -56,12 +73,40 @@ class VQAExplainer:
     def _score_fn(self, question_ids: torch.Tensor | None = None) -> Callable:
         ad = self.adapter
         if not self.generative:
-            return ad.score_answers
+            return ad.answer_logits if self.score == "logit" else ad.score_answers
+        if self.score == "logprob":
+            def score(x: Any, ids: torch.Tensor, last: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+                return ad.score_answer_tokens(x, question_ids, ids)
+            return score
+        encode = getattr(ad, "word_ids", None) or (
+            lambda w: [int(i) for i in ad.tokenize(w).reshape(-1)])
+        alts = Alternatives(encode, self.kinds if self.score == "contrast" else ())
 
-        def score(x: Any, ids: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
-            return ad.score_answer_tokens(x, question_ids, ids)
+        def scores(x: Any, ids: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+            """(N,T) -> (N,2T): the explained scores, then the log-probs."""
+            kw = {} if last is None or not takes_last(ad.answer_token_logits) else {"last": last}
+            logits = ad.answer_token_logits(x, question_ids, ids, **kw)
+            return torch.cat([token_scores(logits, ids, self.score, alts),
+                              token_scores(logits, ids, "logprob")], dim=1)
+        return scores
 
-        return score
+    def _answer_coefs(self, lp: torch.Tensor, a: int) -> torch.Tensor:
+        """(K,) coefficients on the answers' scores explaining answer ``a``: one-hot, or for
+        "contrast" minus the mean of its alternatives (the answers of its kind, else the
+        model's top :data:`mmcam.scores.TOP_K` other answers)."""
+        c = torch.zeros(lp.shape[0])
+        c[a] = 1.0
+        if self.score != "contrast":
+            return c
+        name = self.adapter.answers[a].lower()
+        kind = next((k for k in self.kinds if name in [w.lower() for w in k]), None)
+        alts = [self._index[w.lower()] for w in kind or [] if w.lower() in self._index
+                and w.lower() != name]
+        if not alts:
+            alts = [int(i) for i in lp.argsort(descending=True) if int(i) != a][:TOP_K]
+        c[torch.tensor(alts)] -= 1.0 / len(alts)
+        return c
 
     def answer_id(self, answer: str) -> int:
         """Index of ``answer`` in the model's answer vocabulary (case-insensitive)."""
@@ -105,11 +150,15 @@ class VQAExplainer:
             for r, x in enumerate(seqs):
                 ids[r, : len(x)] = x
                 coefs[r, : len(x)] = 1.0
+            if self.score != "logprob":  # scores (N,2T): explained, then log-probs
+                coefs = torch.cat([coefs, torch.zeros_like(coefs)], dim=1)
             return Rows(ids, coefs, [ad.decode_answer(x) for x in seqs])
 
         e = pipe.explain([pil], rows, self.method_name)[0]
         texts = e.rows.info
-        logp = (e.rows.coefs * e.scores).sum(dim=1)
+        T = e.rows.ids.shape[1]
+        member = e.rows.coefs[:, :T]
+        logp = (member * e.scores[:, -T:]).sum(dim=1)
         n = 1 + (len(texts) - 1 - (contrast is not None))
         cmap = cbox = None
         if contrast is not None:
@@ -119,6 +168,7 @@ class VQAExplainer:
             probability=float(logp[0].exp()), map=e.maps[0], box=e.boxes[0],
             top_answers=[(texts[r], float(logp[r].exp()), e.maps[r]) for r in range(1, n)],
             top_boxes=e.boxes[1:n], method=self.method_name, model_answer=texts[1],
+            score=self.score,
             contrast=contrast, contrast_map=cmap, contrast_box=cbox,
             layer=pipe.layer_label)
 
@@ -152,14 +202,15 @@ class VQAExplainer:
         def rows(ctx: Context, i: int) -> Rows:
             q, unknown = ad.tokenize_question(qs[i])
             q = torch.as_tensor(q, dtype=torch.long).reshape(1, -1)
-            lp = ctx.score(q)[0].cpu()
+            lp = ctx.score(q)[0].cpu().log_softmax(-1)  # log-probs also from logits
             K = lp.shape[0]
             top = lp.topk(min(top_k, K)).indices.tolist()
             model_answer = int(lp.argmax())
             pick = model_answer if chosen[i] is None else chosen[i]
             picked = [pick] + top
             coefs = torch.zeros(len(picked) + (others[i] is not None), K)
-            coefs[torch.arange(len(picked)), torch.tensor(picked)] = 1.0
+            for r, a in enumerate(picked):
+                coefs[r] = self._answer_coefs(lp, a)
             if others[i] is not None:
                 coefs[-1, pick] += 1.0
                 coefs[-1, others[i]] -= 1.0
@@ -185,6 +236,7 @@ class VQAExplainer:
             top_boxes=e.boxes[1:n],
             method=self.method_name,
             model_answer=names[model_answer],
+            score=self.score,
             contrast=None if other is None else names[other],
             contrast_map=None if other is None else e.maps[n],
             contrast_box=None if other is None else e.boxes[n],

@@ -20,6 +20,7 @@ from torch import nn
 
 from mmcam.models.encoder import CHANNELS, STRIDES, ConvEncoder, prepare_image
 from mmcam.models.text import Vocab
+from mmcam.scenes import WORD_KINDS
 
 State = tuple[torch.Tensor, torch.Tensor]
 
@@ -94,6 +95,7 @@ class CaptionerAdapter:
         self.vocab = vocab
         self.config = config
         self.layer = "encoder." + model.encoder.last_layer
+        self.word_kinds = WORD_KINDS  # trained on the scene world: its kinds of words
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """RGB image -> (1,3,128,128): bilinear resize, then (x/255 - mean) / std."""
@@ -109,9 +111,13 @@ class CaptionerAdapter:
         bos = torch.full_like(token_ids[:, :1], self.vocab.bos)
         return torch.cat([bos, token_ids[:, :-1]], dim=1)
 
+    def token_logits(self, features: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """(B,C,h,w), (B,T) -> (B,T,V): the logits that predict token t from <bos>, tokens_<t."""
+        return self.model.decode(features, self._inputs(token_ids))[0]
+
     def score_tokens(self, features: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """(B,C,h,w), (B,T) -> (B,T): log p(token_t | <bos>, tokens_<t, image)."""
-        logits, _ = self.model.decode(features, self._inputs(token_ids))
+        logits = self.token_logits(features, token_ids)
         return torch.log_softmax(logits, -1).gather(2, token_ids[..., None]).squeeze(-1)
 
     def attention(self, features: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

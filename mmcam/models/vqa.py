@@ -27,6 +27,7 @@ from torch import nn
 
 from mmcam.models.encoder import CHANNELS, STRIDES, ConvEncoder, prepare_image
 from mmcam.models.text import Vocab
+from mmcam.scenes import WORD_KINDS
 
 
 def coords(b: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
@@ -122,6 +123,7 @@ class VQAModelAdapter:
         self.answers = list(answers)
         self.config = config
         self.layer = "encoder." + model.encoder.last_layer
+        self.word_kinds = WORD_KINDS  # trained on the scene world: its kinds of answers
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """RGB image -> (1,3,128,128): bilinear resize, then (x/255 - mean) / std."""
@@ -138,9 +140,13 @@ class VQAModelAdapter:
         ids, oov = self.vocab.encode(question)
         return torch.tensor(ids, dtype=torch.long), oov
 
+    def answer_logits(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
+        """(B,C,h,w), (B,L) -> (B, n_answers) logits over ``answers``."""
+        return self.model.answer(features, question_ids)
+
     def score_answers(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
         """(B,C,h,w), (B,L) -> (B, n_answers) log-probabilities over ``answers``."""
-        return torch.log_softmax(self.model.answer(features, question_ids), dim=-1)
+        return torch.log_softmax(self.answer_logits(features, question_ids), dim=-1)
 
     def attention(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
         """(B,C,h,w), (B,L) -> (B,G,h,w): the softmax attention of each glimpse."""
