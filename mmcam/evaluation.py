@@ -1,0 +1,217 @@
+"""Is a map right? Metrics against ground truth and against the model itself.
+
+Maps are (H,W) non-negative tensors on the image's pixels; masks are bool (H,W).
+
+- :func:`pointing_hit`: the map's peak lies in the object (within ``slack`` pixels).
+- :func:`energy_ratio`: the share of the map's mass inside a region, divided by the region's
+  share of the image (1 = chance; a uniform map scores 1).
+- :func:`localization_correct`: the Grad-CAM paper's weakly supervised localization: the
+  15%-of-max box (largest segment) has IoU >= 0.5 with the object's box; the localization
+  error is the share of maps where it does not.
+- :func:`perturbation_curve`: deletion (remove the most important pixels first) and insertion
+  (add them to a blurred image first) curves of a model score, with their areas
+  (:func:`curve_area`); :func:`random_map` and :func:`centre_blob` are the baselines.
+- :func:`spearman` and :func:`randomization_check`: the cascading model-parameter
+  randomization sanity check (Adebayo et al. 2018): re-initialize the layers from the output
+  back, stage by stage, and measure the rank correlation of each stage's maps with the trained
+  model's. A method whose maps stay correlated does not depend on what the model learned.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmcam.cam import box_iou, localize
+
+Box = tuple[int, int, int, int]
+
+
+def peak(map_: torch.Tensor) -> tuple[int, int]:
+    """(x, y) of the map's first maximum in row-major order."""
+    W = map_.shape[-1]
+    y, x = divmod(int(torch.argmax(map_)), W)
+    return x, y
+
+
+def pointing_hit(map_: torch.Tensor, mask: torch.Tensor | np.ndarray, slack: int = 0) -> bool:
+    """Whether the map's peak lies within ``slack`` pixels (Chebyshev distance) of a pixel of
+    ``mask``. An all-zero map misses."""
+    if float(map_.max()) <= 0:
+        return False
+    x, y = peak(map_)
+    m = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
+    H, W = m.shape
+    return bool(m[max(y - slack, 0): min(y + slack + 1, H),
+                  max(x - slack, 0): min(x + slack + 1, W)].any())
+
+
+def box_mask(box: Box, size: tuple[int, int]) -> torch.Tensor:
+    """Bool (H,W) mask of ``box`` (x0, y0, x1, y1; exclusive ends) on an image of ``size=(W,H)``."""
+    W, H = size
+    m = torch.zeros(H, W, dtype=torch.bool)
+    m[box[1]: box[3], box[0]: box[2]] = True
+    return m
+
+
+def energy_ratio(map_: torch.Tensor, mask: torch.Tensor | np.ndarray) -> float:
+    """``(sum(map * mask) / sum(map)) / (area(mask) / area(image))``; nan for an all-zero map
+    or an empty mask."""
+    m = torch.as_tensor(np.asarray(mask), dtype=torch.float64)
+    a = map_.detach().double().clamp(min=0)
+    total, area = float(a.sum()), float(m.mean())
+    if total <= 0 or area <= 0:
+        return float("nan")
+    return float((a * m).sum()) / total / area
+
+
+def localization_correct(map_: torch.Tensor, box: Box, threshold: float = 0.15,
+                         iou: float = 0.5) -> bool:
+    """The paper's criterion: the ``threshold``-of-max box of the largest segment has
+    IoU >= ``iou`` with ``box``."""
+    found = localize(map_[None], threshold)[0]
+    return found is not None and box_iou(found, box) >= iou
+
+
+def random_map(size: tuple[int, int], seed: int) -> torch.Tensor:
+    """A baseline map of i.i.d. uniform values, ``size=(H,W)``."""
+    return torch.rand(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def centre_blob(size: tuple[int, int], sigma: float = 0.25) -> torch.Tensor:
+    """A baseline map: a Gaussian at the image centre with std ``sigma`` x the side."""
+    H, W = size
+    y = (torch.arange(H, dtype=torch.float64) + 0.5 - H / 2) / (sigma * H)
+    x = (torch.arange(W, dtype=torch.float64) + 0.5 - W / 2) / (sigma * W)
+    return torch.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))
+
+
+def blurred(pixels: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """A Gaussian blur of pixels (3,H,W) (replicate padding): the "absent" image."""
+    r = torch.arange(kernel, dtype=pixels.dtype) - (kernel - 1) / 2
+    g = torch.exp(-0.5 * (r / sigma) ** 2)
+    g = g / g.sum()
+    x = F.pad(pixels[None], (kernel // 2,) * 4, mode="replicate")
+    c = pixels.shape[0]
+    x = F.conv2d(x, g.reshape(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous(), groups=c)
+    x = F.conv2d(x, g.reshape(1, 1, -1, 1).expand(c, 1, -1, 1).contiguous(), groups=c)
+    return x[0]
+
+
+def ranking(map_: torch.Tensor) -> torch.Tensor:
+    """Pixel indices (row-major) from the most to the least important; ties in index order."""
+    flat = map_.detach().double().reshape(-1)
+    return torch.sort(-flat, stable=True).indices
+
+
+def perturbation_curve(
+    score: Callable[[torch.Tensor], torch.Tensor],
+    pixels: torch.Tensor,
+    map_: torch.Tensor,
+    mode: str = "deletion",
+    fractions: Sequence[float] = tuple(i / 10 for i in range(11)),
+    absent: torch.Tensor | None = None,
+) -> tuple[list[float], list[float]]:
+    """Scores of images with a growing share of pixels changed, most important first.
+
+    ``score(images (B,3,H,W)) -> (B,)``; ``pixels`` (3,H,W) in the space the map is drawn on;
+    ``absent`` (3,H,W) the values a removed pixel takes (default: :func:`blurred`).
+    ``mode="deletion"``: start from ``pixels`` and replace the top pixels by ``absent``;
+    ``"insertion"``: start from ``absent`` and restore the top pixels. Returns (fractions,
+    scores)."""
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"unknown mode {mode!r}")
+    absent = blurred(pixels) if absent is None else absent
+    order = ranking(map_)
+    n = order.numel()
+    batch = []
+    for f in fractions:
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[order[: int(round(f * n))]] = True
+        top = keep.reshape(map_.shape)
+        src, dst = (absent, pixels) if mode == "deletion" else (pixels, absent)
+        batch.append(torch.where(top[None], src, dst))
+    with torch.no_grad():
+        s = score(torch.stack(batch)).double().reshape(-1)
+    return list(fractions), s.tolist()
+
+
+def curve_area(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Area under a curve by the trapezoid rule."""
+    return float(np.trapezoid(ys, xs)) if hasattr(np, "trapezoid") else float(np.trapz(ys, xs))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps (ties get their mean rank); nan if either is
+    constant."""
+    def ranks(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().double().reshape(-1)
+        order = torch.sort(x, stable=True).indices
+        r = torch.empty_like(x)
+        r[order] = torch.arange(x.numel(), dtype=torch.float64)
+        # mean rank within ties
+        uniq, inv = torch.unique(x, return_inverse=True)
+        sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, r)
+        counts = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(
+            0, inv, torch.ones_like(r))
+        return (sums / counts)[inv]
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else float("nan")
+
+
+def parameter_stages(module: nn.Module) -> list[str]:
+    """Names of ``module``'s children that hold parameters, in registration order (a
+    model's input-to-output order by convention)."""
+    return [n for n, m in module.named_children() if any(True for _ in m.parameters())]
+
+
+def randomization_check(
+    model: nn.Module,
+    maps_of: Callable[[nn.Module], torch.Tensor],
+    stages: Sequence[str] | None = None,
+    seed: int = 0,
+) -> list[tuple[str, float]]:
+    """Cascading randomization: re-initialize the ``stages`` (submodule names, input to
+    output; default :func:`parameter_stages` of ``model``) from the last one back, one more
+    per step, on a copy of ``model``; for each step the mean Spearman correlation between
+    ``maps_of(copy)`` (N,H,W) and ``maps_of(model)``. Returns ``[(stage, rho), ...]`` in the
+    order the stages were randomized. ``model`` itself is not changed."""
+    stages = list(stages if stages is not None else parameter_stages(model))
+    if not stages:
+        raise ValueError("no stage with parameters to randomize")
+    ref = maps_of(model)
+    work = copy.deepcopy(model)
+    out = []
+    for k, name in enumerate(reversed(stages)):
+        randomize(work.get_submodule(name), seed + k)
+        maps = maps_of(work)
+        rhos = [spearman(a, b) for a, b in zip(ref, maps)]
+        rhos = [r for r in rhos if r == r]
+        out.append((name, float(np.mean(rhos)) if rhos else float("nan")))
+    return out
+
+
+def randomize(module: nn.Module, seed: int) -> None:
+    """Re-initialize ``module`` in place: every submodule's ``reset_parameters()`` (its
+    default initialization), and parameters no such method covers drawn from
+    ``N(0, std(p)^2)``; seeded."""
+    covered: set[int] = set()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in module.modules():
+            if callable(getattr(m, "reset_parameters", None)):
+                m.reset_parameters()
+                covered |= {id(p) for p in m.parameters(recurse=False)}
+        with torch.no_grad():
+            for p in module.parameters():
+                if id(p) not in covered:
+                    std = float(p.float().std()) if p.numel() > 1 else 0.0
+                    p.copy_(torch.randn_like(p) * (std if std > 0 else 0.05))
