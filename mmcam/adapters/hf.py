@@ -467,10 +467,12 @@ class HFPromptedVLM(HFCaptioner):
         return text  # Florence-2: the processor adds the image, <s>, </s> and task texts
 
     def _processed(self, image: Image.Image, text: str) -> Any:
+        """The processor's output for ``image`` and the prompt ``text``."""
         return self.processor(images=image.convert("RGB"), text=self._prompt_text(text),
                               return_tensors="pt")
 
     def _prompt_ids(self, text: str) -> list[int]:
+        """The prompt's ids as the processor lays them out for a blank 64x64 image."""
         return self._processed(Image.new("RGB", (64, 64)), text)["input_ids"][0].tolist()
 
     def _prefix(self) -> list[int]:
@@ -479,6 +481,7 @@ class HFPromptedVLM(HFCaptioner):
         return self._prompt_ids(self.prompt)
 
     def _decoder_prefix(self) -> list[int]:
+        """Florence-2's decoder ids before the reply: ``</s>`` (decoder start), ``<s>``."""
         start, bos = self._special("decoder_start_token_id"), self.tokenizer.bos_token_id
         if start is None or bos is None:
             raise MMCamError(f"{self.arch}: no decoder start or <s> token id")
@@ -514,6 +517,8 @@ class HFPromptedVLM(HFCaptioner):
         ``max(last)`` are not computed: 0)."""
         N, T = targets.shape
         t_used = T if last is None else int(last.max()) + 1
+        if t_used == 0:
+            return torch.zeros(N, T, device=targets.device)
         tgt = targets[:, :t_used]
         if bool((tgt == self.image_token_id).any()):
             raise MMCamError("the text holds the image placeholder token: remove it")
