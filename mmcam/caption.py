@@ -134,6 +134,18 @@ class CaptionExplainer:
         """Explain several images in one pass (rows of all images together, chunked);
         each result equals ``explain`` of that image alone. ``captions``: one per image
         (None entries are generated) or None to generate all."""
+        return [self._result(e) for e in self.explained(images, captions, max_len, beam_size)]
+
+    def explained(
+        self,
+        images: Sequence[ImageInput],
+        captions: Sequence[str | None] | None = None,
+        max_len: int = 20,
+        beam_size: int = 1,
+    ) -> list[Explained]:
+        """As :meth:`explain_batch`, before results are made: per image the activations, the
+        words' gradients, grid maps and where the cells sit (for evaluations that try several
+        methods on one set of gradients). ``rows.info`` is ``(caption or None, words)``."""
         pils = [load_image(im) for im in images]
         if captions is not None and len(captions) != len(pils):
             raise MMCamError(f"{len(captions)} captions for {len(pils)} images")
@@ -164,9 +176,8 @@ class CaptionExplainer:
                 [member, torch.zeros_like(member)], dim=1)
             return Rows(ids[None].expand(member.shape[0], -1), coefs, (text, words))
 
-        done = self.pipeline.explain(pils, rows, self.method_name,
+        return self.pipeline.explain(pils, rows, self.method_name,
                                      guided=self.method_name == "guided-gradcam")
-        return [self._result(e) for e in done]
 
     def _result(self, e: Explained) -> CaptionExplanation:
         text, words = e.rows.info

@@ -51,12 +51,15 @@ def _caption(args: argparse.Namespace) -> int:
     model = load_model(args.model, **_placement(args),
                        **({"prompt": args.prompt} if args.prompt else {}))
     explainer = CaptionExplainer(model, method=args.method, layer=args.layer,
-                                 strategy=args.strategy)
+                                 strategy=args.strategy, align=args.align, score=args.score,
+                                 versus=_pairs(args.versus))
     result = explainer.explain(image, caption=args.caption, beam_size=args.beam)
     result.save(args.out)
     print(f"caption: {result.caption}")
-    for w, lp, b in zip(result.words, result.logprobs, result.boxes):
-        print(f"  {w:>12s}  log p = {lp:8.4f}  box = {b}")
+    for w, lp, v, b in zip(result.words, result.logprobs, result.values or result.logprobs,
+                           result.boxes):
+        extra = "" if args.score == "logprob" else f"  {args.score} = {v:8.3f}"
+        print(f"  {w:>12s}  log p = {lp:8.4f}{extra}  box = {b}")
     print(f"wrote {args.out}/index.html")
     return 0
 
@@ -69,9 +72,12 @@ def _vqa(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     if not args.question.strip():
         raise MMCamError("the question is empty: ask something about the image")
+    if args.contrast is not None and args.answer is not None and \
+            args.contrast.strip().lower() == args.answer.strip().lower():
+        raise MMCamError("--contrast equals --answer: name another answer to contrast with")
     explainer = VQAExplainer(load_model(args.model, **_placement(args)), method=args.method,
-                             layer=args.layer,
-                             strategy=args.strategy)
+                             layer=args.layer, strategy=args.strategy, align=args.align,
+                             score=args.score)
     result = explainer.explain(
         image, args.question, answer=args.answer, contrast=args.contrast, top_k=args.top
     )
@@ -111,6 +117,54 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bias_study(args: argparse.Namespace) -> int:
+    from mmcam.bias import FILES, StudyConfig, run_study
+
+    given = {k: getattr(args, k) for k in ("n_train", "n_test", "steps", "cue_rate", "cue_size")}
+    cfg = StudyConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    result = run_study(args.out, cfg)
+    for name, m in result["models"].items():
+        g = m["gradcam"]["predicted_class"]
+        print(f"{name:>8s}: test accuracy {m['accuracy']:.4f}; Grad-CAM (predicted class) "
+              f"share in the cue box {g['cue']['share']}, in the object {g['object']['share']}")
+    print(f"wrote {', '.join(FILES)} to {args.out} in {result['wall_seconds']:.0f} s")
+    return 0
+
+
+def _evaluate_explanations(args: argparse.Namespace) -> int:
+    from mmcam.models.hub import load_model
+    from mmcam.suite import SANITY_MAX, evaluate_explanations
+
+    if args.n < 1:
+        raise MMCamError("--n must be at least 1")
+    report = evaluate_explanations(
+        load_model(args.model, **_placement(args)), args.model, n=args.n, seed=args.seed,
+        methods=args.methods, scores=args.scores, aligns=args.aligns, slack=args.slack,
+        n_deletion=args.n_deletion, n_sanity=args.n_sanity, out=args.out)
+    rec = report["recommended"]
+    if rec:
+        print(f"recommended: method {rec['method']}, score {rec['score']}, align "
+              f"{rec['align']} (mean pointing {rec['mean_pointing']:.2f})")
+    for k, v in report["sanity"].items():
+        verdict = "passes" if report["sanity_value"][k] < SANITY_MAX else "FAILS"
+        print(f"sanity check {k}: {' -> '.join(f'{r:.2f}' for _, r in v)} ({verdict})")
+    print(f"wrote report.json, report.md and report.html to {args.out}")
+    return 0
+
+
+def _pairs(items: Sequence[str] | None) -> dict[str, str] | None:
+    """``["circle=square", ...]`` -> ``{"circle": "square", ...}``."""
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        word, sep, alt = it.partition("=")
+        if not sep or not word.strip() or not alt.strip():
+            raise MMCamError(f"--versus {it!r}: write WORD=ALTERNATIVE, e.g. circle=square")
+        out[word.strip()] = alt.strip()
+    return out
+
+
 def _demo(args: argparse.Namespace) -> int:
     from mmcam.app import launch
 
@@ -134,6 +188,9 @@ def _engine_options(c: argparse.ArgumentParser) -> None:
                    help="dotted layer path, e.g. encoder.9 (default: the model's own)")
     c.add_argument("--strategy", default="auto", choices=["auto", "copies", "vjp"],
                    help="how the word/answer rows are batched (same numbers either way)")
+    c.add_argument("--align", default="receptive", choices=["receptive", "bilinear"],
+                   help="draw grid cells at their receptive fields' centres, or where plain "
+                        "bilinear upsampling puts them")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompt", default=None,
                    help="Hugging Face captioners: text read before the caption (not explained)")
     c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES + ["guided-gradcam"])
+    c.add_argument("--score", default="logprob", choices=["logprob", "logit", "contrast",
+                                                         "versus"],
+                   help="what is explained per word (contrast: against the words of its kind "
+                        "or the model's top alternatives; versus: see --versus)")
+    c.add_argument("--versus", action="append", default=None, metavar="WORD=ALT",
+                   help="with --score versus: explain WORD rather than ALT (repeatable)")
     c.add_argument("--beam", type=int, default=1, help="beam size for generation")
     _engine_options(c)
     c.add_argument("--out", required=True)
@@ -171,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--contrast", default=None, help="why --answer rather than this one")
     c.add_argument("--model", default="shapes-vqa")
     c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
+    c.add_argument("--score", default="logprob", choices=["logprob", "logit", "contrast"],
+                   help="what is explained (contrast: against the answers of its kind or the "
+                        "model's top alternatives)")
     c.add_argument("--top", type=int, default=5)
     _engine_options(c)
     c.add_argument("--out", required=True)
@@ -185,11 +251,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blip-vqa: start from a shapes-blip folder's weights")
     c.set_defaults(func=_train)
 
+    c = sub.add_parser("evaluate-explanations",
+                       help="measure a model's maps on fresh scenes with ground truth")
+    c.add_argument("model", help="shipped name, a model folder, or hf:<hub id>")
+    c.add_argument("--n", type=int, default=500, help="fresh scenes")
+    c.add_argument("--seed", type=int, default=2_000_000)
+    c.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "hirescam"],
+                   choices=METHOD_CHOICES)
+    c.add_argument("--scores", nargs="+", default=["logprob", "contrast"],
+                   choices=["logprob", "logit", "contrast"])
+    c.add_argument("--aligns", nargs="+", default=["receptive", "bilinear"],
+                   choices=["receptive", "bilinear"])
+    c.add_argument("--slack", type=int, default=4, help="pointing slack in pixels")
+    c.add_argument("--n-deletion", type=int, default=50, help="scenes with deletion curves")
+    c.add_argument("--n-sanity", type=int, default=10, help="scenes for the sanity check")
+    c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_evaluate_explanations)
+
     c = sub.add_parser("evaluate-model", help="measure a reference model on fresh scenes")
     c.add_argument("model")
     c.add_argument("--n", type=int, default=500)
     c.add_argument("--seed", type=int, default=None)
     c.set_defaults(func=_evaluate)
+
+    c = sub.add_parser("bias-study",
+                       help="the paper's bias experiment: a classifier trained with a "
+                       "spurious cue vs one trained without, and where Grad-CAM looks")
+    c.add_argument("--out", required=True)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--n-train", type=int, default=None, help="training scenes (default 4000)")
+    c.add_argument("--n-test", type=int, default=None,
+                   help="held-out test scenes, a multiple of 4 (default 1000)")
+    c.add_argument("--steps", type=int, default=None, help="training steps (default 1000)")
+    c.add_argument("--cue-rate", type=float, default=None,
+                   help="share of the cue class's training images with the cue (default 1)")
+    c.add_argument("--cue-size", type=int, default=None, help="cue side in px (default 8)")
+    c.set_defaults(func=_bias_study)
 
     c = sub.add_parser("demo", help="start the Gradio app on the shipped models")
     c.add_argument("--host", default="127.0.0.1")

@@ -135,7 +135,7 @@ class Context:
             return self._generate(**kw)
 
 
-def _pixels_of(inputs: Any) -> torch.Tensor | None:
+def pixels_of(inputs: Any) -> torch.Tensor | None:
     if isinstance(inputs, torch.Tensor):
         return inputs
     if isinstance(inputs, dict):
@@ -145,7 +145,7 @@ def _pixels_of(inputs: Any) -> torch.Tensor | None:
     return None
 
 
-def _with_pixels(inputs: Any, px: torch.Tensor) -> Any:
+def with_pixels(inputs: Any, px: torch.Tensor) -> Any:
     if isinstance(inputs, torch.Tensor):
         return px
     key = "pixel_values" if "pixel_values" in inputs else "pixels"
@@ -247,7 +247,7 @@ class Pipeline:
             inputs, geom = out
         else:
             inputs = out
-            px = _pixels_of(inputs)
+            px = pixels_of(inputs)
             if px is None:
                 raise MMCamError("prepare() must return pixels (1,3,H,W) or (inputs, Geometry)")
             geom = Geometry.identity(image.size).resize((px.shape[-1], px.shape[-2]))
@@ -320,7 +320,7 @@ class Pipeline:
         """Images whose pixel tensors can be stacked into one encoder batch."""
         groups: dict[tuple, list[int]] = {}
         for i, (inp, _) in enumerate(prepared):
-            px = _pixels_of(inp)
+            px = pixels_of(inp)
             key = tuple(px.shape) if px is not None else ("single", i)
             groups.setdefault(key, []).append(i)
         return list(groups.values())
@@ -376,7 +376,7 @@ class Pipeline:
 
     def _explain_split(self, images, prepared, rows_fn, index, cam, guided) -> list[Explained]:
         ad = self.adapter
-        pixels = torch.cat([self._to_device(_pixels_of(p[0])) for p in prepared])
+        pixels = torch.cat([self._to_device(pixels_of(p[0])) for p in prepared])
         held: dict[str, torch.Tensor] = {}
         if self.layer is None:
             with torch.no_grad():
@@ -426,7 +426,7 @@ class Pipeline:
         scorer then takes a batch of pixels), else one image at a time."""
         B = len(images)
         inputs = self._to_device(
-            torch.cat([_pixels_of(p[0]) for p in prepared]) if B > 1 else prepared[0][0])
+            torch.cat([pixels_of(p[0]) for p in prepared]) if B > 1 else prepared[0][0])
         with tap(self.module, self.layer) as t:
             dev = self._device()
 
@@ -451,7 +451,7 @@ class Pipeline:
 
             def to_layer(px: torch.Tensor, feed: engine.Feed) -> None:
                 with t.run(feed):
-                    self.score_fn(_with_pixels(prepared[0][0], px), rows[0].ids[:1])
+                    self.score_fn(with_pixels(prepared[0][0], px), rows[0].ids[:1])
 
             return self._finish(images, prepared, rows, A_raw, G_raw, scores, image, cam,
                                 guided, to_layer)
@@ -489,7 +489,7 @@ class Pipeline:
             start += n
             Gb = G[sel]
             lmaps = cam(A[b:b + 1].expand(n, *A.shape[1:]), Gb)
-            px = _pixels_of(inputs)
+            px = pixels_of(inputs)
             cell = None
             if px is not None and self.align != "bilinear":
                 key = tuple(px.shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -126,6 +127,46 @@ class VQAExplainer:
     ) -> VQAExplanation:
         """Explain ``answer`` (default: the model's) and the ``top_k`` answers."""
         return self.explain_batch([image], [question], [answer], [contrast], top_k)[0]
+
+    def explained(self, image: ImageInput, question: str, answer: str | None = None
+                  ) -> Explained:
+        """The explained answer (default: the model's) before a result is made: activations,
+        its gradient, grid map and where the cells sit (row 0), for evaluations that try
+        several methods on one set of gradients. ``rows.info`` is ``(answer, log p)``."""
+        pil, ad = load_image(image), self.adapter
+        if self.generative:
+            q = torch.as_tensor(ad.tokenize_question(question)[0], dtype=torch.long)
+            pipe = Pipeline(ad, self._score_fn(q),
+                            lambda x, **kw: ad.generate_answers(x, q, **kw), causal=True,
+                            **self._options)
+
+            def rows(ctx: Context, i: int) -> Rows:
+                if answer is None:
+                    cands = ctx.generate(k=1)
+                    if not cands:
+                        raise MMCamError("the model generated no answer: nothing to explain")
+                    ids = cands[0]
+                else:
+                    ids = ad.tokenize_answer(answer)
+                coefs = torch.ones(1, len(ids))
+                if self.score != "logprob":
+                    coefs = torch.cat([coefs, torch.zeros_like(coefs)], dim=1)
+                return Rows(ids[None], coefs, ad.decode_answer(ids))
+
+            e = pipe.explain([pil], rows, self.method_name)[0]
+            T = e.rows.ids.shape[1]
+            lp = float(e.scores[0, -T:].sum())
+            return replace(e, rows=replace(e.rows, info=(e.rows.info, lp)))
+        chosen = None if answer is None else self.answer_id(answer)
+
+        def rows(ctx: Context, i: int) -> Rows:
+            q = torch.as_tensor(ad.tokenize_question(question)[0], dtype=torch.long)[None]
+            lp = ctx.score(q)[0].cpu().log_softmax(-1)
+            pick = int(lp.argmax()) if chosen is None else chosen
+            return Rows(q, self._answer_coefs(lp, pick)[None],
+                        (ad.answers[pick], float(lp[pick])))
+
+        return self.pipeline.explain([pil], rows, self.method_name)[0]
 
     def _explain_generative(self, pil: Any, question: str, answer: str | None,
                             contrast: str | None, top_k: int) -> VQAExplanation:

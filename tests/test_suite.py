@@ -1,0 +1,97 @@
+"""``mmcam evaluate-explanations``: word kinds, chance, records checked against the public API
+and the ground truth by hand, the report files and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmcam import VQAExplainer, load_model
+from mmcam.cli import main
+from mmcam.scenes import generate
+from mmcam.suite import _chance, evaluate_explanations, sanity_value, vqa_records, word_kind
+
+
+def test_word_kinds():
+    got = [word_kind(w) for w in ["red", "circles", "square,", "large", "left", "above", "a",
+                                  "two"]]
+    assert got == ["color", "shape", "shape", "size", "relation", "relation", "function",
+                   "function"]
+
+
+def test_chance_is_the_share_of_pixels_within_the_slack():
+    mask = np.zeros((128, 128), dtype=bool)
+    mask[10:14, 20:24] = True  # 4x4
+    assert _chance(mask, 0) == pytest.approx(16 / 128**2)
+    assert _chance(mask, 1) == pytest.approx(36 / 128**2)
+    mask2 = np.zeros((128, 128), dtype=bool)
+    mask2[0, 0] = True  # at the corner the slack square is clipped: 3x3 -> 2x2... 4 pixels
+    assert _chance(mask2, 1) == pytest.approx(4 / 128**2)
+
+
+def test_sanity_value_is_read_before_the_explained_stage():
+    curve = [("head", 0.3), ("decoder", 0.2), ("encoder", -0.1)]
+    assert sanity_value(curve, "encoder") == 0.2
+    assert sanity_value(curve, None) == -0.1
+
+
+def test_vqa_records_match_the_explainer_and_the_masks():
+    ad = load_model("shapes-vqa")
+    scenes = generate(2, seed=31)
+    recs = vqa_records(ad, scenes, ["hirescam"], ["logprob"], ["receptive"], slack=0,
+                       n_deletion=1, progress=False)
+    ex = VQAExplainer(ad, method="hirescam")
+    checked = 0
+    for r in recs:
+        scene = scenes[r["scene"]]
+        k = next(i for i, t in enumerate(scene.question_types) if t == r["kind"]
+                 and scene.question_objects[i])
+        q = scene.questions[k][0]
+        m = ex.explain(scene.image, q).map
+        y, x = divmod(int(torch.argmax(m)), m.shape[1])
+        mask = np.zeros_like(scene.objects[0].mask)
+        for j in scene.question_objects[k]:
+            mask |= scene.objects[j].mask
+        assert r["hit"] == (bool(mask[y, x]) and float(m.max()) > 0)
+        assert r["chance"] == pytest.approx(mask.mean())
+        checked += 1
+        if r["scene"] == 0:  # deletion ran on the first scene only
+            assert "deletion_drop" in r and len(r["deletion_curve"]) == 5
+            assert r["deletion_curve"][0] == 0.0
+        else:
+            assert "deletion_drop" not in r
+    assert checked >= 4
+
+
+def test_report_files_and_cli(tmp_path, capsys):
+    out = tmp_path / "ev"
+    rc = main(["evaluate-explanations", "shapes-captioner", "--n", "2", "--n-deletion", "1",
+               "--n-sanity", "1", "--methods", "gradcam", "hirescam", "--scores", "logprob",
+               "--aligns", "receptive", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {"table", "sanity", "sanity_value", "recommended", "attention_correlation"} <= set(
+        report)
+    assert report["explained_stage"] == "encoder"
+    methods = {r["method"] for r in report["table"]}
+    assert methods == {"gradcam", "hirescam", "attention"}  # the captioner's own attention
+    for r in report["table"]:
+        assert 0 <= r["pointing"] <= 1 and 0 < r["chance"] < 1
+    md = (out / "report.md").read_text()
+    assert "| caption | color |" in md and "Sanity check" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3
+    assert "recommended" in capsys.readouterr().out
+
+
+def test_cli_refuses_bad_n(capsys):
+    assert main(["evaluate-explanations", "shapes-vqa", "--n", "0", "--out", "/tmp/x"]) == 2
+    assert "--n must be at least 1" in capsys.readouterr().err
+
+
+def test_evaluate_explanations_refuses_unknown_methods():
+    with pytest.raises(ValueError, match="unknown method"):
+        evaluate_explanations(load_model("shapes-vqa"), "x", n=1, methods=["nope"])
