@@ -129,3 +129,43 @@ def test_scores_refuse_what_they_cannot_do():
 
     with pytest.raises(MMCamError, match="token_logits"):
         CaptionExplainer(NoLogits(), score="contrast")
+
+
+def test_hf_blip_contrast_equals_a_loop_against_the_hf_class():
+    ad = load_model("shapes-blip")  # a saved BlipForConditionalGeneration: scene word kinds
+    model = ad.model
+    scene = generate(1, seed=79)[0]
+    caption = "a small red circle"
+    res = CaptionExplainer(ad, method="hirescam", score="contrast").explain(scene.image,
+                                                                            caption)
+    tok = ad.tokenizer
+    ids = tok(caption, add_special_tokens=False)["input_ids"]
+    full = torch.tensor([[model.config.text_config.bos_token_id] + ids])
+    pv = ad.prepare(scene.image)[0]["pixel_values"]
+    layer = model.vision_model.encoder.layers[-1]
+    groups = [list(COLORS), list(SHAPES), ["small", "large"]]
+    for t, w in enumerate(caption.split()):
+        held = {}
+
+        def hook(m, i, o, held=held):
+            out = o[0] if isinstance(o, tuple) else o
+            held["a"] = out
+            out.retain_grad()
+
+        h = layer.register_forward_hook(hook)
+        try:
+            z = model(pixel_values=pv, input_ids=full, use_cache=False).logits[0, t].float()
+        finally:
+            h.remove()
+        kind = next((g for g in groups if w in g), None)
+        if kind is not None:
+            alts = [tok.convert_tokens_to_ids(a) for a in kind if a != w]
+        else:
+            alts = [int(i) for i in z.detach().argsort(descending=True) if int(i) != ids[t]][:5]
+        y = z[ids[t]] - z[alts].mean()
+        y.backward()
+        a, g = held["a"][0, 1:].detach(), held["a"].grad[0, 1:]
+        want = F.relu((a * g).sum(-1)).reshape(8, 8)
+        assert res.values[t] == pytest.approx(float(y.detach()), rel=1e-5, abs=1e-5)
+        torch.testing.assert_close(res.layer_maps[t], want, rtol=1e-4, atol=1e-6)
+        model.zero_grad(set_to_none=True)

@@ -162,6 +162,21 @@ def unknown_words(tokenizer: Any, text: str) -> list[str]:
                    for s, e, w in spans if s <= a < e})
 
 
+def pad_positions(logits: torch.Tensor, T: int) -> torch.Tensor:
+    """(N,t,V) -> (N,T,V), positions t.. T-1 (not computed) filled with zeros."""
+    n, t, v = logits.shape
+    return logits if t == T else torch.cat([logits, logits.new_zeros(n, T - t, v)], dim=1)
+
+
+def gather_logprobs(logits: torch.Tensor, ids: torch.Tensor,
+                    last: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,T,V) logits, (N,T) ids -> (N,T) ``log_softmax(logits)[ids]``; 0 after ``max(last)``."""
+    lp = logits.float().log_softmax(-1).gather(2, ids[..., None])[..., 0]
+    if last is not None:
+        lp = lp * (torch.arange(ids.shape[1], device=lp.device) <= int(last.max()))
+    return lp
+
+
 class HFCaptioner:
     """A transformers captioning model (:func:`family_of`) with its processor.
 
@@ -218,12 +233,10 @@ class HFCaptioner:
 
     # ------------------------------------------------------------------ scoring
 
-    def score_tokens(self, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,
+    def token_logits(self, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,
                      last: torch.Tensor | None = None) -> torch.Tensor:
-        """(N,T) -> (N,T): log p(token_t | prefix, tokens_<t, image), in float32.
-
-        ``last``: positions after ``max(last)`` are not computed (returned as 0).
-        """
+        """(N,T) -> (N,T,V): the logits (float32) that predict token t from the prefix and
+        tokens_<t. ``last``: positions after ``max(last)`` are not computed (zeros)."""
         N, T = token_ids.shape
         t_used = T if last is None else int(last.max()) + 1
         prefix = torch.tensor(self._prefix(), device=token_ids.device)
@@ -232,11 +245,20 @@ class HFCaptioner:
         logits = self.model(pixel_values=inputs["pixel_values"], **kw).logits
         shift = logits.shape[1] - full.shape[1]
         k = prefix.shape[0]
-        sel = logits[:, shift + k - 1: shift + k - 1 + t_used].float().log_softmax(-1)
-        lp = sel.gather(2, token_ids[:, :t_used, None])[..., 0]
-        if t_used < T:
-            lp = torch.cat([lp, lp.new_zeros(N, T - t_used)], dim=1)
-        return lp
+        return pad_positions(logits[:, shift + k - 1: shift + k - 1 + t_used].float(), T)
+
+    def score_tokens(self, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,
+                     last: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,T) -> (N,T): log p(token_t | prefix, tokens_<t, image), in float32.
+
+        ``last``: positions after ``max(last)`` are not computed (returned as 0).
+        """
+        return gather_logprobs(self.token_logits(inputs, token_ids, last), token_ids, last)
+
+    def word_ids(self, word: str) -> list[int]:
+        """The ids of ``word`` as it reads inside a sentence (after a space)."""
+        text = word if self._wordpiece else " " + word
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.no_grad()
     def generate(self, inputs: dict[str, torch.Tensor], max_len: int = 20,
@@ -366,10 +388,11 @@ class HFAnswerer(HFCaptioner):
                                               device=img.device))[0]
         return enc.expand(n, -1, -1) if enc.shape[0] == 1 and n > 1 else enc
 
-    def score_answer_tokens(self, inputs: dict[str, torch.Tensor], question_ids: torch.Tensor,
+    def answer_token_logits(self, inputs: dict[str, torch.Tensor], question_ids: torch.Tensor,
                             answer_ids: torch.Tensor, last: torch.Tensor | None = None
                             ) -> torch.Tensor:
-        """(N,T) answer ids (each ending with [SEP], then padding) -> (N,T) log-probs."""
+        """(N,T) answer ids (each ending with [SEP], then padding) -> (N,T,V) logits
+        (float32) predicting each answer token."""
         N, T = answer_ids.shape
         if self.git:
             q = question_ids.reshape(1, -1).to(answer_ids.device)
@@ -377,17 +400,22 @@ class HFAnswerer(HFCaptioner):
             logits = self.model(pixel_values=inputs["pixel_values"], input_ids=full,
                                 use_cache=False).logits
             first = logits.shape[1] - full.shape[1] + q.shape[1] - 1
-            sel = logits[:, first: first + T].float().log_softmax(-1)
-            return sel.gather(2, answer_ids[..., None])[..., 0]
+            return logits[:, first: first + T].float()
         qs = self._question_states(inputs, question_ids, N)
         start = torch.full((N, 1), self._special("bos_token_id"), dtype=torch.long,
                            device=answer_ids.device)
         dec_in = torch.cat([start, answer_ids[:, :-1]], dim=1)
-        logits = self.model.text_decoder(
+        return self.model.text_decoder(
             input_ids=dec_in, encoder_hidden_states=qs,
             encoder_attention_mask=torch.ones(qs.shape[:2], dtype=torch.long, device=qs.device),
-            use_cache=False).logits
-        return logits.float().log_softmax(-1).gather(2, answer_ids[..., None])[..., 0]
+            use_cache=False).logits.float()
+
+    def score_answer_tokens(self, inputs: dict[str, torch.Tensor], question_ids: torch.Tensor,
+                            answer_ids: torch.Tensor, last: torch.Tensor | None = None
+                            ) -> torch.Tensor:
+        """(N,T) answer ids (each ending with [SEP], then padding) -> (N,T) log-probs."""
+        return gather_logprobs(self.answer_token_logits(inputs, question_ids, answer_ids),
+                               answer_ids)
 
     @torch.no_grad()
     def generate_answers(self, inputs: dict[str, torch.Tensor], question_ids: torch.Tensor,
@@ -511,14 +539,15 @@ class HFPromptedVLM(HFCaptioner):
 
     # ------------------------------------------------------------------ scoring
 
-    def _logp(self, inputs: dict[str, Any], prompt: torch.Tensor | list[int],
-              targets: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
-        """(N,T) reply ids after ``prompt`` -> (N,T) log-probs in float32 (positions after
-        ``max(last)`` are not computed: 0)."""
+    def _logits(self, inputs: dict[str, Any], prompt: torch.Tensor | list[int],
+                targets: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,T) reply ids after ``prompt`` -> (N,T,V) logits in float32 predicting them
+        (positions after ``max(last)`` are not computed: zeros)."""
         N, T = targets.shape
         t_used = T if last is None else int(last.max()) + 1
         if t_used == 0:
-            return torch.zeros(N, T, device=targets.device)
+            V = self.model.get_output_embeddings().weight.shape[0]
+            return torch.zeros(N, T, V, device=targets.device)
         tgt = targets[:, :t_used]
         if bool((tgt == self.image_token_id).any()):
             raise MMCamError("the text holds the image placeholder token: remove it")
@@ -536,20 +565,31 @@ class HFPromptedVLM(HFCaptioner):
                     tgt[:, :-1])], 1)
         logits = self.model(pixel_values=inputs["pixel_values"], use_cache=False,
                             logits_to_keep=t_used, **kw).logits[:, -t_used:]
-        lp = logits.float().log_softmax(-1).gather(2, tgt[..., None])[..., 0]
-        return lp if t_used == T else torch.cat([lp, lp.new_zeros(N, T - t_used)], dim=1)
+        return pad_positions(logits.float(), T)
+
+    def token_logits(self, inputs: dict[str, Any], token_ids: torch.Tensor,
+                     last: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,T) -> (N,T,V): the logits predicting each reply token after the prompt."""
+        return self._logits(inputs, self._prefix(), token_ids, last)
 
     def score_tokens(self, inputs: dict[str, Any], token_ids: torch.Tensor,
                      last: torch.Tensor | None = None) -> torch.Tensor:
         """(N,T) -> (N,T): log p(token_t | prompt, tokens_<t, image), in float32."""
-        return self._logp(inputs, self._prefix(), token_ids, last)
+        return gather_logprobs(self.token_logits(inputs, token_ids, last), token_ids, last)
+
+    def answer_token_logits(self, inputs: dict[str, Any], question_ids: torch.Tensor,
+                            answer_ids: torch.Tensor, last: torch.Tensor | None = None
+                            ) -> torch.Tensor:
+        """(N,T) answer ids -> (N,T,V) logits predicting each answer token."""
+        return self._logits(inputs, question_ids, answer_ids, last)
 
     def score_answer_tokens(self, inputs: dict[str, Any], question_ids: torch.Tensor,
                             answer_ids: torch.Tensor, last: torch.Tensor | None = None
                             ) -> torch.Tensor:
         """(N,T) answer ids (each ending with the end token, then padding) -> (N,T)
         log-probs."""
-        return self._logp(inputs, question_ids, answer_ids, last)
+        return gather_logprobs(self.answer_token_logits(inputs, question_ids, answer_ids,
+                                                        last), answer_ids, last)
 
     # ------------------------------------------------------------------ generation
 
@@ -681,8 +721,12 @@ class HFVilt:
         return torch.tensor(ids, dtype=torch.long), unknown_words(self.tokenizer, question)
 
     def score_answers(self, inputs: dict[str, Any], question_ids: torch.Tensor) -> torch.Tensor:
-        """(N,L) question ids -> (N, n_answers) log-probabilities over ``answers``. Rows that
-        share one question run as one forward (the image joins the text before any layer)."""
+        """(N,L) question ids -> (N, n_answers) log-probabilities over ``answers``."""
+        return self.answer_logits(inputs, question_ids).log_softmax(-1)
+
+    def answer_logits(self, inputs: dict[str, Any], question_ids: torch.Tensor) -> torch.Tensor:
+        """(N,L) question ids -> (N, n_answers) logits (float32). Rows that share one
+        question run as one forward (the image joins the text before any layer)."""
         q = question_ids
         same = bool((q == q[:1]).all())
         run = q[:1] if same else q
@@ -691,9 +735,9 @@ class HFVilt:
             pv, pm = pv.expand(run.shape[0], -1, -1, -1), pm.expand(run.shape[0], -1, -1)
         logits = self._seeded(lambda: self.model(
             input_ids=run, attention_mask=torch.ones_like(run), pixel_values=pv,
-            pixel_mask=pm).logits)
-        lp = logits.float().log_softmax(-1)
-        return lp.expand(q.shape[0], -1) if lp.shape[0] == 1 and q.shape[0] > 1 else lp
+            pixel_mask=pm).logits).float()
+        return logits.expand(q.shape[0], -1) if logits.shape[0] == 1 and q.shape[0] > 1 \
+            else logits
 
 
 # ----------------------------------------------------------------------------- loading
@@ -777,9 +821,15 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
     if task not in (None, "caption", "vqa"):
         raise MMCamError(f"unknown task {task!r}: use caption or vqa")
     if name == "ViltForQuestionAnswering":
-        return HFVilt(model, processor)
-    if name in PROMPTED:  # captions (the prompt's reply) and answers alike
-        return HFPromptedVLM(model, processor, prompt=prompt)
-    if name == "BlipForQuestionAnswering" or task == "vqa":
-        return HFAnswerer(model, processor)
-    return HFCaptioner(model, processor, prompt=prompt)
+        adapter: Any = HFVilt(model, processor)
+    elif name in PROMPTED:  # captions (the prompt's reply) and answers alike
+        adapter = HFPromptedVLM(model, processor, prompt=prompt)
+    elif name == "BlipForQuestionAnswering" or task == "vqa":
+        adapter = HFAnswerer(model, processor)
+    else:
+        adapter = HFCaptioner(model, processor, prompt=prompt)
+    if local and (Path(src).expanduser() / "mmcam_training.json").is_file():
+        from mmcam.scenes import WORD_KINDS
+
+        adapter.word_kinds = WORD_KINDS  # trained here on the scene world: its kinds of words
+    return adapter
