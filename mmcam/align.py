@@ -15,12 +15,13 @@ the mapping ``centre(j) = c0 + j s`` per axis from the model itself:
    (one receptive-field width ``2r`` for all cells, as in any convolution stack), solved
    for ``(c0, s, r)`` by least squares (:func:`fit_edges`).
 3. When the bounds do not determine them (large receptive fields such as ResNet-50 layer4
-   at 224 px), the probe is repeated on a larger input of noise (2x, then 4x, up to
-   2048 px), if the model accepts one: a convolution stack's cell centres do not depend on
+   at 224 px), the probe is repeated on a larger input of noise (2x, then 4x, at most
+   1024 px), if the model accepts one: a convolution stack's cell centres do not depend on
    the input size (padding is anchored at the top-left corner).
-4. Where the support always covers the whole input (attention: every token sees every
-   pixel), the cells are taken to sit where their grid was made, the uniform patch grid
-   ``s/2 + j s``: what a ViT's patch embedding does.
+4. Where the support still covers the whole input (attention: every token sees every
+   pixel; or a receptive field wider than 4x the input), the cells are taken to sit where
+   their grid was made, the uniform patch grid ``s/2 + j s``: what a ViT's patch embedding
+   does.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import torch
 
 Cell = tuple[tuple[float, float], tuple[float, float]]  # ((c0x, sx), (c0y, sy))
 ALIGNS = ("receptive", "bilinear")
-MAX_PROBE = 2048
+MAX_PROBE = 1024  # longest side of a probe canvas, px
+MAX_SCALE = 4  # largest canvas, as a multiple of the input
 
 
 class _Stop(Exception):
@@ -74,10 +76,10 @@ def fit_edges(edges: list[tuple[int, float | None, float | None]]) -> tuple[floa
 
 
 def probe_cells(h: int, w: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """Three cells on the grid's diagonal: the middle one and one on each side of it."""
-    d = max(1, min(h, w) // 4)
+    """Three cells on the grid's diagonal: the middle one and its two neighbours (their
+    far bounds are the least likely to be clipped by the border)."""
     i, j = h // 2, w // 2
-    return ((max(i - d, 0), max(j - d, 0)), (i, j), (min(i + d, h - 1), min(j + d, w - 1)))
+    return ((max(i - 1, 0), max(j - 1, 0)), (i, j), (min(i + 1, h - 1), min(j + 1, w - 1)))
 
 
 def _probe(to_grid: Callable[[torch.Tensor], torch.Tensor], px: torch.Tensor
@@ -110,7 +112,8 @@ def receptive_cells(to_grid: Callable[[torch.Tensor], torch.Tensor], px: torch.T
     (h, w), axes = _probe(to_grid, px)
     found = [fit_edges(axes[0]), fit_edges(axes[1])]
     scale = 2
-    while (found[0] is None or found[1] is None) and max(H, W) * scale <= MAX_PROBE:
+    while (found[0] is None or found[1] is None) and scale <= MAX_SCALE and \
+            max(H, W) * scale <= MAX_PROBE:
         big = torch.randn(1, px.shape[1], H * scale, W * scale,
                           generator=torch.Generator().manual_seed(0)).to(px.device, px.dtype)
         try:
