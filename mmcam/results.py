@@ -96,7 +96,9 @@ class _Shows:
             ax.imshow(im)
             ax.set_title(t, fontsize=10)
         scale = "one scale per group" if shared else "each map scaled to its own max"
-        fig.suptitle(f"{self._headline()}   ({self.method}; {scale})", fontsize=11)
+        score = getattr(self, "score", "logprob")
+        how = self.method if score == "logprob" else f"{self.method}, score {score}"
+        fig.suptitle(f"{self._headline()}   ({how}; {scale})", fontsize=11)
         fig.tight_layout()
         return fig
 
