@@ -124,9 +124,10 @@ def _bias_study(args: argparse.Namespace) -> int:
     cfg = StudyConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     result = run_study(args.out, cfg)
     for name, m in result["models"].items():
-        g = m["gradcam"]["predicted_class"]
-        print(f"{name:>8s}: test accuracy {m['accuracy']:.4f}; Grad-CAM (predicted class) "
-              f"share in the cue box {g['cue']['share']}, in the object {g['object']['share']}")
+        g = m["gradcam"]["margin"]["predicted_class"]
+        print(f"{name:>8s}: test accuracy {m['accuracy']:.4f}; Grad-CAM of the predicted "
+              f"class's margin: share in the cue box + 8 px {g['cue_near']['share']}, "
+              f"in the object {g['object']['share']}")
     print(f"wrote {', '.join(FILES)} to {args.out} in {result['wall_seconds']:.0f} s")
     return 0
 
