@@ -470,6 +470,8 @@ def _word_info(view: CaptionView, i: int, own: bool = False) -> str:
     where = f"box (x0, y0, x1, y1) = {tuple(box)}" if box is not None else "no box (empty map)"
     text = (f"**{r.words[i]}** (word {i + 1} of {len(r.words)}): log p = {r.logprobs[i]:.3f}, "
             f"p = {float(np.exp(r.logprobs[i])):.3f}; {where}")
+    if r.score != "logprob" and r.values is not None:
+        text += f"; explained score ({r.score}) = {r.values[i]:.3f}"
     if view.truth is not None:
         named = [o.name for o in view.truth.objects_named(r.words[i])]
         text += f"; names in this scene: {', '.join(named) if named else 'no object'}"
@@ -606,7 +608,10 @@ def _answer_info(view: VQAView, i: int, own: bool = False) -> str:
     box = view.boxes[1 + i]
     where = f"box = {tuple(box)}" if box is not None else "no box (empty map)"
     maps = [m for _, _, m in view.result.top_answers]
-    return (f"map of **{a}** (p = {p:.3f}): where the image raises log p({a}); {where}"
+    what = (f"log p({a})" if view.result.score == "logprob" else
+            f"the logit of {a} minus the mean of its alternatives'"
+            if view.result.score == "contrast" else f"the logit of {a}")
+    return (f"map of **{a}** (p = {p:.3f}): where the image raises {what}; {where}"
             + _peak(maps[i], maps, "the answers'", own))
 
 
