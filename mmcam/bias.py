@@ -58,7 +58,6 @@ One thread (``torch.set_num_threads(1)``), seeded: the same seed gives the same 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -247,27 +246,9 @@ def train_classifier(
     opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=trainer.WEIGHT_DECAY)
     steps = cfg.steps
 
-    def lr_at(s: int) -> float:
-        warm = min(1.0, (s + 1) / trainer.WARMUP)
-        return hp["lr"] * warm * (0.05 + 0.95 * (1 + math.cos(math.pi * s / steps)) / 2)
-
     t0 = time.time()
-    history: list[float] = []
-    model.train()
-    bar = tqdm(range(steps), desc=f"train {name}", disable=not progress)
-    for s in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(s)
-        loss = trainer._loss("classifier", model, batches(), 1, None, 0.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        history.append(loss.item())
-        if s % 20 == 0 or s == steps - 1:
-            bar.set_postfix(loss=f"{np.mean(history[-20:]):.4f}")
-    bar.close()
-    model.eval()
+    history = trainer.fit(model, opt, params, hp["lr"], steps, lambda: trainer._loss(
+        "classifier", model, batches(), 1, None, 0.0), f"train {name}", progress)
     facts = {
         "final_loss": float(np.mean(history[-50:])),
         "train_seconds": round(time.time() - t0, 1),

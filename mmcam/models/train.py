@@ -15,12 +15,14 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from mmcam.errors import MMCamError
@@ -264,6 +266,36 @@ def model_channels(model: torch.nn.Module) -> int:
     return enc.out_channels
 
 
+
+def fit(model: nn.Module, opt: torch.optim.Optimizer, params: list[torch.Tensor], lr: float,
+        steps: int, step_loss: Callable[[], torch.Tensor], desc: str, progress: bool
+        ) -> list[float]:
+    """The reference models' loop: ``steps`` optimizer steps on ``step_loss()`` with a linear
+    warm-up over :data:`WARMUP` steps and a cosine decay to 5% of ``lr``, gradients clipped
+    to norm 5; the model is in train mode during the loop and in eval mode after. Returns
+    the loss of every step."""
+    def lr_at(s: int) -> float:
+        warm = min(1.0, (s + 1) / WARMUP)
+        return lr * warm * (0.05 + 0.95 * (1 + math.cos(math.pi * s / steps)) / 2)
+
+    history: list[float] = []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for s in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(s)
+        loss = step_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        history.append(loss.item())
+        if s % 20 == 0 or s == steps - 1:
+            bar.set_postfix(loss=f"{np.mean(history[-20:]):.4f}")
+    bar.close()
+    model.eval()
+    return history
+
 def train(
     kind: str,
     out: str | os.PathLike,
@@ -323,26 +355,9 @@ def _train(
     params = list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
     opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=WEIGHT_DECAY)
 
-    def lr_at(s: int) -> float:
-        warm = min(1.0, (s + 1) / WARMUP)
-        return hp["lr"] * warm * (0.05 + 0.95 * (1 + math.cos(math.pi * s / steps)) / 2)
-
-    history: list[float] = []
-    model.train()
-    bar = tqdm(range(steps), desc=f"train {kind}", disable=not progress)
-    for s in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(s)
-        loss = _loss(kind, model, batches(), hp.get("per_image", 1), aux, aux_weight, att_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        history.append(loss.item())
-        if s % 20 == 0 or s == steps - 1:
-            bar.set_postfix(loss=f"{np.mean(history[-20:]):.4f}")
-    bar.close()
-    model.eval()
+    history = fit(model, opt, params, hp["lr"], steps, lambda: _loss(
+        kind, model, batches(), hp.get("per_image", 1), aux, aux_weight, att_weight),
+        f"train {kind}", progress)
     t_train = time.time() - t0 - t_data
 
     val: dict[str, Any] = {}
