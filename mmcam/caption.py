@@ -12,6 +12,7 @@ from mmcam.cam import METHODS
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
+from mmcam.limits import check_tokens, check_words
 from mmcam.pipeline import Context, Explained, Pipeline, Rows, cam_of, module_of, takes_last
 from mmcam.results import CaptionExplanation
 from mmcam.scores import Alternatives, check_score, token_scores
@@ -86,7 +87,8 @@ class CaptionExplainer:
             raise MMCamError(f"score={score!r} needs the model's logits: the adapter lacks "
                              "token_logits(inputs, ids) -> (N,T,V)")
         if score == "versus" and not versus:
-            raise MMCamError("score='versus' needs versus={word: alternative}")
+            raise MMCamError("score='versus' needs named alternatives: versus={\"circle\": "
+                             "\"square\"} (command line: --versus circle=square)")
         encode = getattr(adapter, "word_ids", None) or (
             lambda w: [int(i) for i in adapter.tokenize(w).reshape(-1)])
         groups = kinds if kinds is not None else list(getattr(adapter, "word_kinds", {}).values())
@@ -146,12 +148,14 @@ class CaptionExplainer:
         """As :meth:`explain_batch`, before results are made: per image the activations, the
         words' gradients, grid maps and where the cells sit (for evaluations that try several
         methods on one set of gradients). ``rows.info`` is ``(caption or None, words)``."""
-        pils = [load_image(im) for im in images]
-        if captions is not None and len(captions) != len(pils):
-            raise MMCamError(f"{len(captions)} captions for {len(pils)} images")
+        if captions is not None and len(captions) != len(images):
+            raise MMCamError(f"{len(captions)} captions for {len(images)} images")
         for c in captions or []:
             if c is not None and not c.strip():
                 raise MMCamError("the caption is empty: give some words or leave it out")
+            if c is not None:
+                check_words(c, "caption")
+        pils = [load_image(im) for im in images]
         ad = self.adapter
 
         def rows(ctx: Context, i: int) -> Rows:
@@ -164,6 +168,7 @@ class CaptionExplainer:
                 ids = torch.as_tensor(ad.tokenize(text), dtype=torch.long).reshape(-1)
                 if ids.numel() == 0:
                     raise MMCamError(f"the caption {text!r} has no tokens the model can read")
+                check_tokens(ids.numel(), "caption")
             if callable(getattr(ad, "word_groups", None)):  # labels from the caption's text
                 words, index = ad.word_groups(ids, text)
                 member = membership(index, ids.shape[0])
