@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +20,13 @@ def _classify(args: argparse.Namespace) -> int:
     from mmcam.classify import ClassExplainer
     from mmcam.images import load_image
 
+    _at_least(1, top=args.top)
+    _check_out(args.out)
     image = load_image(args.image)  # fail on a bad image before building a model
-    if args.model.startswith("shapes-") or Path(args.model).is_dir():
+    from mmcam.models.hub import looks_like_path
+
+    if args.model.startswith("shapes-") or looks_like_path(args.model) or \
+            Path(args.model).is_dir():
         from mmcam.models.hub import load_model
 
         adapter = load_model(args.model)
@@ -43,8 +50,13 @@ def _classify(args: argparse.Namespace) -> int:
 def _caption(args: argparse.Namespace) -> int:
     from mmcam.caption import CaptionExplainer
     from mmcam.images import load_image
+    from mmcam.limits import check_words
     from mmcam.models.hub import load_model
 
+    _at_least(1, beam=args.beam)
+    _check_out(args.out)
+    if args.caption is not None:
+        check_words(args.caption, "caption")
     image = load_image(args.image)
     if args.caption is not None and not args.caption.strip():
         raise MMCamError("the caption is empty: give some words or leave --caption out")
@@ -66,9 +78,13 @@ def _caption(args: argparse.Namespace) -> int:
 
 def _vqa(args: argparse.Namespace) -> int:
     from mmcam.images import load_image
+    from mmcam.limits import check_words
     from mmcam.models.hub import load_model
     from mmcam.vqa import VQAExplainer
 
+    _at_least(1, top=args.top)
+    _check_out(args.out)
+    check_words(args.question, "question")
     image = load_image(args.image)
     if not args.question.strip():
         raise MMCamError("the question is empty: ask something about the image")
@@ -151,6 +167,29 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
         print(f"sanity check {k}: {' -> '.join(f'{r:.2f}' for _, r in v)} ({verdict})")
     print(f"wrote report.json, report.md and report.html to {args.out}")
     return 0
+
+
+def _at_least(low: int, **given: int) -> None:
+    """Each ``--name value`` must be at least ``low``."""
+    for name, value in given.items():
+        if value < low:
+            raise MMCamError(f"--{name} {value}: must be at least {low}")
+
+
+def _check_out(out: str) -> None:
+    """``--out`` must be a folder that exists or can be made; nothing is created here."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise MMCamError(f"--out {out} is an existing file: give a folder (new or existing)")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MMCamError(f"--out {out}: {probe} is a file, so no folder can be made there")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MMCamError(f"--out {out}: {probe} is not writable: give a folder you can write")
 
 
 def _pairs(items: Sequence[str] | None) -> dict[str, str] | None:
@@ -303,8 +342,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for bad input, no traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ImageDownscaled):  # our notices: one line each
+            print(f"mmcam {args.command}: note: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    from mmcam.images import ImageDownscaled
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            shown = warnings.showwarning
+            warnings.showwarning = show
+            return int(args.func(args) or 0)
     except MMCamError as e:
         print(f"mmcam {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,25 @@
-"""Loading images from a path, a PIL image or a tensor, with clear errors."""
+"""Loading images from a path, a PIL image or a tensor, with clear errors.
+
+Limits (documented in the README):
+
+- an image over :data:`MAX_PIXELS` pixels (default 2**21, about 1448x1448; set
+  ``MMCAM_MAX_PIXELS`` to change it) is downscaled, keeping its aspect ratio, before it is
+  explained, with an :class:`ImageDownscaled` warning: maps are drawn on the image's pixels,
+  so one map per word at 100 megapixels would exhaust memory;
+- a file over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` x 2, about
+  179 M pixels) is refused with :class:`MMCamError` before it is decoded.
+
+High bit depths are scaled to 8 bits rather than clipped: 16-bit grey (modes ``I;16*`` and
+``I``, read as 0..65535) becomes ``value >> 8``; 32-bit float (mode ``F``, or a float array)
+in [0, 1] becomes ``round(255 * value)``, in [0, 255] is rounded, any other range is
+stretched linearly from its min..max to 0..255. NaN or infinite pixels are refused.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,48 +30,160 @@ from mmcam.errors import MMCamError
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor | np.ndarray
 
+MAX_PIXELS = 2**21
+"""Default pixel limit above which an image is downscaled for explaining."""
+
+
+class ImageDownscaled(UserWarning):
+    """An image was over the pixel limit and was downscaled; the message is one line."""
+
+
+def max_pixels() -> int:
+    """The pixel limit in force: ``$MMCAM_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`."""
+    raw = os.environ.get("MMCAM_MAX_PIXELS", "").strip()
+    if not raw:
+        return MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise MMCamError(f"MMCAM_MAX_PIXELS={raw!r}: give a positive number of pixels")
+    return value
+
 
 def load_image(image: ImageInput) -> Image.Image:
-    """Return ``image`` as a fully decoded RGB PIL image.
+    """Return ``image`` as a fully decoded RGB PIL image of at most :func:`max_pixels` pixels.
 
     Accepts a file path, a PIL image, a float tensor/array (3,H,W) or (H,W,3) in [0,1],
     or a uint8 array (H,W,3). Raises :class:`MMCamError` for a missing, unreadable or
-    truncated file and for arrays of the wrong shape.
+    truncated file, a decompression bomb, an empty image, NaN pixels and arrays of the
+    wrong shape. See the module docstring for bit depths and the pixel limit.
     """
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return _finish(image, "the image")
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.exists():
-            raise MMCamError(f"image not found: {path}")
-        if path.is_dir():
-            raise MMCamError(f"image path is a folder, not a file: {path}")
-        try:
-            with Image.open(path) as im:
-                im.load()  # decode now so a truncated file fails here
-                return im.convert("RGB")
-        except UnidentifiedImageError:
-            raise MMCamError(f"not an image file (cannot identify format): {path}") from None
-        except (OSError, SyntaxError, ValueError) as e:
-            raise MMCamError(f"cannot read image {path}: {e} (is the file truncated?)") from None
+        return _load_path(Path(image))
     if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
+        image = image.detach().cpu()
+        if image.dtype == torch.bfloat16:
+            image = image.float()
+        image = image.numpy()
     if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 4 and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
-            arr = arr.transpose(1, 2, 0)
-        if arr.ndim == 2:
-            arr = np.stack([arr] * 3, axis=-1)
-        if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise MMCamError(
-                f"image array must have shape (3,H,W) or (H,W,3), got {tuple(image.shape)}"
-            )
-        if arr.dtype != np.uint8:
-            arr = np.clip(np.asarray(arr, dtype=np.float64), 0.0, 1.0) * 255.0
-            arr = np.round(arr).astype(np.uint8)
-        return Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
+        return _finish(_from_array(image), "the image array")
     raise MMCamError(
         f"unsupported image type {type(image).__name__}: give a path, a PIL image or a tensor"
     )
+
+
+def _load_path(path: Path) -> Image.Image:
+    if not path.exists():
+        raise MMCamError(f"image not found: {path}")
+    if path.is_dir():
+        raise MMCamError(f"image path is a folder, not a file: {path}")
+    try:
+        with warnings.catch_warnings():
+            # between Pillow's two limits: we downscale it ourselves, with our own notice
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.draft("RGB", _fit(im.size, max_pixels()))  # JPEG: decode at a lower scale
+                im.load()  # decode now so a truncated file fails here
+                return _finish(im, str(path))
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise MMCamError(
+            f"image {path} is too large to decode safely (over Pillow's limit of "
+            f"{limit / 1e6:.0f} M pixels): shrink it first"
+        ) from None
+    except UnidentifiedImageError:
+        raise MMCamError(f"not an image file (cannot identify format): {path}") from None
+    except MemoryError:
+        raise MMCamError(f"not enough memory to decode image {path}: shrink it first") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, MMCamError):
+            raise
+        raise MMCamError(f"cannot read image {path}: {e} (is the file truncated?)") from None
+
+
+def _from_array(image: np.ndarray) -> Image.Image:
+    arr = image
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise MMCamError(
+            f"image array must have shape (3,H,W) or (H,W,3), got {tuple(image.shape)}"
+        )
+    _check_size(arr.shape[1], arr.shape[0], "the image array")
+    if arr.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
+        raise MMCamError(f"image array has dtype {arr.dtype}: give uint8 or floats in [0, 1]")
+    a = np.asarray(arr, dtype=np.float64)
+    _check_finite(a, "the image array")
+    a = np.clip(a, 0.0, 1.0) * 255.0
+    return Image.fromarray(np.round(a).astype(np.uint8), mode="RGB")
+
+
+def _check_size(width: int, height: int, what: str) -> None:
+    if width < 1 or height < 1:
+        raise MMCamError(f"{what} is empty ({width}x{height} pixels): give a non-empty image")
+
+
+def _check_finite(a: np.ndarray, what: str) -> None:
+    if not np.isfinite(a).all():
+        raise MMCamError(f"{what} has NaN or infinite pixels: replace them before explaining")
+
+
+def _to_8bit(im: Image.Image, what: str) -> Image.Image:
+    """16-bit and float images scaled to 8 bits (Pillow's convert clips them instead)."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        return Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        _check_finite(a, what)
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            a = a * 255.0
+        elif lo < 0.0 or hi > 255.0:
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        return Image.fromarray(np.round(np.clip(a, 0, 255)).astype(np.uint8), mode="L")
+    return im
+
+
+def _fit(size: tuple[int, int], limit: int) -> tuple[int, int]:
+    """The largest size with ``size``'s aspect ratio and at most ``limit`` pixels."""
+    w, h = size
+    if w * h <= limit:
+        return w, h
+    s = math.sqrt(limit / (w * h))
+    w2, h2 = max(1, int(w * s + 1e-6)), max(1, int(h * s + 1e-6))
+    while w2 * h2 > limit:  # rounding
+        w2, h2 = max(1, w2 - (w2 >= h2)), max(1, h2 - (h2 > w2))
+    return w2, h2
+
+
+def _finish(im: Image.Image, what: str) -> Image.Image:
+    """8 bits, at most :func:`max_pixels` pixels (with a notice), then RGB."""
+    _check_size(*im.size, what)
+    limit = max_pixels()
+    im = _to_8bit(im, what)
+    if im.mode not in ("L", "RGB", "RGBA", "LA"):
+        im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+    w, h = im.size
+    if w * h > limit:
+        size = _fit((w, h), limit)
+        warnings.warn(ImageDownscaled(
+            f"{what} is {w}x{h} ({w * h:,} pixels), over the limit of {limit:,} pixels "
+            f"(MMCAM_MAX_PIXELS): explained at {size[0]}x{size[1]}"),
+            stacklevel=3)
+        im = im.resize(size, Image.Resampling.BOX if im.mode in ("L", "RGB") else
+                       Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return im.convert("RGB")
+
+
+__all__ = ["MAX_PIXELS", "ImageDownscaled", "ImageInput", "load_image", "max_pixels"]

@@ -13,6 +13,7 @@ from mmcam.cam import get_method
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
+from mmcam.limits import check_tokens, check_words
 from mmcam.pipeline import Context, Explained, Pipeline, Rows, takes_last
 from mmcam.results import VQAExplanation
 from mmcam.scores import TOP_K, Alternatives, check_score, token_scores
@@ -133,9 +134,11 @@ class VQAExplainer:
         """The explained answer (default: the model's) before a result is made: activations,
         its gradient, grid map and where the cells sit (row 0), for evaluations that try
         several methods on one set of gradients. ``rows.info`` is ``(answer, log p)``."""
+        check_words(question, "question")
         pil, ad = load_image(image), self.adapter
         if self.generative:
             q = torch.as_tensor(ad.tokenize_question(question)[0], dtype=torch.long)
+            check_tokens(q.numel(), "question")
             pipe = Pipeline(ad, self._score_fn(q),
                             lambda x, **kw: ad.generate_answers(x, q, **kw), causal=True,
                             **self._options)
@@ -161,6 +164,7 @@ class VQAExplainer:
 
         def rows(ctx: Context, i: int) -> Rows:
             q = torch.as_tensor(ad.tokenize_question(question)[0], dtype=torch.long)[None]
+            check_tokens(q.numel(), "question")
             lp = ctx.score(q)[0].cpu().log_softmax(-1)
             pick = int(lp.argmax()) if chosen is None else chosen
             return Rows(q, self._answer_coefs(lp, pick)[None],
@@ -176,6 +180,7 @@ class VQAExplainer:
         ad = self.adapter
         q, unknown = ad.tokenize_question(question)
         q = torch.as_tensor(q, dtype=torch.long)
+        check_tokens(q.numel(), "question")
         pipe = Pipeline(ad, self._score_fn(q), lambda x, **kw: ad.generate_answers(x, q, **kw),
                         causal=True, **self._options)
 
@@ -232,6 +237,7 @@ class VQAExplainer:
         for q in qs:
             if not isinstance(q, str) or not q.strip():
                 raise MMCamError("the question is empty: ask something about the image")
+            check_words(q, "question")
         if self.generative:  # the question is part of the scorer: one image at a time
             return [self._explain_generative(load_image(im), q, a, c, top_k)
                     for im, q, a, c in zip(images, qs, answers, contrasts)]
@@ -243,6 +249,7 @@ class VQAExplainer:
         def rows(ctx: Context, i: int) -> Rows:
             q, unknown = ad.tokenize_question(qs[i])
             q = torch.as_tensor(q, dtype=torch.long).reshape(1, -1)
+            check_tokens(q.numel(), "question")
             lp = ctx.score(q)[0].cpu().log_softmax(-1)  # log-probs also from logits
             K = lp.shape[0]
             top = lp.topk(min(top_k, K)).indices.tolist()

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -32,6 +33,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if path.exists():
         raise MMCamError(f"model path {path} is a file: give a folder with {CONFIG} and {WEIGHTS}")
     name = str(name_or_path)
+    if looks_like_path(name):
+        raise MMCamError(f"model folder not found: {path}")
     roots = [Path(os.environ["MMCAM_MODELS"])] if os.environ.get("MMCAM_MODELS") else []
     roots.append(REPO_MODELS)
     for root in roots:
@@ -49,8 +52,19 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+def looks_like_path(name: str) -> bool:
+    """A name written as a path (``./x``, ``~/x``, ``/x``, ``a/b``), not a model name."""
+    seps = {os.sep} | ({os.altsep} if os.altsep else set())
+    return any(c in name for c in seps) or name.startswith((".", "~"))
+
+
+_COMMON_KEYS = {"image_size": int, "mean": list, "std": list, "arch": dict}
+_KIND_KEYS = {"captioner": {"vocab": list}, "vqa": {"vocab": list, "answers": list},
+              "classifier": {"labels": list}}
+
+
 def read_config(folder: Path) -> dict[str, Any]:
-    """Parse ``folder/config.json`` and check its ``kind``."""
+    """Parse ``folder/config.json`` and check its ``kind`` and the keys the model needs."""
     cfg_path = folder / CONFIG
     if not cfg_path.is_file():
         raise MMCamError(f"{folder} holds no {CONFIG}: not a model folder")
@@ -58,11 +72,34 @@ def read_config(folder: Path) -> dict[str, Any]:
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise MMCamError(f"{cfg_path} is not valid JSON: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MMCamError(f"cannot read {cfg_path}: {e}") from None
+    if not isinstance(config, dict):
+        raise MMCamError(f"{cfg_path} must hold a JSON object, got {type(config).__name__}")
     if config.get("kind") not in KINDS:
         raise MMCamError(
             f"{cfg_path}: 'kind' must be one of {', '.join(KINDS)}, got {config.get('kind')!r}"
         )
+    for key, typ in {**_COMMON_KEYS, **_KIND_KEYS[config["kind"]]}.items():
+        if key not in config:
+            raise MMCamError(f"{cfg_path} lacks the key {key!r}: the folder was not written "
+                             "by mmcam's save_model, or was edited")
+        value = config[key]
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise MMCamError(
+                f"{cfg_path}: {key!r} must be a JSON {_JSON[typ]}, got {value!r}"[:300])
+    if config["image_size"] < 1:
+        raise MMCamError(f"{cfg_path}: 'image_size' must be positive, got {config['image_size']}")
+    for key in ("mean", "std"):
+        v = config[key]
+        if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                  for x in v) or (key == "std" and min(v) <= 0):
+            raise MMCamError(f"{cfg_path}: {key!r} must be 3 numbers"
+                             f"{' above 0' if key == 'std' else ''}, got {v!r}"[:300])
     return config
+
+
+_JSON = {int: "integer", list: "list", dict: "object"}
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
@@ -116,17 +153,37 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise MMCamError(f"{folder} holds no {WEIGHTS}: the model folder is incomplete")
-    model = build_model(config)
+    try:
+        model = build_model(config)
+    except KeyError as e:
+        raise MMCamError(f"{folder / CONFIG}: 'arch' lacks the key {e}") from None
+    except (TypeError, ValueError, IndexError, ZeroDivisionError) as e:
+        raise MMCamError(f"{folder / CONFIG}: a wrong value in 'arch' ({e})"[:300]) from None
     try:
         state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise MMCamError(
+            f"cannot load weights {weights}: not a valid safetensors file, perhaps truncated, "
+            f"corrupted or a pickle renamed ({_first_line(e)})") from None
+    try:
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MMCamError(f"cannot load weights {weights}: {first}") from None
+    except (RuntimeError, ValueError) as e:
+        raise MMCamError(f"cannot load weights {weights}: they do not fit {CONFIG} "
+                         f"({_first_line(e, 'size mismatch', 'Missing key', 'Unexpected key')})"
+                         ) from None
     model.eval()
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return wrap(model, config)
+
+
+def _first_line(e: BaseException, *prefer: str) -> str:
+    """The most telling line of ``e``'s message: the first holding one of ``prefer``."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if any(p in ln for p in prefer):
+            return ln[:200]
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def hf_folders() -> list[Path]:
@@ -148,7 +205,7 @@ def _is_hf_folder(folder: Path) -> bool:
         cfg = json.loads((folder / CONFIG).read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return "kind" not in cfg and bool(cfg.get("architectures"))
+    return isinstance(cfg, dict) and "kind" not in cfg and bool(cfg.get("architectures"))
 
 
 def save_model(model: nn.Module, config: dict[str, Any], out: str | os.PathLike) -> Path:

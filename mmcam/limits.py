@@ -1,0 +1,28 @@
+"""Limits on text given to explain, checked before any work (documented in the README).
+
+A caption or a question is refused over :data:`MAX_WORDS` words (split on white space) or,
+once tokenized by the model, over :data:`MAX_TOKENS` tokens: every word is one row of
+gradients and one map, so a 500-word caption would take minutes and a gigabyte.
+"""
+
+from __future__ import annotations
+
+from mmcam.errors import MMCamError
+
+MAX_WORDS = 64
+MAX_TOKENS = 128
+
+
+def check_words(text: str, what: str) -> None:
+    """Raise :class:`MMCamError` if ``text`` has more than :data:`MAX_WORDS` words."""
+    n = len(text.split())
+    if n > MAX_WORDS:
+        raise MMCamError(f"the {what} has {n} words, over the limit of {MAX_WORDS}: "
+                         "shorten it")
+
+
+def check_tokens(n: int, what: str) -> None:
+    """Raise :class:`MMCamError` if a tokenized text has more than :data:`MAX_TOKENS` tokens."""
+    if n > MAX_TOKENS:
+        raise MMCamError(f"the {what} is {n} tokens long, over the limit of {MAX_TOKENS}: "
+                         "shorten it")

@@ -1,0 +1,337 @@
+"""Hostile and odd inputs end in one clear line: the CLI exits 2 with ``mmcam <cmd>: error: ...``
+and no traceback, the library raises :class:`MMCamError`; huge images are downscaled with a
+notice, 16-bit and float images are scaled to 8 bits (issue 11, first part)."""
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mmcam
+from mmcam import limits
+from mmcam.caption import CaptionExplainer
+from mmcam.cli import main
+from mmcam.errors import MMCamError
+from mmcam.images import MAX_PIXELS, ImageDownscaled, load_image
+from mmcam.models.hub import REPO_MODELS, load_model
+from mmcam.scenes import generate
+from mmcam.vqa import VQAExplainer
+
+
+def grey_png(path: Path, width: int, height: int, value: int = 128) -> Path:
+    """A valid 8-bit grey PNG of one value, written row by row (a few MB of memory at most)."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + tag + data + crc
+
+    z = zlib.compressobj(9)
+    row = b"\x00" + bytes([value]) * width
+    data = b"".join([z.compress(row) for _ in range(height)] + [z.flush()])
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    generate(1, seed=4242)[0].image.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def huge_png(tmp_path_factory):
+    """11000x11000: under Pillow's decompression-bomb limit, 121 M pixels."""
+    return grey_png(tmp_path_factory.mktemp("huge") / "huge.png", 11000, 11000)
+
+
+def one_error_line(capsys, argv, message):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"mmcam {argv[0]}: error: ") and message in lines[0], err
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- images
+
+def bomb(d):
+    return grey_png(d / "bomb.png", 20000, 20000)
+
+
+def nan_tiff(d):
+    a = np.full((8, 8), 0.5, dtype=np.float32)
+    a[3, 4] = np.nan
+    Image.fromarray(a).save(d / "nan.tif")
+    return d / "nan.tif"
+
+
+IMAGE_FILES = [(bomb, "too large to decode safely"), (nan_tiff, "NaN or infinite pixels")]
+
+
+@pytest.mark.parametrize("make,message", IMAGE_FILES)
+def test_bad_image_file_cli(tmp_path, capsys, make, message):
+    one_error_line(capsys, ["caption", str(make(tmp_path)), "--out", str(tmp_path / "o")],
+                   message)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "image,message",
+    [(lambda d: bomb(d), "too large to decode safely"),
+     (lambda d: nan_tiff(d), "NaN or infinite pixels"),
+     (lambda d: np.zeros((0, 0, 3), dtype=np.uint8), "empty (0x0 pixels)"),
+     (lambda d: np.zeros((0, 0, 3), dtype=np.float32), "empty (0x0 pixels)"),
+     (lambda d: np.array([[[0.1, np.nan, 0.2]]]), "NaN or infinite pixels"),
+     (lambda d: np.full((3, 4, 4), np.inf, dtype=np.float32), "NaN or infinite pixels")],
+)
+def test_bad_image_library(tmp_path, image, message):
+    with pytest.raises(MMCamError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_image(image(tmp_path))
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    values = (np.arange(6 * 7, dtype=np.int64).reshape(6, 7) * 1597) % 65536
+    Image.fromarray(values.astype(np.uint16)).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")  # really 16 bits on disk
+    expected = (values.astype(np.int64) >> 8).astype(np.uint8)
+    for src in (tmp_path / "g16.png", Image.open(tmp_path / "g16.png")):
+        got = np.asarray(load_image(src))
+        assert got.shape == (6, 7, 3)
+        for c in range(3):
+            assert np.array_equal(got[..., c], expected)
+
+
+def test_float_tiff_is_scaled(tmp_path):
+    unit = np.linspace(0.0, 1.0, 20, dtype=np.float32).reshape(4, 5)
+    Image.fromarray(unit).save(tmp_path / "unit.tif")
+    assert Image.open(tmp_path / "unit.tif").mode == "F"
+    got = np.asarray(load_image(tmp_path / "unit.tif"))[..., 0]
+    assert np.array_equal(got, np.round(unit.astype(np.float64) * 255).astype(np.uint8))
+    wide = (unit * 1000 - 200).astype(np.float32)  # outside 0..255: stretched min..max
+    Image.fromarray(wide).save(tmp_path / "wide.tif")
+    got = np.asarray(load_image(tmp_path / "wide.tif"))[..., 0]
+    w = wide.astype(np.float64)
+    assert np.array_equal(got, np.round((w - w.min()) * 255 / (w.max() - w.min())).astype(np.uint8))
+
+
+def test_huge_image_is_downscaled_with_a_notice(huge_png, monkeypatch):
+    assert huge_png.stat().st_size < 500_000
+    monkeypatch.delenv("MMCAM_MAX_PIXELS", raising=False)
+    with pytest.warns(ImageDownscaled, match="11000x11000"):
+        im = load_image(huge_png)
+    assert im.size[0] * im.size[1] <= MAX_PIXELS and im.size[0] == im.size[1] > 1000
+    assert np.asarray(im).min() == np.asarray(im).max() == 128  # the content, not a blank
+    monkeypatch.setenv("MMCAM_MAX_PIXELS", "10000")
+    with pytest.warns(ImageDownscaled):
+        assert load_image(huge_png).size == (100, 100)
+    with pytest.warns(ImageDownscaled):  # arrays too
+        assert load_image(np.zeros((300, 200, 3), np.uint8)).size[0] * 300 // 200 <= 123
+    monkeypatch.setenv("MMCAM_MAX_PIXELS", "-3")
+    with pytest.raises(MMCamError, match="MMCAM_MAX_PIXELS"):
+        load_image(huge_png)
+
+
+def test_huge_image_peak_memory_is_bounded(huge_png):
+    """In a fresh process: loading the 121 M pixel file adds < 400 MB to the peak (one grey
+    decode, 121 MB; no full-size RGB copy) and returns at most MAX_PIXELS pixels."""
+    code = (
+        "import resource, sys, warnings\n"
+        "from mmcam.images import load_image\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "warnings.simplefilter('ignore')\n"
+        f"im = load_image({str(huge_png)!r})\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(im.size[0] * im.size[1], (after - before) // 1024)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    pixels, added_mb = map(int, r.stdout.split())
+    assert pixels <= MAX_PIXELS
+    assert added_mb < 400, added_mb
+
+
+def test_huge_image_cli_runs_with_one_notice(huge_png, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MMCAM_MAX_PIXELS", str(128 * 128))
+    out = tmp_path / "o"
+    assert main(["caption", str(huge_png), "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mmcam caption: note: " + str(huge_png) + " is 11000x11000 (121,000,000 "
+                   "pixels), over the limit of 16,384 pixels (MMCAM_MAX_PIXELS): explained at "
+                   "128x128"]
+    assert Image.open(out / "sentence.png").size == (128, 128)
+
+
+# ---------------------------------------------------------------- long text
+
+LONG = " ".join(["a"] * (limits.MAX_WORDS + 1))
+MANY_TOKENS = "a," * limits.MAX_TOKENS  # one word, 2 x MAX_TOKENS tokens
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [(["caption", "{img}", "--caption", LONG], f"over the limit of {limits.MAX_WORDS}"),
+     (["caption", "{img}", "--caption", MANY_TOKENS], f"over the limit of {limits.MAX_TOKENS}"),
+     (["vqa", "{img}", LONG], f"over the limit of {limits.MAX_WORDS}"),
+     (["vqa", "{img}", MANY_TOKENS + "?"], f"over the limit of {limits.MAX_TOKENS}")],
+)
+def test_long_text_cli(scene_png, tmp_path, capsys, argv, message):
+    argv = [a.format(img=scene_png) for a in argv] + ["--out", str(tmp_path / "o")]
+    one_error_line(capsys, argv, message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_long_text_library(scene_png):
+    cap = CaptionExplainer(mmcam.load_model("shapes-captioner"))
+    vqa = VQAExplainer(mmcam.load_model("shapes-vqa"))
+    n_words = f"has {limits.MAX_WORDS + 1} words, over the limit of {limits.MAX_WORDS}"
+    n_tokens = f"is {2 * limits.MAX_TOKENS} tokens long, over the limit of {limits.MAX_TOKENS}"
+    with pytest.raises(MMCamError, match=n_words):
+        cap.explain(scene_png, LONG)
+    with pytest.raises(MMCamError, match=n_tokens):
+        cap.explain(scene_png, MANY_TOKENS)
+    with pytest.raises(MMCamError, match=n_words):
+        vqa.explain(scene_png, LONG)
+    with pytest.raises(MMCamError, match=n_words):
+        vqa.explained(scene_png, LONG)
+    with pytest.raises(MMCamError, match=f"is {2 * limits.MAX_TOKENS + 1} tokens long"):
+        vqa.explain(scene_png, MANY_TOKENS + "?")
+    # at the limit it still works
+    words = cap.explain(scene_png, " ".join(["a"] * limits.MAX_WORDS)).words
+    assert len(words) == limits.MAX_WORDS
+
+
+# ---------------------------------------------------------------- model folders
+
+def _copy(d):
+    return Path(shutil.copytree(REPO_MODELS / "shapes-captioner", d / "m"))
+
+
+def missing_folder(d):
+    return d / "no" / "such-model"
+
+
+def truncated(d):
+    m = _copy(d)
+    data = (m / "model.safetensors").read_bytes()
+    (m / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return m
+
+
+def corrupted_header(d):
+    m = _copy(d)
+    data = bytearray((m / "model.safetensors").read_bytes())
+    data[8:40] = b"\xff" * 32  # the JSON header
+    (m / "model.safetensors").write_bytes(bytes(data))
+    return m
+
+
+def pickled(d):
+    import torch
+
+    m = _copy(d)
+    torch.save({"w": torch.zeros(3)}, m / "model.safetensors")
+    return m
+
+
+def edit_config(change):
+    def make(d):
+        m = _copy(d)
+        cfg = json.loads((m / "config.json").read_text())
+        cfg = change(cfg)
+        (m / "config.json").write_text(json.dumps(cfg))
+        return m
+    return make
+
+
+def _drop(key):
+    return lambda c: {k: v for k, v in c.items() if k != key}
+
+
+def _arch_drop(key):
+    return lambda c: {**c, "arch": {k: v for k, v in c["arch"].items() if k != key}}
+
+
+MODEL_CASES = [
+    (missing_folder, "model folder not found"),
+    (truncated, "not a valid safetensors file"),
+    (corrupted_header, "not a valid safetensors file"),
+    (pickled, "not a valid safetensors file"),
+    (edit_config(_drop("vocab")), "lacks the key 'vocab'"),
+    (edit_config(_drop("image_size")), "lacks the key 'image_size'"),
+    (edit_config(lambda c: {**c, "image_size": "big"}), "'image_size' must be a JSON integer"),
+    (edit_config(lambda c: {**c, "std": [0.25, 0, 0.25]}), "'std' must be 3 numbers above 0"),
+    (edit_config(lambda c: {**c, "kind": "detector"}), "'kind' must be one of"),
+    (edit_config(_arch_drop("hidden")), "'arch' lacks the key 'hidden'"),
+    (edit_config(lambda c: {**c, "arch": {**c["arch"], "hidden": 7}}), "do not fit config.json"),
+    (edit_config(lambda c: {**c, "vocab": c["vocab"][:-1]}), "do not fit config.json"),
+    (edit_config(lambda c: [c]), "must hold a JSON object"),
+]
+
+
+@pytest.mark.parametrize("make,message", MODEL_CASES)
+def test_bad_model_folder_cli(scene_png, tmp_path, capsys, make, message):
+    folder = make(tmp_path)
+    one_error_line(capsys, ["caption", str(scene_png), "--model", str(folder),
+                            "--out", str(tmp_path / "o")], message)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("make,message", MODEL_CASES)
+def test_bad_model_folder_library(tmp_path, make, message):
+    folder = make(tmp_path)
+    with pytest.raises(MMCamError) as e:
+        load_model(folder)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_folder_in_classify_is_not_a_torchvision_name(scene_png, tmp_path, capsys):
+    one_error_line(capsys, ["classify", str(scene_png), "--model", str(tmp_path / "nope"),
+                            "--out", str(tmp_path / "o")], "model folder not found")
+
+
+def test_intact_copy_still_loads(tmp_path, scene_png):
+    """The damage above is what fails: an undamaged copy gives the shipped model's caption."""
+    ref = CaptionExplainer(mmcam.load_model("shapes-captioner")).explain(scene_png)
+    got = CaptionExplainer(load_model(_copy(tmp_path))).explain(scene_png)
+    assert got.words == ref.words
+
+
+# ---------------------------------------------------------------- CLI arguments
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [(["vqa", "{img}", "what color is the shape?", "--top", "0"], "--top 0: must be at least 1"),
+     (["vqa", "{img}", "what color is the shape?", "--top", "-2"],
+      "--top -2: must be at least 1"),
+     (["classify", "{img}", "--model", "shapes-classifier", "--top", "0"],
+      "--top 0: must be at least 1"),
+     (["caption", "{img}", "--beam", "0"], "--beam 0: must be at least 1"),
+     (["caption", "{img}", "--out", "{file}"], "is an existing file"),
+     (["vqa", "{img}", "what?", "--out", "{file}/sub"], "is a file, so no folder can be made"),
+     (["caption", "{img}", "--out", "/proc/sys/mmcam-out"], "is not writable")],
+)
+def test_bad_arguments(scene_png, tmp_path, capsys, argv, message):
+    import os
+
+    if "/proc/sys" in " ".join(argv) and (not Path("/proc/sys").is_dir()
+                                          or os.access("/proc/sys", os.W_OK)):
+        pytest.skip("needs a read-only /proc/sys")
+    f = tmp_path / "taken.txt"
+    f.write_text("keep me")
+    argv = [a.format(img=scene_png, file=f) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "o")]
+    one_error_line(capsys, argv, message)
+    assert f.read_text() == "keep me" and not (tmp_path / "o").exists()
