@@ -12,7 +12,7 @@ from mmcam.cam import METHODS
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
-from mmcam.limits import check_tokens, check_words
+from mmcam.limits import check_at_least, check_tokens, check_words
 from mmcam.pipeline import Context, Explained, Pipeline, Rows, cam_of, module_of, takes_last
 from mmcam.results import CaptionExplanation
 from mmcam.scores import Alternatives, check_score, token_scores
@@ -150,6 +150,7 @@ class CaptionExplainer:
         methods on one set of gradients). ``rows.info`` is ``(caption or None, words)``."""
         if captions is not None and len(captions) != len(images):
             raise MMCamError(f"{len(captions)} captions for {len(images)} images")
+        check_at_least(1, max_len=max_len, beam_size=beam_size)
         for c in captions or []:
             if c is not None and not c.strip():
                 raise MMCamError("the caption is empty: give some words or leave it out")

@@ -15,6 +15,7 @@ from mmcam.geometry import Geometry
 from mmcam.guided import guided_backprop, guided_gradcam
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout, eval_mode
+from mmcam.limits import check_at_least
 from mmcam.pipeline import Context, Explained, Pipeline, Rows
 from mmcam.results import ClassExplanation
 
@@ -90,7 +91,13 @@ class ClassExplainer:
         logits = logits.float()
         return logits if self.score == "logit" else torch.log_softmax(logits, dim=1)
 
-    def _rows(self, classes: Sequence[Sequence[int]] | None, top: int):
+    def _rows(self, classes: Sequence[Sequence[int] | None] | None, top: int):
+        check_at_least(1, top=top)
+        for c in classes or []:
+            if c is not None and len(c) == 0:
+                raise MMCamError("classes=[] names no class: give class ids, or leave classes "
+                                 "out to explain the top classes")
+
         def rows(ctx: Context, i: int) -> Rows:
             y = ctx.score(torch.zeros(1, 0, dtype=torch.long))[0].cpu()
             K = y.shape[0]

@@ -26,3 +26,11 @@ def check_tokens(n: int, what: str) -> None:
     if n > MAX_TOKENS:
         raise MMCamError(f"the {what} is {n} tokens long, over the limit of {MAX_TOKENS}: "
                          "shorten it")
+
+
+def check_at_least(low: int, **given: int) -> None:
+    """Each ``name=value`` must be an integer of at least ``low`` (library arguments such as
+    ``top_k``, ``top``, ``beam_size``, ``max_len``)."""
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MMCamError(f"{name}={value!r}: must be an integer of at least {low}")

@@ -53,6 +53,15 @@ def huge_png(tmp_path_factory):
     return grey_png(tmp_path_factory.mktemp("huge") / "huge.png", 11000, 11000)
 
 
+@pytest.fixture(scope="module")
+def explainers():
+    from mmcam.classify import ClassExplainer
+
+    return {"cap": CaptionExplainer(mmcam.load_model("shapes-captioner")),
+            "vqa": VQAExplainer(mmcam.load_model("shapes-vqa")),
+            "cls": ClassExplainer(mmcam.load_model("shapes-classifier"))}
+
+
 def one_error_line(capsys, argv, message):
     rc = main(argv)
     err = capsys.readouterr().err
@@ -335,3 +344,39 @@ def test_bad_arguments(scene_png, tmp_path, capsys, argv, message):
         argv += ["--out", str(tmp_path / "o")]
     one_error_line(capsys, argv, message)
     assert f.read_text() == "keep me" and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- library arguments
+
+@pytest.mark.parametrize(
+    "call,message",
+    [(lambda e, im: e["vqa"].explain(im, "what color is the shape?", top_k=-1),
+      "top_k=-1: must be an integer of at least 1"),
+     (lambda e, im: e["vqa"].explain(im, "what color is the shape?", top_k=0),
+      "top_k=0: must be an integer of at least 1"),
+     (lambda e, im: e["vqa"].explain_batch([im], "what color is the shape?", top_k=-1),
+      "top_k=-1: must be an integer of at least 1"),
+     (lambda e, im: e["cls"].explain(im, classes=[]), "classes=[] names no class"),
+     (lambda e, im: e["cls"].explain_batch([im, im], classes=[[0], []]),
+      "classes=[] names no class"),
+     (lambda e, im: e["cls"].explain(im, top=0), "top=0: must be an integer of at least 1"),
+     (lambda e, im: e["cls"].explain(im, top=-3), "top=-3: must be an integer of at least 1"),
+     (lambda e, im: e["cap"].explain(im, beam_size=0),
+      "beam_size=0: must be an integer of at least 1"),
+     (lambda e, im: e["cap"].explain(im, max_len=0),
+      "max_len=0: must be an integer of at least 1"),
+     (lambda e, im: e["cap"].explain_batch([im], max_len=-1),
+      "max_len=-1: must be an integer of at least 1")],
+)
+def test_bad_library_arguments(explainers, scene_png, call, message):
+    with pytest.raises(MMCamError) as e:
+        call(explainers, scene_png)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_smallest_library_arguments_still_work(explainers, scene_png):
+    """The bound is 1, not more: one answer, one class, a greedy one-word-at-most caption."""
+    assert len(explainers["vqa"].explain(scene_png, "what color is the shape?",
+                                         top_k=1).top_answers) == 1
+    assert len(explainers["cls"].explain(scene_png, top=1).classes) == 1
+    assert len(explainers["cap"].explain(scene_png, max_len=1, beam_size=1).words) == 1
