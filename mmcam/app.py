@@ -30,12 +30,12 @@ import gradio as gr
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from mmcam.cam import normalize
 from mmcam.errors import MMCamError
 from mmcam.images import load_image
-from mmcam.viz import draw_boxes, guided_image, overlay
+from mmcam.viz import draw_boxes, draw_text, guided_image, overlay
 
 _log = logging.getLogger(__name__)
 
@@ -495,6 +495,8 @@ def _caption_status(view: CaptionView) -> str:
     method = _label(r.method if r.score == "logprob" else f"{r.method}:{r.score}")
     text = (f"**Caption:** {r.caption}  \n{how}; {method}; sum of log p = "
             f"{sum(r.logprobs):.3f}. Click a word to see its map.")
+    if r.unknown_words:
+        text += "  \n" + r.unknown_notice()
     if view.truth is not None:
         text += "  \nScene captions (ground truth): " + "; ".join(view.truth.captions[:3])
     return text
@@ -520,7 +522,6 @@ def grid_image(view: CaptionView, alpha: float, box: bool, truth: bool, own: boo
     pad, text_h = 6, 18
     sheet = Image.new("RGB", (cols * (tw + pad) + pad, rows * (th + text_h + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
-    font = _font()
     for i, label in enumerate(labels):
         tile = overlay(small, heat[i], alpha)
         boxes = []
@@ -534,7 +535,7 @@ def grid_image(view: CaptionView, alpha: float, box: bool, truth: bool, own: boo
         x = pad + (i % cols) * (tw + pad)
         y = pad + (i // cols) * (th + text_h + pad)
         sheet.paste(tile, (x, y))
-        draw.text((x + 2, y + th + 2), label, fill="black", font=font)
+        draw_text(draw, (x + 2, y + th + 2), label, size=13)  # any script, no tofu
     return sheet
 
 
@@ -543,13 +544,6 @@ def _scaled(box: tuple[int, int, int, int] | None, s: float
     if box is None:
         return None
     return (round(box[0] * s), round(box[1] * s), round(box[2] * s), round(box[3] * s))
-
-
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=13)
-    except TypeError:  # Pillow < 10.1 has no size argument
-        return ImageFont.load_default()
 
 
 def _word_choices(view: CaptionView) -> list[tuple[str, int]]:
@@ -668,7 +662,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
     from mmcam import load_model
     from mmcam.caption import CaptionExplainer
     from mmcam.classify import ClassExplainer
-    from mmcam.vqa import VQAExplainer
+    from mmcam.vqa import VQAExplainer, check_contrast
 
     models = Models()
     for kind, adapter in (("captioner", captioner), ("vqa", vqa), ("classifier", classifier)):
@@ -848,8 +842,7 @@ def build_app(captioner: Any = None, vqa: Any = None, classifier: Any = None) ->
         a = view.result.top_answers[view.selected][0]
         if not other:
             raise MMCamError("pick an answer B to compare with")
-        if other.strip().lower() == a.lower():
-            raise MMCamError(f"pick an answer B other than {a!r}")
+        check_contrast(a, other)  # the message the library and the CLI give
         r = view.result
         c = VQAExplainer(models.get(model, "vqa"), method=method_score(method)[0]).explain(
             r.image, r.question, answer=a, contrast=other, top_k=TOP_ANSWERS

@@ -110,6 +110,12 @@ class CaptionExplainer:
         return torch.cat([token_scores(logits, ids, self.score, self.alternatives),
                           token_scores(logits, ids, "logprob")], dim=1)
 
+    def unknown_words(self, caption: str) -> list[str]:
+        """The words of ``caption`` the model does not know (it reads them as its unknown
+        token), from the adapter's ``unknown_words(text)``; [] if it has none."""
+        find = getattr(self.adapter, "unknown_words", None)
+        return list(find(caption)) if callable(find) else []
+
     @property
     def strategy(self) -> str:
         """The batching strategy in use ("copies" or "vjp")."""
@@ -195,6 +201,7 @@ class CaptionExplainer:
         return CaptionExplanation(
             image=e.image,
             caption=text if text is not None else " ".join(words),
+            unknown_words=self.unknown_words(text) if text is not None else [],
             words=words,
             logprobs=(member * lp).sum(dim=1).tolist(),  # own rows
             score=self.score,

@@ -68,6 +68,8 @@ def _caption(args: argparse.Namespace) -> int:
     result = explainer.explain(image, caption=args.caption, beam_size=args.beam)
     result.save(args.out)
     print(f"caption: {result.caption}")
+    if result.unknown_words:
+        print(f"  {result.unknown_notice()}")
     for w, lp, v, b in zip(result.words, result.logprobs, result.values or result.logprobs,
                            result.boxes):
         extra = "" if args.score == "logprob" else f"  {args.score} = {v:8.3f}"
@@ -80,7 +82,7 @@ def _vqa(args: argparse.Namespace) -> int:
     from mmcam.images import load_image
     from mmcam.limits import check_words
     from mmcam.models.hub import load_model
-    from mmcam.vqa import VQAExplainer
+    from mmcam.vqa import VQAExplainer, check_contrast
 
     _at_least(1, top=args.top)
     _check_out(args.out)
@@ -88,9 +90,7 @@ def _vqa(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     if not args.question.strip():
         raise MMCamError("the question is empty: ask something about the image")
-    if args.contrast is not None and args.answer is not None and \
-            args.contrast.strip().lower() == args.answer.strip().lower():
-        raise MMCamError("--contrast equals --answer: name another answer to contrast with")
+    check_contrast(args.answer, args.contrast)
     explainer = VQAExplainer(load_model(args.model, **_placement(args)), method=args.method,
                              layer=args.layer, strategy=args.strategy, align=args.align,
                              score=args.score)

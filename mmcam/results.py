@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from mmcam.cam import normalize
-from mmcam.viz import draw_boxes, guided_image, overlay
+from mmcam.viz import draw_boxes, drawable, font_families, guided_image, overlay
 
 Box = tuple[int, int, int, int]
 
@@ -89,16 +89,18 @@ class _Shows:
         n = len(ims)
         cols = min(ncols, n)
         rows = (n + cols - 1) // cols
+        families = font_families()  # words of any script: no missing-glyph warnings
         fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
         for ax in axes.ravel():
             ax.axis("off")
         for ax, im, t in zip(axes.ravel(), ims, titles):
             ax.imshow(im)
-            ax.set_title(t, fontsize=10)
+            ax.set_title(drawable(t), fontsize=10, fontfamily=families)
         scale = "one scale per group" if shared else "each map scaled to its own max"
         score = getattr(self, "score", "logprob")
         how = self.method if score == "logprob" else f"{self.method}, score {score}"
-        fig.suptitle(f"{self._headline()}   ({how}; {scale})", fontsize=11)
+        fig.suptitle(drawable(f"{self._headline()}   ({how}; {scale})"), fontsize=11,
+                     fontfamily=families)
         fig.tight_layout()
         return fig
 
@@ -196,7 +198,8 @@ class CaptionExplanation(_Shows):
     :mod:`mmcam.scores`; by default ``log p(word_t | words_<t, image)``) at the image's own
     size, ReLU'd and un-normalized; ``values``: those scores; ``logprobs``: each word's log p;
     ``sentence_map`` (H,W): map of the sum of the words' scores; ``boxes``: 15%-of-max boxes
-    (image pixels).
+    (image pixels); ``unknown_words``: the words of a given caption that the model does not
+    know (it reads them as its unknown token: their maps explain that token, not the word).
     """
 
     image: Image.Image
@@ -214,6 +217,7 @@ class CaptionExplanation(_Shows):
     layer: str = ""
     score: str = "logprob"
     values: list[float] | None = None
+    unknown_words: list[str] = field(default_factory=list)
 
     def panels(self) -> list[Panel]:
         vals = self.values if self.values is not None else self.logprobs
@@ -233,10 +237,21 @@ class CaptionExplanation(_Shows):
     def _headline(self) -> str:
         return f"caption: {self.caption}"
 
+    def unknown_notice(self) -> str:
+        """One line naming the caption's words the model does not know ("" if none)."""
+        if not self.unknown_words:
+            return ""
+        text = (f"words the model does not know (read as unknown): "
+                f"{', '.join(self.unknown_words)}")
+        if len(self.unknown_words) >= len(self.words):
+            text += " - all of the caption's words: its maps explain the unknown token"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: words, log-probs, boxes, map maxima (no pixel data)."""
         return {
             "caption": self.caption,
+            "unknown_words": list(self.unknown_words),
             "generated": self.generated,
             "method": self.method,
             "score": self.score,

@@ -1,12 +1,22 @@
-"""Drawing: heat-map overlays, guided-backprop images and boxes (PIL; matplotlib colormaps)."""
+"""Drawing: heat-map overlays, guided-backprop images, boxes and text labels (PIL;
+matplotlib colormaps and fonts).
+
+Words from any script are drawn without font warnings: each character is drawn with the first
+installed font of :data:`FONT_FAMILIES` that has its glyph (DejaVu Sans, then Noto CJK, Noto
+Emoji, ... when installed); a character no installed font has becomes ``?`` (an invisible
+format or combining mark such as an emoji variation selector is dropped), see
+:func:`drawable`.
+"""
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 Box = tuple[int, int, int, int]
 
@@ -61,3 +71,102 @@ def draw_boxes(
         if box is not None:
             draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=c, width=width)
     return out
+
+
+# Outline fonts tried in order for each character (colour-bitmap emoji fonts are left out:
+# neither matplotlib nor PIL draws them at an arbitrary size).
+FONT_FAMILIES = (
+    "DejaVu Sans", "Noto Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC",
+    "Noto Sans JP", "Noto Sans Arabic", "Noto Sans Hebrew", "Noto Sans Devanagari",
+    "Noto Sans Thai", "Noto Emoji", "Noto Sans Symbols", "Noto Sans Symbols 2", "Symbola",
+    "Droid Sans Fallback", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Unifont",
+)
+MISSING = "?"
+
+
+@functools.lru_cache(maxsize=1)
+def fonts() -> tuple[tuple[str, str, frozenset[int]], ...]:
+    """The installed fonts of :data:`FONT_FAMILIES`, in that order: (family, file, the code
+    points it has glyphs for). Found through matplotlib's font list (no font look-up that
+    could log a warning)."""
+    from matplotlib import font_manager, ft2font
+
+    out = []
+    for family in FONT_FAMILIES:
+        entries = [e for e in font_manager.fontManager.ttflist
+                   if e.name == family and e.fname.lower().endswith((".ttf", ".otf", ".ttc"))]
+        if not entries:
+            continue
+        best = min(entries, key=lambda e: (e.style != "normal", abs(_weight(e.weight) - 400),
+                                           e.stretch != "normal"))
+        try:
+            charmap = frozenset(ft2font.FT2Font(best.fname).get_charmap())
+        except (OSError, RuntimeError, ValueError):
+            continue
+        out.append((family, best.fname, charmap))
+    return tuple(out)
+
+
+def _weight(w: int | str) -> int:
+    return w if isinstance(w, int) else {"normal": 400, "regular": 400, "bold": 700}.get(
+        str(w).lower(), 400)
+
+
+def font_families() -> list[str]:
+    """The installed families of :data:`FONT_FAMILIES`, for matplotlib's per-glyph fallback
+    (``fontfamily=font_families()``)."""
+    return [f for f, _, _ in fonts()] or ["DejaVu Sans"]
+
+
+def _which(ch: str) -> int | None:
+    """Index in :func:`fonts` of the first font with a glyph for ``ch`` (None: none has)."""
+    cp = ord(ch)
+    return next((i for i, (_, _, cmap) in enumerate(fonts()) if cp in cmap), None)
+
+
+def drawable(text: str) -> str:
+    """``text`` with every character no installed font can draw replaced by ``?`` (invisible
+    format and combining marks without a glyph, such as emoji variation selectors and
+    zero-width joiners, are dropped); white space is kept."""
+    out = []
+    for ch in text:
+        if ch.isspace() or _which(ch) is not None:
+            out.append(ch)
+        elif unicodedata.category(ch) not in ("Mn", "Me", "Cf", "Cc"):
+            out.append(MISSING)
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=32)
+def _pil_font(index: int | None, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    if index is not None:
+        try:
+            return ImageFont.truetype(fonts()[index][1], size)
+        except OSError:
+            pass
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no size argument
+        return ImageFont.load_default()
+
+
+def draw_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
+              size: int = 13, fill: str = "black") -> None:
+    """Draw ``text`` at ``xy`` (top left), each run of characters with the first installed
+    font that has their glyphs (PIL has no font fallback of its own); characters no font has
+    are drawn as ``?`` (see :func:`drawable`)."""
+    text = drawable(text)
+    runs: list[tuple[int | None, str]] = []  # (font index, characters)
+    for ch in text:
+        k = _which(ch)
+        if runs and (k is None or ch.isspace()):  # spaces stay in the run they are in
+            k = runs[-1][0]
+        if runs and runs[-1][0] == k:
+            runs[-1] = (k, runs[-1][1] + ch)
+        else:
+            runs.append((k, ch))
+    x, y = xy
+    for k, run in runs:
+        font = _pil_font(k, size)
+        draw.text((x, y), run, fill=fill, font=font)
+        x += draw.textlength(run, font=font)

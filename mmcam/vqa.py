@@ -19,6 +19,15 @@ from mmcam.results import VQAExplanation
 from mmcam.scores import TOP_K, Alternatives, check_score, token_scores
 
 
+def check_contrast(answer: str | None, contrast: str | None) -> None:
+    """Refuse a contrast that is the explained answer itself (its map would be zero): one
+    :class:`MMCamError`, the same message from the library, the command line and the app."""
+    if answer is not None and contrast is not None and \
+            answer.strip().lower() == contrast.strip().lower():
+        raise MMCamError(f"the contrast {contrast.strip()!r} is the answer itself: name "
+                         "another answer to contrast with")
+
+
 class VQAExplainer:
     """Explain VQA answers: the model's, any candidate, the top-k, and contrasts.
 
@@ -189,6 +198,8 @@ class VQAExplainer:
             if not cands:
                 raise MMCamError("the model generated no answer: nothing to explain")
             pick = cands[0] if answer is None else ad.tokenize_answer(answer)
+            if answer is None:
+                check_contrast(ad.decode_answer(pick), contrast)
             seqs = [pick] + cands + ([] if contrast is None else [ad.tokenize_answer(contrast)])
             T = max(len(x) for x in seqs)
             ids = torch.zeros(len(seqs), T, dtype=torch.long)
@@ -235,6 +246,8 @@ class VQAExplainer:
         contrasts = list(contrasts) if contrasts is not None else [None] * n
         if not len(qs) == len(answers) == len(contrasts) == n:
             raise MMCamError(f"give one question, answer and contrast per image ({n} images)")
+        for a, c in zip(answers, contrasts):
+            check_contrast(a, c)
         for q in qs:
             if not isinstance(q, str) or not q.strip():
                 raise MMCamError("the question is empty: ask something about the image")
@@ -256,6 +269,8 @@ class VQAExplainer:
             top = lp.topk(min(top_k, K)).indices.tolist()
             model_answer = int(lp.argmax())
             pick = model_answer if chosen[i] is None else chosen[i]
+            if others[i] is not None:
+                check_contrast(ad.answers[pick], ad.answers[others[i]])
             picked = [pick] + top
             coefs = torch.zeros(len(picked) + (others[i] is not None), K)
             for r, a in enumerate(picked):

@@ -380,3 +380,211 @@ def test_smallest_library_arguments_still_work(explainers, scene_png):
                                          top_k=1).top_answers) == 1
     assert len(explainers["cls"].explain(scene_png, top=1).classes) == 1
     assert len(explainers["cap"].explain(scene_png, max_len=1, beam_size=1).words) == 1
+
+
+# ---------------------------------------------------------------- unknown caption words
+
+def _vocab(name):
+    return set(json.loads((REPO_MODELS / name / "config.json").read_text())["vocab"])
+
+
+@pytest.mark.parametrize(
+    "caption,unknown,all_unknown",
+    [("xyzzy plugh", ["xyzzy", "plugh"], True),
+     ("a 猫 🐱 circle", ["猫", "🐱"], False),
+     ("a red circle", [], False)],
+)
+def test_unknown_caption_words(explainers, scene_png, tmp_path, capsys, caption, unknown,
+                               all_unknown):
+    vocab = _vocab("shapes-captioner")  # the oracle: the model's own vocabulary file
+    assert [w for w in caption.split() if w not in vocab] == unknown
+    r = explainers["cap"].explain(scene_png, caption)
+    assert r.unknown_words == unknown
+    assert r.to_dict()["unknown_words"] == unknown
+    assert sum(w == "<unk>" for w in r.words) == len(unknown)
+    # the CLI: one line, only when there are unknown words
+    assert main(["caption", str(scene_png), "--caption", caption,
+                 "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr()
+    notes = [ln for ln in out.out.splitlines() if "does not know" in ln]
+    assert out.err == ""
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["unknown_words"] == unknown
+    # the app's caption status text
+    from mmcam.app import _caption_status, caption_view
+
+    status = _caption_status(caption_view(r))
+    if not unknown:
+        assert notes == [] and "does not know" not in status
+        return
+    assert len(notes) == 1
+    assert notes[0].strip() == ("words the model does not know (read as unknown): "
+                                + ", ".join(unknown) + (
+                                    " - all of the caption's words: its maps explain the "
+                                    "unknown token" if all_unknown else ""))
+    assert notes[0].strip() in status
+
+
+def test_generated_caption_has_no_unknown_words(explainers, scene_png):
+    r = explainers["cap"].explain(scene_png)
+    assert r.generated and r.unknown_words == []
+    assert set(r.words) <= _vocab("shapes-captioner") - {"<unk>"}
+
+
+# ---------------------------------------------------------------- contrast equal to the answer
+
+SAME = "the contrast {!r} is the answer itself: name another answer to contrast with"
+
+
+@pytest.mark.parametrize("answer,contrast", [("red", "red"), ("red", " RED "),
+                                             ("blue", "Blue")])
+def test_contrast_equal_to_answer_cli(scene_png, tmp_path, capsys, answer, contrast):
+    one_error_line(capsys, ["vqa", str(scene_png), "what color is the shape?", "--answer",
+                            answer, "--contrast", contrast, "--out", str(tmp_path / "o")],
+                   SAME.format(contrast.strip()))
+    assert not (tmp_path / "o").exists()
+
+
+def test_contrast_equal_to_answer_library(explainers, scene_png):
+    vqa, q = explainers["vqa"], "what color is the shape?"
+    with pytest.raises(MMCamError, match=SAME.format("red").replace("(", r"\(")):
+        vqa.explain(scene_png, q, answer="Red", contrast="red")
+    model_answer = vqa.explain(scene_png, q).answer  # no answer given: the model's is explained
+    with pytest.raises(MMCamError) as e:
+        vqa.explain(scene_png, q, contrast=model_answer.upper())
+    assert str(e.value) == SAME.format(model_answer)
+    other = next(a for a in vqa.adapter.answers if a != model_answer)
+    assert vqa.explain(scene_png, q, contrast=other).contrast == other  # others still work
+
+
+def test_contrast_equal_to_answer_app(scene_png):
+    """The app's contrast handler shows the CLI's message and keeps running."""
+    from mmcam.app import Session, build_app
+
+    app = build_app()
+    fns = {f.api_name: f for f in app.fns.values()}
+    ask, contrast = fns["vqa"], fns["vqa_contrast"]
+    model = ask.inputs[2].value
+    session = Session()
+    status = ask.fn(str(scene_png), "what color is the shape?", model, "gradcam", 0.5, False,
+                    False, session)[0]
+    assert status.startswith("**Answer: ")
+    a = session.vqa.result.top_answers[session.vqa.selected][0]
+    with pytest.warns(UserWarning, match="is the answer itself"):  # gradio's gr.Warning
+        cmap, info, _ = contrast.fn(a.upper(), "gradcam", 0.5, False, model, session)
+    assert info == f"**Error:** {SAME.format(a.upper())}"
+    other = next(x for x in session.vqa.result.top_answers if x[0] != a)[0]
+    cmap, info, _ = contrast.fn(other, "gradcam", 0.5, False, model, session)
+    assert info.startswith(f"**Why {a} rather than {other}:**")
+
+
+# ---------------------------------------------------------------- words of any script
+
+WORLD = "a 猫 🐱 circle"
+
+
+def test_non_latin_caption_is_saved_without_warnings(explainers, scene_png, tmp_path, capfd):
+    """Saving (grid figures through matplotlib, overlays, HTML) and the app's PIL-drawn grid
+    of a caption with CJK and emoji words: no warning, nothing on stderr."""
+    import gc
+    import logging
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from mmcam.app import caption_view, grid_image
+
+    r = explainers["cap"].explain(scene_png, WORLD)
+    gc.collect()  # what earlier tests left (gradio's event loops) is not collected in here
+    capfd.readouterr()
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger("matplotlib").addHandler(handler)  # findfont complaints would show
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r.save(tmp_path / "o")
+            plt.close(r.plot(shared=False))
+            grid_image(caption_view(r), 0.5, True, False)
+    finally:
+        logging.getLogger("matplotlib").removeHandler(handler)
+    assert [str(w.message) for w in caught if w.category is not ResourceWarning] == []
+    assert capfd.readouterr().err == ""
+    assert (tmp_path / "o" / "grid.png").is_file()
+
+
+def _has_glyph(ch):
+    """The oracle: fontTools reads the installed fonts' own character maps."""
+    from fontTools.ttLib import TTFont
+
+    from mmcam import viz
+
+    for _, path, _ in viz.fonts():
+        font = TTFont(path, fontNumber=0, lazy=True)
+        if ord(ch) in (font.getBestCmap() or {}):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("ch", list("a猫🐱жéא"))
+def test_drawable_keeps_what_an_installed_font_has(ch):
+    from mmcam import viz
+
+    assert viz.fonts(), "no DejaVu/Noto font found at all"
+    assert viz.drawable(ch) == (ch if _has_glyph(ch) else "?")
+
+
+def test_fallback_when_no_font_has_the_glyph(monkeypatch):
+    """With only ASCII glyphs available: other characters become '?', invisible marks go,
+    and PIL draws the text exactly as it draws the '?' form (no tofu boxes)."""
+    from PIL import ImageDraw
+
+    from mmcam import viz
+
+    family, path, _ = viz.fonts()[0]
+    monkeypatch.setattr(viz, "fonts", lambda: ((family, path, frozenset(range(32, 127))),))
+    viz._pil_font.cache_clear()
+    try:
+        assert viz.drawable("a 猫 🐱\ufe0f é circle") == "a ? ? ? circle"
+
+        def drawn(text):
+            im = Image.new("RGB", (240, 24), "white")
+            viz.draw_text(ImageDraw.Draw(im), (2, 2), text)
+            return np.asarray(im)
+
+        assert np.array_equal(drawn("a 猫 circle"), drawn("a ? circle"))
+        assert not np.array_equal(drawn("a b circle"), drawn("a ? circle"))
+    finally:
+        viz._pil_font.cache_clear()
+
+
+def test_pil_text_uses_a_font_with_the_glyph():
+    """A character the first font has is drawn as itself, not as the fallback '?'."""
+    from PIL import ImageDraw
+
+    from mmcam import viz
+
+    def drawn(text):
+        im = Image.new("RGB", (60, 24), "white")
+        viz.draw_text(ImageDraw.Draw(im), (2, 2), text)
+        return np.asarray(im)
+
+    for ch in "жé":
+        assert _has_glyph(ch)
+        assert not np.array_equal(drawn(ch), drawn("?"))
+        assert (drawn(ch) < 128).any()  # something dark was drawn
+
+
+def test_unknown_caption_words_of_a_hugging_face_tokenizer():
+    """Hugging Face captioners name the caption's whitespace words read as [UNK]."""
+    transformers = pytest.importorskip("transformers")
+    from mmcam.adapters.hf import HFCaptioner
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "red", "circle"]
+    ad = HFCaptioner.__new__(HFCaptioner)
+    ad.tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+    ad._wordpiece = True
+    caption = "a green 猫 circle"
+    assert ad.unknown_words(caption) == sorted(w for w in caption.split() if w not in vocab)
+    assert ad.unknown_words("a red circle") == []
+    cap = CaptionExplainer.__new__(CaptionExplainer)
+    cap.adapter = ad
+    assert cap.unknown_words(caption) == ["green", "猫"]

@@ -296,6 +296,12 @@ class HFCaptioner:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"],
                             dtype=torch.long)
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The whitespace words of a caption that the tokenizer reads as its unknown token."""
+        if getattr(self.tokenizer, "unk_token_id", None) is None:
+            return []
+        return unknown_words(self.tokenizer, text)
+
     def word_groups(self, token_ids: torch.Tensor, text: str | None = None
                     ) -> tuple[list[str], list[int]]:
         """(word labels, word index of every token).

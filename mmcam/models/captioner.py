@@ -164,6 +164,10 @@ class CaptionerAdapter:
         """Caption -> ids (T,) (lowercased Treebank tokens; unknown words -> <unk>)."""
         return self.vocab.tensor(text)
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The tokens of ``text`` not in the vocabulary (each read as <unk>), in order."""
+        return self.vocab.encode(text)[1]
+
     def words(self, token_ids: torch.Tensor) -> list[str]:
         """Ids (T,) -> words (one token is one word)."""
         return [self.vocab.itos[int(i)] for i in token_ids.reshape(-1)]
