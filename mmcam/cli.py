@@ -234,7 +234,10 @@ def _engine_options(c: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mmcam import __version__
+
     p = argparse.ArgumentParser(prog="mmcam", description="Grad-CAM for captions, VQA, classes")
+    p.add_argument("--version", action="version", version=f"mmcam {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("classify", help="explain a CNN classifier's top classes")

@@ -103,3 +103,13 @@ def test_unreached_layer_exits_2_without_traceback(photo, tmp_path):
         "mmcam classify: error: the forward pass never reached layer 'aux1.conv.conv': "
         "choose a layer the model uses"
     ]
+
+
+def test_version_is_printed(capsys):
+    import mmcam
+    from mmcam.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mmcam {mmcam.__version__}"
