@@ -13,9 +13,9 @@ from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
 from mmcam.limits import check_at_least, check_tokens, check_words
-from mmcam.pipeline import Context, Explained, Pipeline, Rows, cam_of, module_of, takes_last
+from mmcam.pipeline import Context, Explained, Pipeline, Rows, cam_of, module_of
 from mmcam.results import CaptionExplanation
-from mmcam.scores import Alternatives, check_score, token_scores
+from mmcam.scores import Alternatives, check_score, with_logprobs
 
 __all__ = ["CaptionExplainer", "CaptionExplanation", "module_of", "word_membership"]
 
@@ -89,11 +89,9 @@ class CaptionExplainer:
         if score == "versus" and not versus:
             raise MMCamError("score='versus' needs named alternatives: versus={\"circle\": "
                              "\"square\"} (command line: --versus circle=square)")
-        encode = getattr(adapter, "word_ids", None) or (
-            lambda w: [int(i) for i in adapter.tokenize(w).reshape(-1)])
         groups = kinds if kinds is not None else list(getattr(adapter, "word_kinds", {}).values())
-        self.alternatives = Alternatives(
-            encode, groups if score == "contrast" else (),
+        self.alternatives = Alternatives.of(
+            adapter, groups if score == "contrast" else (),
             {w: [a] for w, a in (versus or {}).items()} if score == "versus" else None)
         self.pipeline = Pipeline(
             adapter, adapter.score_tokens if score == "logprob" else self._scores,
@@ -105,10 +103,8 @@ class CaptionExplainer:
     def _scores(self, x: Any, ids: torch.Tensor, last: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """(N,T) ids -> (N,2T): the explained scores, then the log-probs (for display)."""
-        kw = {} if last is None or not takes_last(self.adapter.token_logits) else {"last": last}
-        logits = self.adapter.token_logits(x, ids, **kw)
-        return torch.cat([token_scores(logits, ids, self.score, self.alternatives),
-                          token_scores(logits, ids, "logprob")], dim=1)
+        return with_logprobs(self.adapter.token_logits, (x,), ids, last, self.score,
+                             self.alternatives)
 
     def unknown_words(self, caption: str) -> list[str]:
         """The words of ``caption`` the model does not know (it reads them as its unknown

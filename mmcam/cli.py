@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mmcam.errors import MMCamError
 
@@ -284,7 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(c)
     c.add_argument("--out", required=True)
     c.set_defaults(func=_vqa)
+    _add_model_commands(sub)
+    return p
 
+
+def _add_model_commands(sub: Any) -> None:
+    """Training, evaluation, the bias study and the app."""
     c = sub.add_parser("train", help="train a reference model from scratch")
     c.add_argument("kind", choices=["captioner", "vqa", "classifier", "blip-captioner", "blip-vqa"])
     c.add_argument("--out", required=True)
@@ -338,7 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--port", type=int, default=7860)
     c.add_argument("--share", action="store_true", help="ask Gradio for a public link")
     c.set_defaults(func=_demo)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from mmcam.cam import box_iou, localize
 
@@ -175,28 +177,34 @@ def parameter_stages(module: nn.Module) -> list[str]:
 
 def randomization_check(
     model: nn.Module,
-    maps_of: Callable[[nn.Module], torch.Tensor],
+    maps_of: Callable[[nn.Module], Any],
     stages: Sequence[str] | None = None,
     seed: int = 0,
-) -> list[tuple[str, float]]:
+    progress: bool = False,
+) -> Any:
     """Cascading randomization: re-initialize the ``stages`` (submodule names, input to
     output; default :func:`parameter_stages` of ``model``) from the last one back, one more
     per step, on a copy of ``model``; for each step the mean Spearman correlation between
     ``maps_of(copy)`` (N,H,W) and ``maps_of(model)``. Returns ``[(stage, rho), ...]`` in the
-    order the stages were randomized. ``model`` itself is not changed."""
+    order the stages were randomized; if ``maps_of`` returns a dict of map stacks (several
+    methods from one pass), a dict of such lists. ``model`` itself is not changed."""
     stages = list(stages if stages is not None else parameter_stages(model))
     if not stages:
         raise ValueError("no stage with parameters to randomize")
     ref = maps_of(model)
+    many = isinstance(ref, dict)
+    refs = ref if many else {None: ref}
     work = copy.deepcopy(model)
-    out = []
-    for k, name in enumerate(reversed(stages)):
+    out: dict[Any, list[tuple[str, float]]] = {k: [] for k in refs}
+    steps = list(reversed(stages))
+    for k, name in enumerate(tqdm(steps, desc="randomization check", disable=not progress)):
         randomize(work.get_submodule(name), seed + k)
-        maps = maps_of(work)
-        rhos = [spearman(a, b) for a, b in zip(ref, maps)]
-        rhos = [r for r in rhos if r == r]
-        out.append((name, float(np.mean(rhos)) if rhos else float("nan")))
-    return out
+        now = maps_of(work)
+        for key, maps in (now if many else {None: now}).items():
+            rhos = [spearman(a, b) for a, b in zip(refs[key], maps)]
+            rhos = [r for r in rhos if r == r]
+            out[key].append((name, float(np.mean(rhos)) if rhos else float("nan")))
+    return out if many else out[None]
 
 
 def randomize(module: nn.Module, seed: int) -> None:

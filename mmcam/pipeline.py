@@ -14,7 +14,6 @@ A model plugs in through one of two forms (see :mod:`mmcam.adapters.base`):
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import threading
 import weakref
@@ -43,6 +42,7 @@ from mmcam.layers import (
     resolve_layer,
     tap,
 )
+from mmcam.scores import takes_last
 
 Box = tuple[int, int, int, int]
 RECURRENT = (nn.RNNBase, nn.RNNCellBase)
@@ -59,14 +59,6 @@ def module_of(adapter: Any) -> nn.Module | None:
 def cam_of(method: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The CAM formula of ``method`` (Grad-CAM for "guided-gradcam")."""
     return gradcam if method == "guided-gradcam" else get_method(method)
-
-
-def takes_last(fn: Callable) -> bool:
-    """Whether ``fn`` accepts a ``last=`` argument (rows' last used positions)."""
-    try:
-        return "last" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def infer_layout(x: torch.Tensor) -> Layout:
@@ -471,7 +463,8 @@ class Pipeline:
         if key not in store:
             with eval_mode(self.module):
                 store[key] = receptive_cells(
-                    lambda x: layout.to_grid(run_to_layer(to_layer, x), own).float(), px)
+                    lambda x: layout.to_grid(run_to_layer(to_layer, x), own).float(),
+                    self._to_device(px))
         return store[key]
 
     def _finish(self, images, prepared, rows, A_raw, G_raw, scores, image, cam, guided,
@@ -481,7 +474,6 @@ class Pipeline:
         A = layout.to_grid(A_raw, own).float()
         G = layout.to_grid(G_raw, own).float()
         scores = scores.cpu()
-        cells: dict[tuple, Cell | None] = {}
         out, start = [], 0
         for b, (im, (inputs, geom), r) in enumerate(zip(images, prepared, rows)):
             n = r.ids.shape[0]
@@ -490,12 +482,7 @@ class Pipeline:
             Gb = G[sel]
             lmaps = cam(A[b:b + 1].expand(n, *A.shape[1:]), Gb)
             px = pixels_of(inputs)
-            cell = None
-            if px is not None and self.align != "bilinear":
-                key = tuple(px.shape)
-                if key not in cells:
-                    cells[key] = self.cells(to_layer, self._to_device(px), layout, own)
-                cell = cells[key]
+            cell = None if px is None else self.cells(to_layer, px, layout, own)
             maps = geom.to_image(lmaps, cell).cpu()
             gg = None
             if guided:

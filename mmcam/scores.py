@@ -19,7 +19,9 @@ position.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -27,6 +29,14 @@ from mmcam.errors import MMCamError
 
 SCORES = ("logprob", "logit", "contrast", "versus")
 TOP_K = 5
+
+
+def takes_last(fn: Callable) -> bool:
+    """Whether ``fn`` accepts a ``last=`` argument (rows' last used positions)."""
+    try:
+        return "last" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def check_score(score: str) -> str:
@@ -69,6 +79,26 @@ class Alternatives:
 
     def __bool__(self) -> bool:
         return bool(self.table)
+
+    @classmethod
+    def of(cls, adapter: Any, groups: Iterable[Iterable[str]] = (),
+           pairs: Mapping[str, Iterable[str]] | None = None) -> Alternatives:
+        """Built with ``adapter.word_ids(word)`` (a word as it reads inside a sentence), or
+        ``adapter.tokenize(word)`` when it has none."""
+        encode = getattr(adapter, "word_ids", None) or (
+            lambda w: [int(i) for i in adapter.tokenize(w).reshape(-1)])
+        return cls(encode, groups, pairs)
+
+
+def with_logprobs(logits_fn: Callable[..., torch.Tensor], args: tuple, ids: torch.Tensor,
+                  last: torch.Tensor | None, score: str,
+                  alternatives: Alternatives | None) -> torch.Tensor:
+    """(N,T) ids -> (N,2T): the explained scores, then the log-probs (for display), from
+    one ``logits_fn(*args, ids[, last=])`` call ((N,T,V) logits)."""
+    kw = {} if last is None or not takes_last(logits_fn) else {"last": last}
+    logits = logits_fn(*args, ids, **kw)
+    return torch.cat([token_scores(logits, ids, score, alternatives),
+                      token_scores(logits, ids, "logprob")], dim=1)
 
 
 def token_scores(logits: torch.Tensor, ids: torch.Tensor, score: str,

@@ -217,12 +217,13 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
 
             att = None
             if has_att and s_i == 0:
-                def att(e: Explained, row: int) -> torch.Tensor:
-                    with torch.no_grad():
-                        px = pixels_of(e.inputs)
-                        a = adapter.attention(adapter.encode(px), e.rows.ids[:1])[0]  # (T,h,w)
+                with torch.no_grad():  # the attention of every token, once per caption
+                    tokens = adapter.attention(adapter.encode(pixels_of(e.inputs)),
+                                               e.rows.ids[:1])[0].float()  # (T,h,w)
+
+                def att(e: Explained, row: int, tokens: torch.Tensor = tokens) -> torch.Tensor:
                     T = e.rows.ids.shape[1]
-                    return (e.rows.coefs[row, :T, None, None] * a.float()).sum(0)
+                    return (e.rows.coefs[row, :T, None, None] * tokens).sum(0)
             new = _records_for(rows, score, methods, aligns, slack, i < n_deletion, scorer,
                                1000 * i, att)
             for rec in new:
@@ -289,38 +290,26 @@ def sanity(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
     stages = ev.parameter_stages(model)
     out = {}
     for score in scores:
-        def maps_of(m: torch.nn.Module, score: str = score) -> list[torch.Tensor]:
+        def maps_of(m: torch.nn.Module, score: str = score) -> dict[str, torch.Tensor]:
             ad = copy.copy(adapter)
             ad.model = m
             got: dict[str, list] = defaultdict(list)
             if task == "caption":
-                ex = CaptionExplainer(ad, score=score)
-                es = ex.explained([s.image for s in scenes], list(captions or []))
-                for e in es:
-                    for meth in methods:
-                        got[meth] += list(cam_of(meth)(e.A[None].expand(len(e.G), -1, -1, -1),
-                                                       e.G))
+                es = CaptionExplainer(ad, score=score).explained(
+                    [s.image for s in scenes], list(captions or []))
+                rows = [(e, slice(None)) for e in es]
             else:
                 ex = VQAExplainer(ad, score=score)
-                for s in scenes:
-                    e = ex.explained(s.image, s.questions[0][0], s.questions[0][1])
-                    for meth in methods:
-                        got[meth] += list(cam_of(meth)(e.A[None], e.G[:1]))
-            return [torch.stack(got[meth]) for meth in methods]
+                rows = [(ex.explained(s.image, s.questions[0][0], s.questions[0][1]),
+                         slice(0, 1)) for s in scenes]
+            for e, sel in rows:
+                G = e.G[sel]
+                for meth in methods:
+                    got[meth] += list(cam_of(meth)(e.A[None].expand(len(G), -1, -1, -1), G))
+            return {meth: torch.stack(got[meth]) for meth in methods}
 
-        ref = maps_of(model)
-        work = copy.deepcopy(model)
-        rhos: dict[str, list] = {m: [] for m in methods}
-        for k, name in enumerate(tqdm(list(reversed(stages)), desc=f"sanity, score {score}",
-                                      disable=not progress)):
-            ev.randomize(work.get_submodule(name), k)
-            now = maps_of(work)
-            for m, a, b in zip(methods, ref, now):
-                r = [ev.spearman(x, y) for x, y in zip(a, b)]
-                r = [v for v in r if v == v]
-                rhos[m].append((name, float(np.mean(r)) if r else float("nan")))
-        for m in methods:
-            out[f"{m}/{score}"] = rhos[m]
+        curves = ev.randomization_check(model, maps_of, stages, seed=0, progress=progress)
+        out |= {f"{m}/{score}": curves[m] for m in methods}
     return out
 
 

@@ -14,9 +14,9 @@ from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
 from mmcam.limits import check_at_least, check_tokens, check_words
-from mmcam.pipeline import Context, Explained, Pipeline, Rows, takes_last
+from mmcam.pipeline import Context, Explained, Pipeline, Rows
 from mmcam.results import VQAExplanation
-from mmcam.scores import TOP_K, Alternatives, check_score, token_scores
+from mmcam.scores import TOP_K, Alternatives, check_score, with_logprobs
 
 
 def check_contrast(answer: str | None, contrast: str | None) -> None:
@@ -90,17 +90,20 @@ class VQAExplainer:
                       ) -> torch.Tensor:
                 return ad.score_answer_tokens(x, question_ids, ids)
             return score
-        encode = getattr(ad, "word_ids", None) or (
-            lambda w: [int(i) for i in ad.tokenize(w).reshape(-1)])
-        alts = Alternatives(encode, self.kinds if self.score == "contrast" else ())
+        alts = Alternatives.of(ad, self.kinds if self.score == "contrast" else ())
 
         def scores(x: Any, ids: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
             """(N,T) -> (N,2T): the explained scores, then the log-probs."""
-            kw = {} if last is None or not takes_last(ad.answer_token_logits) else {"last": last}
-            logits = ad.answer_token_logits(x, question_ids, ids, **kw)
-            return torch.cat([token_scores(logits, ids, self.score, alts),
-                              token_scores(logits, ids, "logprob")], dim=1)
+            return with_logprobs(ad.answer_token_logits, (x, question_ids), ids, last,
+                                 self.score, alts)
         return scores
+
+    def _generative_pipeline(self, q: torch.Tensor) -> Pipeline:
+        """The pipeline of one question for answers written as text (the question is part
+        of the scorer)."""
+        ad = self.adapter
+        return Pipeline(ad, self._score_fn(q), lambda x, **kw: ad.generate_answers(x, q, **kw),
+                        causal=True, **self._options)
 
     def _answer_coefs(self, lp: torch.Tensor, a: int) -> torch.Tensor:
         """(K,) coefficients on the answers' scores explaining answer ``a``: one-hot, or for
@@ -148,9 +151,7 @@ class VQAExplainer:
         if self.generative:
             q = torch.as_tensor(ad.tokenize_question(question)[0], dtype=torch.long)
             check_tokens(q.numel(), "question")
-            pipe = Pipeline(ad, self._score_fn(q),
-                            lambda x, **kw: ad.generate_answers(x, q, **kw), causal=True,
-                            **self._options)
+            pipe = self._generative_pipeline(q)
 
             def rows(ctx: Context, i: int) -> Rows:
                 if answer is None:
@@ -190,8 +191,7 @@ class VQAExplainer:
         q, unknown = ad.tokenize_question(question)
         q = torch.as_tensor(q, dtype=torch.long)
         check_tokens(q.numel(), "question")
-        pipe = Pipeline(ad, self._score_fn(q), lambda x, **kw: ad.generate_answers(x, q, **kw),
-                        causal=True, **self._options)
+        pipe = self._generative_pipeline(q)
 
         def rows(ctx: Context, i: int) -> Rows:
             cands = ctx.generate(k=top_k)
