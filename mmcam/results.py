@@ -1,7 +1,15 @@
-"""Result dataclasses for captions and VQA, with ``plot``, ``save`` and ``to_dict``.
+"""Result dataclasses for captions, VQA and classes, with ``plot``, ``save``, ``to_dict`` and
+Jupyter's ``_repr_html_`` / ``_repr_png_``.
 
 Maps are stored un-normalized (words stay comparable). For display, maps of one group
 (the words of a caption, the answers of a question) share one scale: ``m / max over group``.
+
+Drawing is bounded: overlays, grids and pages are drawn at :data:`DISPLAY_SIZE` pixels on the
+longer side at most (smaller images at their own size); the full-size overlay of one map is
+drawn on demand, ``result.overlay(i, full_size=True)``. The page (``to_html``, ``save``'s
+``index.html``, a notebook cell) holds the image once and each map once, as an 8-bit grayscale
+PNG of ``map / its max``; the browser colors and blends the map that is shown (see
+:func:`_page_script`), so a page for 65 maps of a 768 px image stays a few MB.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import html
 import io
 import json
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +27,32 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mmcam.cam import normalize
-from mmcam.viz import draw_boxes, drawable, font_families, guided_image, overlay
+from mmcam.errors import MMCamError
+from mmcam.viz import (
+    colormap_lut,
+    draw_boxes,
+    drawable,
+    fit_size,
+    font_families,
+    guided_image,
+    overlay,
+    png_bytes,
+    resize_maps,
+    scale_box,
+    sheet,
+)
 
 Box = tuple[int, int, int, int]
+
+DISPLAY_SIZE = 768
+"""Longest side (pixels) of the overlays and pages drawn for display and by ``save``."""
+TILE = 240
+"""Longest side (pixels) of a tile of the grid (``grid``, ``grid.png``, ``_repr_png_``)."""
+PAGE_BASE_BYTES = 600_000
+"""Above this size (bytes) the page holds its image as a JPEG instead of a PNG."""
+PAGE_MAP_BYTES = 2_400_000
+"""Bytes for all the maps of one page; over it, the maps are held at a smaller size."""
+EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -35,14 +66,12 @@ class Panel:
     detail: str = ""
 
 
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "x"
+
+
+def _data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
 class _Shows:
@@ -54,32 +83,105 @@ class _Shows:
     def panels(self) -> list[Panel]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def heatmaps(self, shared: bool = True) -> list[torch.Tensor]:
-        """Display maps in [0,1]: one shared scale per group, or each map by its own max."""
+    def scales(self, shared: bool = True) -> list[float]:
+        """The display divisor of each panel's map: its group's max (``shared``) or its own."""
         panels = self.panels()
-        out: list[torch.Tensor] = [torch.empty(0)] * len(panels)
-        for group in dict.fromkeys(p.group for p in panels):
-            idx = [i for i, p in enumerate(panels) if p.group == group]
-            stacked = normalize(torch.stack([panels[i].map for i in idx]), shared=shared)
-            for i, m in zip(idx, stacked):
-                out[i] = m
+        own = [max(float(p.map.max()), EPS) for p in panels]
+        if not shared:
+            return own
+        top = {g: max(m for m, p in zip(own, panels) if p.group == g) for g in
+               dict.fromkeys(p.group for p in panels)}
+        return [top[p.group] for p in panels]
+
+    def heatmaps(self, shared: bool = True) -> list[torch.Tensor]:
+        """Display maps in [0,1] at the image's size: one shared scale per group, or each map
+        by its own max."""
+        return [p.map / s for p, s in zip(self.panels(), self.scales(shared))]
+
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) at which overlays are drawn: the image's size fitted into
+        :data:`DISPLAY_SIZE` pixels on its longer side."""
+        return fit_size(self.image.size, DISPLAY_SIZE)
+
+    def index(self, item: int | str) -> int:
+        """The position in ``panels()`` of ``item``: a position, or a panel's title (the
+        first panel of that title)."""
+        titles = [p.title for p in self.panels()]
+        if isinstance(item, str):
+            if item not in titles:
+                raise MMCamError(f"no map titled {item!r}: choose one of {titles}")
+            return titles.index(item)
+        if isinstance(item, bool) or not isinstance(item, int) or \
+                not -len(titles) <= item < len(titles):
+            raise MMCamError(f"map {item!r}: give a title or a position below {len(titles)}")
+        return item % len(titles)
+
+    def overlay(self, item: int | str, alpha: float = 0.5, shared: bool = True,
+                box: bool = True, full_size: bool = False) -> Image.Image:
+        """The overlay of one map (a position or a title, see :meth:`index`), with its box:
+        at the display size, or at the image's own size with ``full_size`` (drawn now,
+        only this one map)."""
+        i = self.index(item)
+        return self._drawn([i], alpha, box, shared, full_size)[0]
+
+    def overlays(self, alpha: float = 0.5, boxes: bool = False, shared: bool = True,
+                 full_size: bool = False) -> list[Image.Image]:
+        """One overlay per panel (scale as in ``heatmaps``), optionally with its box, at the
+        display size (or the image's own with ``full_size``; mind the memory)."""
+        return self._drawn(range(len(self.panels())), alpha, boxes, shared, full_size)
+
+    def _drawn(self, idx: Any, alpha: float, boxes: bool, shared: bool,
+               full_size: bool) -> list[Image.Image]:
+        panels, scales = self.panels(), self.scales(shared)
+        size = self.image.size if full_size else self.display_size()
+        base = self.image.convert("RGB")
+        if base.size != size:
+            base = base.resize(size, Image.BILINEAR, reducing_gap=2.0)
+        sx, sy = size[0] / self.image.width, size[1] / self.image.height
+        out = []
+        for i in idx:
+            heat = resize_maps(panels[i].map[None], size)[0] / scales[i]
+            im = overlay(base, heat, alpha)
+            out.append(draw_boxes(im, [scale_box(panels[i].box, sx, sy)]) if boxes else im)
         return out
 
-    def overlays(
-        self, alpha: float = 0.5, boxes: bool = False, shared: bool = True
-    ) -> list[Image.Image]:
-        """One overlay image per panel, optionally with its box (scale as in ``heatmaps``)."""
+    def grid(self, shared: bool = True, alpha: float = 0.5, ncols: int = 6) -> Image.Image:
+        """The image and one overlay per panel (with its box, title and map max) in one
+        picture, tiles :data:`TILE` pixels on the longer side; drawn with PIL, fast."""
+        return self._grids((shared,), alpha, ncols)[0]
+
+    def _grids(self, scales: tuple[bool, ...], alpha: float = 0.5,
+               ncols: int = 6) -> list[Image.Image]:
+        """:meth:`grid` for each of ``scales`` (shared or not), the maps resized once."""
+        panels = self.panels()
+        tile = fit_size(self.image.size, TILE)
+        base = self.image.convert("RGB")
+        if base.size != tile:
+            base = base.resize(tile, Image.BILINEAR, reducing_gap=2.0)
+        heat = resize_maps(torch.stack([p.map for p in panels]), tile)
+        sx, sy = tile[0] / self.image.width, tile[1] / self.image.height
+        labels = [["image"]] + [[p.title, f"max {float(p.map.max()):.3g}"] for p in panels]
         out = []
-        for p, h in zip(self.panels(), self.heatmaps(shared)):
-            im = overlay(self.image, h, alpha)
-            out.append(draw_boxes(im, [p.box]) if boxes else im)
+        for shared in scales:
+            tiles = [base] + [
+                draw_boxes(overlay(base, h / s, alpha), [scale_box(p.box, sx, sy)])
+                for p, h, s in zip(panels, heat, self.scales(shared))]
+            out.append(sheet(tiles, labels, f"{self._headline()}   ({self._how(shared)})",
+                             ncols))
         return out
+
+    def _how(self, shared: bool) -> str:
+        scale = "one scale per group" if shared else "each map scaled to its own max"
+        score = getattr(self, "score", "logprob")
+        how = self.method if score == "logprob" else f"{self.method}, score {score}"
+        return f"{how}; {scale}"
 
     def plot(self, alpha: float = 0.5, ncols: int = 6, shared: bool = True) -> Any:
         """A matplotlib figure: the image, then one overlay per panel with its map's max.
 
         ``shared=True``: one color scale per group (words comparable); ``False``: each map
-        scaled by its own max (shape of weak maps visible).
+        scaled by its own max (shape of weak maps visible). :meth:`grid` draws the same
+        faster, as one PIL image.
         """
         import matplotlib.pyplot as plt
 
@@ -96,10 +198,7 @@ class _Shows:
         for ax, im, t in zip(axes.ravel(), ims, titles):
             ax.imshow(im)
             ax.set_title(drawable(t), fontsize=10, fontfamily=families)
-        scale = "one scale per group" if shared else "each map scaled to its own max"
-        score = getattr(self, "score", "logprob")
-        how = self.method if score == "logprob" else f"{self.method}, score {score}"
-        fig.suptitle(drawable(f"{self._headline()}   ({how}; {scale})"), fontsize=11,
+        fig.suptitle(drawable(f"{self._headline()}   ({self._how(shared)})"), fontsize=11,
                      fontfamily=families)
         fig.tight_layout()
         return fig
@@ -107,83 +206,179 @@ class _Shows:
     def _headline(self) -> str:
         return ""
 
-    def _save_common(self, out: Path, names: list[str]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
+    def _save_common(self, out: Path, names: list[str], full_size: bool = False) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        for name, shared in (("grid.png", True), ("grid_per_map_scale.png", False)):
-            fig = self.plot(shared=shared)
-            fig.savefig(out / name, dpi=100)
-            plt.close(fig)
-        for name, im in zip(names, self.overlays(boxes=True)):
-            im.save(out / name)
+        grids = self._grids((True, False))
+        for name, im in zip(("grid.png", "grid_per_map_scale.png"), grids):
+            (out / name).write_bytes(png_bytes(im))
+        for name, i in zip(names, range(len(self.panels()))):
+            (out / name).write_bytes(png_bytes(self.overlay(i, full_size=full_size)))
         (out / "result.json").write_text(json.dumps(self.to_dict(), indent=2))
-        (out / "index.html").write_text(self.to_html())
+        (out / "index.html").write_text(self.to_html(), encoding="utf-8")
+
+    def _guided_png(self, grad: torch.Tensor, full_size: bool) -> bytes:
+        size = self.image.size if full_size else self.display_size()
+        return png_bytes(guided_image(grad).resize(size))
 
     def to_dict(self) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def page_data(self, alpha: float = 0.5) -> dict[str, Any]:
+        """What the page draws from: display ``w``, ``h``; the ``base`` image (PNG, or JPEG
+        when its PNG is over :data:`PAGE_BASE_BYTES`) and each map (``maps``: PNG of
+        ``round(255 * map / its max)`` at the display size, or smaller when all of them
+        together are over :data:`PAGE_MAP_BYTES`) as data URLs; ``scale``: each map's max
+        over its group's max; ``boxes`` in display pixels; ``lut``: the colormap's 256 RGB
+        colors (base64); ``alpha``."""
+        panels = self.panels()
+        size = self.display_size()
+        base = self.image.convert("RGB")
+        if base.size != size:
+            base = base.resize(size, Image.BILINEAR, reducing_gap=2.0)
+        own, shared = self.scales(shared=False), self.scales(shared=True)
+        stack = torch.stack([p.map for p in panels])
+        maps = _gray_pngs(resize_maps(stack, size), own)
+        total = sum(len(m) for m in maps)
+        if total > PAGE_MAP_BYTES:  # many maps of a large image: a smaller map per word
+            longest = int(max(size) * (PAGE_MAP_BYTES / total) ** 0.5 * 0.9)
+            maps = _gray_pngs(resize_maps(stack, fit_size(size, max(longest, 16))), own)
+        sx, sy = size[0] / self.image.width, size[1] / self.image.height
+        return {
+            "w": size[0], "h": size[1], "alpha": float(alpha),
+            "base": _base_url(base),
+            "maps": [_data_url(m) for m in maps],
+            "scale": [o / s for o, s in zip(own, shared)],
+            "boxes": [_box_list(scale_box(p.box, sx, sy)) for p in panels],
+            "lut": base64.b64encode(colormap_lut().tobytes()).decode(),
+        }
+
     def to_html(self, alpha: float = 0.5) -> str:
         """A self-contained HTML page: hover or click an item to show its map."""
-        panels = self.panels()
-        srcs = [
-            [
-                "data:image/png;base64," + base64.b64encode(_png(im)).decode()
-                for im in [self.image] + self.overlays(alpha, boxes=True, shared=shared)
-            ]
-            for shared in (True, False)
-        ]
+        body = self._fragment(alpha, "max-width: 90vw; max-height: 75vh;")
+        return (f'<!doctype html>\n<html><head><meta charset="utf-8">'
+                f"<title>mmcam: {html.escape(self._headline())}</title>"
+                f"<style>body {{ margin: 2em; }}</style></head><body>\n{body}\n</body></html>\n")
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the interactive page of :meth:`to_html`, sized for a notebook cell."""
+        return self._fragment(0.5, "max-width: 100%; max-height: 480px;")
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the grid (:meth:`grid`) as PNG bytes."""
+        return png_bytes(self.grid())
+
+    def _fragment(self, alpha: float, view_css: str) -> str:
+        """The page as one ``<div>`` with its own style and script; element ids and selectors
+        carry a fresh id, so several renderings live in one document."""
+        uid = "mmcam-" + uuid.uuid4().hex[:12]
+        data = self.page_data(alpha)
         items = "\n".join(
             f'<span class="item" data-i="{i + 1}" tabindex="0" title="{html.escape(p.detail)}">'
             f"{html.escape(p.title)}</span>"
-            for i, p in enumerate(panels)
+            for i, p in enumerate(self.panels())
         )
-        data = json.dumps(srcs)
-        return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>mmcam: {html.escape(self._headline())}</title>
+        payload = json.dumps(data).replace("</", "<\\/")
+        return f"""<div class="mmcam" id="{uid}" tabindex="-1">
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; }}
-.item {{ display: inline-block; padding: .2em .5em; margin: .15em; border-radius: .3em;
-  background: #eef; cursor: pointer; }}
-.item.on {{ background: #36c; color: white; }}
-#view {{ max-width: 90vw; max-height: 70vh; image-rendering: auto; border: 1px solid #ccc; }}
-#info {{ color: #555; min-height: 1.5em; }}
-</style></head><body>
-<h2>{html.escape(self._headline())}</h2>
-<p>method: {html.escape(self.method)}; hover or click an item to see its map
-(press Esc for the plain image).</p>
-<p><label><input type="checkbox" id="own"> scale each map to its own max
-(default: one color scale per group, so maps are comparable)</label></p>
-<div id="items">{items}</div>
-<p id="info"></p>
-<img id="view" alt="heat map" src="{srcs[0][0]}">
+#{uid} {{ font-family: system-ui, sans-serif; }}
+#{uid} .head {{ font-size: 1.2em; font-weight: bold; margin: .3em 0; }}
+#{uid} .item {{ display: inline-block; padding: .2em .5em; margin: .15em; border-radius: .3em;
+  background: #eef; color: black; cursor: pointer; }}
+#{uid} .item.on {{ background: #36c; color: white; }}
+#{uid} canvas {{ {view_css} border: 1px solid #ccc; }}
+#{uid} .info {{ color: #555; min-height: 1.5em; margin: .3em 0; }}
+</style>
+<div class="head">{html.escape(self._headline())}</div>
+<div>method: {html.escape(self.method)}; hover or click an item to see its map
+(press Esc for the plain image).</div>
+<div><label><input type="checkbox" class="own"> scale each map to its own max
+(default: one color scale per group, so maps are comparable)</label></div>
+<div class="items">{items}</div>
+<div class="info"></div>
+<canvas class="view" id="{uid}-view" width="{data["w"]}" height="{data["h"]}"
+ data-shown="-1"></canvas>
 <script>
-const SRC = {data};
-const view = document.getElementById('view'), info = document.getElementById('info');
-const own = document.getElementById('own');
-let pinned = 0, shown = 0;
-function show(i) {{
-  shown = i;
-  view.src = SRC[own.checked ? 1 : 0][i];
-  view.dataset.shown = i;
-  document.querySelectorAll('.item').forEach(e => e.classList.toggle('on', +e.dataset.i === i));
-  const el = document.querySelector('.item[data-i="' + i + '"]');
+{_page_script(uid, payload)}
+</script></div>"""
+
+
+def _gray_pngs(maps: torch.Tensor, scales: list[float]) -> list[bytes]:
+    """Each map (N,h,w) divided by its scale, as an 8-bit grayscale PNG."""
+    q = (maps / torch.tensor(scales, dtype=maps.dtype)[:, None, None] * 255.0).round()
+    q = q.clamp(0, 255).to(torch.uint8).numpy()
+    return [png_bytes(Image.fromarray(m, "L")) for m in q]
+
+
+def _base_url(image: Image.Image) -> str:
+    """``image`` as a PNG data URL, or a JPEG (quality 92) one if the PNG is too large."""
+    data = png_bytes(image)
+    if len(data) <= PAGE_BASE_BYTES:
+        return _data_url(data)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=92)
+    return _data_url(buf.getvalue(), "image/jpeg")
+
+
+def _page_script(uid: str, payload: str) -> str:
+    """The page's script: shows item ``i`` (0: the plain image) on the canvas.
+
+    For map ``i`` and pixel ``p``: ``v = q[p] / 255 * f`` (``q``: the map's gray PNG; ``f``:
+    its ``scale`` on the shared scale, 1 with "own max"), color ``c = lut[min(floor(256 v),
+    255)]`` as :func:`mmcam.viz.colorize`, shown ``base + alpha * (c - base)`` as
+    :func:`mmcam.viz.overlay`, then the box as :func:`mmcam.viz.draw_boxes` (2 px, lime).
+    """
+    return f"""(function () {{
+const root = document.getElementById('{uid}'), D = {payload};
+const view = root.querySelector('canvas.view'), ctx = view.getContext('2d');
+const own = root.querySelector('input.own'), info = root.querySelector('.info');
+const lut = Uint8Array.from(atob(D.lut), c => c.charCodeAt(0));
+const load = src => new Promise((ok, bad) => {{
+  const im = new Image(); im.onload = () => ok(im); im.onerror = bad; im.src = src; }});
+const pixels = im => {{
+  const c = document.createElement('canvas'); c.width = D.w; c.height = D.h;
+  const x = c.getContext('2d'); x.drawImage(im, 0, 0, D.w, D.h);
+  return x.getImageData(0, 0, D.w, D.h).data; }};
+const base = load(D.base).then(pixels), maps = {{}};
+let pinned = 0, shown = 0, ticket = 0;
+async function show(i) {{
+  shown = i; const t = ++ticket;
+  root.querySelectorAll('.item').forEach(e => e.classList.toggle('on', +e.dataset.i === i));
+  const el = root.querySelector('.item[data-i="' + i + '"]');
   info.textContent = el ? el.title : '';
+  const b = await base;
+  if (i > 0 && !maps[i]) maps[i] = load(D.maps[i - 1]).then(pixels);
+  const m = i > 0 ? await maps[i] : null;
+  if (t !== ticket) return;
+  const img = ctx.createImageData(D.w, D.h), o = img.data;
+  if (!m) o.set(b); else {{
+    const f = own.checked ? 1 : D.scale[i - 1], a = D.alpha;
+    for (let p = 0; p < o.length; p += 4) {{
+      const k = Math.min(Math.floor(m[p] / 255 * f * 256), 255) * 3;
+      o[p] = b[p] + a * (lut[k] - b[p]); o[p + 1] = b[p + 1] + a * (lut[k + 1] - b[p + 1]);
+      o[p + 2] = b[p + 2] + a * (lut[k + 2] - b[p + 2]); o[p + 3] = 255;
+    }}
+  }}
+  ctx.putImageData(img, 0, 0);
+  const box = i > 0 ? D.boxes[i - 1] : null;
+  if (box) {{
+    ctx.strokeStyle = 'lime'; ctx.lineWidth = 2;
+    ctx.strokeRect(box[0] + 1, box[1] + 1, box[2] - box[0] - 2, box[3] - box[1] - 2);
+  }}
+  view.dataset.shown = i;
 }}
-document.querySelectorAll('.item').forEach(e => {{
+root.querySelectorAll('.item').forEach(e => {{
   e.addEventListener('mouseenter', () => show(+e.dataset.i));
   e.addEventListener('mouseleave', () => show(pinned));
   e.addEventListener('click', () => {{ pinned = +e.dataset.i; show(pinned); }});
+  e.addEventListener('keydown', ev => {{
+    if (ev.key === 'Enter' || ev.key === ' ') {{ ev.preventDefault(); pinned = +e.dataset.i;
+      show(pinned); }} }});
 }});
 own.addEventListener('change', () => show(shown));
-document.addEventListener('keydown', ev => {{
-  if (ev.key === 'Escape') {{ pinned = 0; show(0); }}
-}});
-</script></body></html>
-"""
+root.addEventListener('keydown', ev => {{
+  if (ev.key === 'Escape') {{ pinned = 0; show(0); ev.stopPropagation(); }} }});
+show(0);
+}})();"""
 
 
 def _box_list(box: Box | None) -> list[int] | None:
@@ -270,16 +465,17 @@ class CaptionExplanation(_Shows):
             },
         }
 
-    def save(self, out: str | Path) -> Path:
-        """Write grid.png, one PNG per word, sentence.png, result.json and index.html."""
+    def save(self, out: str | Path, full_size: bool = False) -> Path:
+        """Write grid.png, grid_per_map_scale.png, one PNG per word, sentence.png, result.json
+        and index.html (and a guided image per word when computed); overlays at the display
+        size (:data:`DISPLAY_SIZE`), or the image's own with ``full_size``."""
         out = Path(out)
         names = [f"word_{i:02d}_{_slug(w)}.png" for i, w in enumerate(self.words)]
-        self._save_common(out, names + ["sentence.png"])
+        self._save_common(out, names + ["sentence.png"], full_size)
         if self.guided is not None:
             for i, w in enumerate(self.words):
-                guided_image(self.guided[i]).resize(self.image.size).save(
-                    out / f"guided_{i:02d}_{_slug(w)}.png"
-                )
+                (out / f"guided_{i:02d}_{_slug(w)}.png").write_bytes(
+                    self._guided_png(self.guided[i], full_size))
         return out
 
 
@@ -348,14 +544,15 @@ class VQAExplanation(_Shows):
             d["contrast"] = {"answer": self.contrast, "box": _box_list(self.contrast_box)}
         return d
 
-    def save(self, out: str | Path) -> Path:
-        """Write grid.png, one PNG per map, result.json and index.html."""
+    def save(self, out: str | Path, full_size: bool = False) -> Path:
+        """Write grid.png, grid_per_map_scale.png, one PNG per map, result.json and
+        index.html; overlays at the display size, or the image's own with ``full_size``."""
         out = Path(out)
         names = ["answer.png"] + [f"top_{i}_{_slug(a)}.png" for i, (a, _, _) in
                                   enumerate(self.top_answers)]
         if self.contrast is not None:
             names.append("contrast.png")
-        self._save_common(out, names)
+        self._save_common(out, names, full_size)
         return out
 
 
@@ -404,21 +601,23 @@ class ClassExplanation(_Shows):
             ],
         }
 
-    def save(self, out: str | Path) -> list[Path]:
-        """Write grid.png, per class ``class{i}_{id}_box.png`` (shared scale, box),
-        ``class{i}_{id}_{method}.png`` (own scale) and the guided Grad-CAM image,
-        result.json and index.html; return the files written."""
+    def save(self, out: str | Path, full_size: bool = False) -> list[Path]:
+        """Write grid.png, grid_per_map_scale.png, per class ``class{i}_{id}_box.png``
+        (shared scale, box), ``class{i}_{id}_{method}.png`` (own scale) and the guided
+        Grad-CAM image, result.json and index.html; return the files written. Overlays at
+        the display size, or the image's own with ``full_size``."""
         out = Path(out)
         names = [f"class{i}_{c}_box.png" for i, c in enumerate(self.classes)]
-        self._save_common(out, names)
+        self._save_common(out, names, full_size)
         written = [out / n for n in ("grid.png", "grid_per_map_scale.png", "result.json",
                                      "index.html")] + [out / n for n in names]
-        for i, (c, ov) in enumerate(zip(self.classes, self.overlays(shared=False))):
+        for i, c in enumerate(self.classes):
             p = out / f"class{i}_{c}_{self.method}.png"
-            ov.save(p)
+            p.write_bytes(png_bytes(self.overlay(i, shared=False, box=False,
+                                                 full_size=full_size)))
             written.append(p)
             if self.guided_gradcam is not None:
                 p = out / f"class{i}_{c}_guided_gradcam.png"
-                guided_image(self.guided_gradcam[i]).resize(self.image.size).save(p)
+                p.write_bytes(self._guided_png(self.guided_gradcam[i], full_size))
                 written.append(p)
         return written
