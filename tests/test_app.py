@@ -22,6 +22,7 @@ from PIL import Image
 
 from mmcam import scenes
 from mmcam.app import SCENE_SEED, build_app
+from mmcam.app.models import NOT_FOUND
 from mmcam.caption import CaptionExplainer
 from mmcam.classify import ClassExplainer
 from mmcam.errors import MMCamError
@@ -256,7 +257,7 @@ def test_errors_come_back_as_messages(app, scene_png, tmp_path):
     with pytest.raises(AppError, match="not in the list of choices"):  # no caption, no words
         c.predict(3, 0.5, False, False, False, api_name="/show_word")
     out = c.predict("/no/such/folder", api_name="/load_model")
-    assert out[0] == "**Error:** no such folder: /no/such/folder"
+    assert out[0] == "**Error:** " + NOT_FOUND.format(path="/no/such/folder")
     # the app still answers, in the same session
     out = caption_call(c, app, scene_png)
     assert out[0].startswith("**Caption:**")

@@ -1,0 +1,195 @@
+"""The lists the command line and the app offer: CAM methods, explained scores, method choices,
+the model directories and the models found in them, and the layers one may explain.
+
+Light on purpose (no torch at import): the CLI reads it to build its parser. A test checks
+:data:`METHODS` against :data:`mmcam.cam.METHODS` and :data:`SCORES` against
+:data:`mmcam.scores.SCORES`, so a method added there cannot be missing here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# name -> label; every CAM formula of mmcam.cam, in the order the app lists them
+METHODS = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "gradcam++": "Grad-CAM++",
+           "counterfactual": "Counterfactual"}
+GUIDED = "guided-gradcam"  # Grad-CAM times guided backprop (captions and classes)
+SCORES = {"logprob": "log p", "logit": "logit", "contrast": "contrast", "versus": "versus"}
+VQA_SCORES = ("logprob", "logit", "contrast")  # "versus" names caption words
+CLASS_SCORES = ("logit", "logprob")
+# measured by `mmcam evaluate-explanations` on the shipped models (README, "How good are the
+# maps?"): HiResCAM with the contrast score points best and passes the sanity check
+RECOMMENDED = "hirescam:contrast"
+NOTES = {RECOMMENDED: "recommended", "gradcam": "the paper",
+         "gradcam++": "fails the sanity check"}
+# (method, score) pairs offered as one choice each, the recommended one first
+PAIRS = (("hirescam", "contrast"), ("gradcam", "logprob"), ("hirescam", "logprob"),
+         ("gradcam", "contrast"), ("gradcam++", "logprob"), ("gradcam++", "contrast"),
+         ("counterfactual", "logprob"))
+
+
+def method_value(method: str, score: str = "logprob") -> str:
+    """The choice value ``"method[:score]"`` (the score left out when it is log p)."""
+    return method if score == "logprob" else f"{method}:{score}"
+
+
+def method_score(value: str | None) -> tuple[str, str]:
+    """``"method[:score]"`` -> (method, score); score defaults to logprob."""
+    method, _, score = (value or "gradcam").partition(":")
+    return method, score or "logprob"
+
+
+def method_label(value: str) -> str:
+    """A readable label: ``"hirescam:contrast"`` -> ``"HiResCAM, contrast (recommended)"``."""
+    if value == GUIDED:
+        return "Guided Grad-CAM"
+    method, score = method_score(value)
+    label = f"{METHODS.get(method, method)}, {SCORES.get(score, score)}"
+    return label + (f" ({NOTES[value]})" if value in NOTES else "")
+
+
+def method_choices(task: str) -> list[tuple[str, str]]:
+    """(label, value) choices for ``task`` ("caption", "vqa" or "classify"): captions and
+    answers take every pair of :data:`PAIRS` (captions also Guided Grad-CAM); classes take
+    each method alone (their score is the logit)."""
+    if task == "classify":
+        return [(label, m) for m, label in METHODS.items()]
+    if task not in ("caption", "vqa"):
+        raise ValueError(f"unknown task {task!r}")
+    values = [method_value(m, s) for m, s in PAIRS]
+    values += [m for m in METHODS if m not in values]  # every method at least as log p
+    if task == "caption":
+        values.append(GUIDED)
+    return [(method_label(v), v) for v in values]
+
+
+def cli_methods(task: str) -> list[str]:
+    """The ``--method`` choices of a CLI command (``caption`` also takes guided-gradcam)."""
+    return list(METHODS) + ([GUIDED] if task == "caption" else [])
+
+
+def cli_scores(task: str) -> list[str]:
+    """The ``--score`` choices of a CLI command."""
+    return {"caption": list(SCORES), "vqa": list(VQA_SCORES),
+            "classify": list(CLASS_SCORES)}[task]
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def shipped_names() -> tuple[str, ...]:
+    """The reference models shipped in ``models/`` (or found in ``$MMCAM_MODELS``)."""
+    from mmcam.models.hub import KNOWN_MODELS
+
+    return tuple(KNOWN_MODELS)
+
+
+def hf_cache() -> Path:
+    """The Hugging Face hub cache folder (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or
+    ``~/.cache/huggingface/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def model_roots() -> list[Path]:
+    """The model directories, resolved: ``$MMCAM_MODELS`` (when set), the shipped
+    ``models/`` and the Hugging Face cache, each once, in that order."""
+    from mmcam.models.hub import REPO_MODELS
+
+    roots = [Path(os.environ["MMCAM_MODELS"]).expanduser()] if os.environ.get(
+        "MMCAM_MODELS") else []
+    roots += [REPO_MODELS, hf_cache()]
+    out: list[Path] = []
+    for r in roots:
+        r = r.resolve()
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def hf_model_folders() -> list[Path]:
+    """Hugging Face model folders directly under ``$MMCAM_MODELS`` and ``models/`` (see
+    :func:`mmcam.models.hub.hf_folders`)."""
+    from mmcam.models.hub import hf_folders
+
+    return hf_folders()
+
+
+def kinds_of(adapter: Any) -> tuple[str, ...]:
+    """What ``adapter`` explains: ("captioner",), ("vqa",), ("classifier",), or
+    ("captioner", "vqa") for LLaVA, PaliGemma and Florence-2 (:class:`HFPromptedVLM`: the
+    prompt's reply is a caption or an answer). An adapter may also say so itself with a
+    ``tasks`` attribute."""
+    declared = getattr(adapter, "tasks", None)
+    if declared:
+        return tuple(declared)
+    hf = sys.modules.get("mmcam.adapters.hf")  # not imported: no adapter can be one of its
+    if hf is not None and isinstance(adapter, hf.HFPromptedVLM):
+        return ("captioner", "vqa")
+    if callable(getattr(adapter, "score_answer_tokens", None)):  # answers generated as text
+        return ("vqa",)
+    if callable(getattr(adapter, "generate", None)) and callable(
+            getattr(adapter, "score_tokens", None)):
+        return ("captioner",)
+    if callable(getattr(adapter, "score_answers", None)):
+        return ("vqa",)
+    if hasattr(adapter, "labels") and hasattr(adapter, "layer"):
+        return ("classifier",)
+    return ()
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def layer_choices(adapter: Any, n: int = 3) -> list[str]:
+    """The adapter's default layer, then up to ``n`` earlier layers like it, nearest first:
+    the siblings of the same type before it in the same container (the previous blocks of a
+    ViT's ``encoder.layers``, the previous ReLUs of a conv stack). Written the way the
+    default is (``layers[-2]`` after ``layers[-1]``; ``encoder.11`` after ``encoder.14``)."""
+    from mmcam.layers import resolve_layer
+
+    default = getattr(adapter, "layer", None)
+    module = getattr(adapter, "model", None)
+    if not isinstance(default, str) or module is None:
+        return [default] if isinstance(default, str) else []
+    head, index, bracket = _split_last_index(default)
+    if index is None:
+        return [default]
+    parent = resolve_layer(module, head) if head else module
+    children = list(parent.children())
+    k = index if index >= 0 else len(children) + index
+    if not 0 <= k < len(children):
+        return [default]
+    kind = type(children[k])
+    earlier = [j for j in range(k - 1, -1, -1) if type(children[j]) is kind][:n]
+    out = [default]
+    for j in earlier:
+        i = j if index >= 0 else j - len(children)
+        out.append(f"{head}[{i}]" if bracket else (f"{head}.{i}" if head else str(i)))
+    return out
+
+
+def _split_last_index(path: str) -> tuple[str, int | None, bool]:
+    """``"a.b[-1]"`` -> ("a.b", -1, True); ``"encoder.14"`` -> ("encoder", 14, False);
+    a path that does not end in an index -> (path, None, False)."""
+    if path.endswith("]") and "[" in path:
+        head, _, idx = path[:-1].rpartition("[")
+        try:
+            return head, int(idx), True
+        except ValueError:
+            return path, None, False
+    head, _, last = path.rpartition(".")
+    try:
+        return head, int(last), False
+    except ValueError:
+        return path, None, False
+
+
+__all__ = ["METHODS", "RECOMMENDED", "SCORES", "kinds_of", "layer_choices", "method_choices",
+           "method_score", "model_roots"]
