@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mmcam.errors import MMCamError
+from mmcam.registry import cli_methods, cli_scores
 
-METHOD_CHOICES = ["gradcam", "gradcam++", "hirescam", "counterfactual"]
+METHOD_CHOICES = cli_methods("classify")  # every CAM formula (mmcam.registry.METHODS)
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -207,9 +208,13 @@ def _pairs(items: Sequence[str] | None) -> dict[str, str] | None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mmcam.app import launch
+    from mmcam.app import exposure_warning, launch
 
-    launch(host=args.host, port=args.port, share=args.share)
+    allow = args.allow_model_folders or None  # None: on when serving this machine alone
+    warning = exposure_warning(args.host, args.share, bool(args.allow_model_folders))
+    if warning:
+        print(f"mmcam demo: {warning}", file=sys.stderr)
+    launch(host=args.host, port=args.port, share=args.share, allow_model_folders=allow)
     return 0
 
 
@@ -259,9 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shipped name, a model folder, or hf:<hub id> (a cached checkpoint)")
     c.add_argument("--prompt", default=None,
                    help="Hugging Face captioners: text read before the caption (not explained)")
-    c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES + ["guided-gradcam"])
-    c.add_argument("--score", default="logprob", choices=["logprob", "logit", "contrast",
-                                                         "versus"],
+    c.add_argument("--method", default="gradcam", choices=cli_methods("caption"))
+    c.add_argument("--score", default="logprob", choices=cli_scores("caption"),
                    help="what is explained per word (contrast: against the words of its kind "
                         "or the model's top alternatives; versus: see --versus)")
     c.add_argument("--versus", action="append", default=None, metavar="WORD=ALT",
@@ -277,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--answer", default=None, help="explain this answer (default: the model's)")
     c.add_argument("--contrast", default=None, help="why --answer rather than this one")
     c.add_argument("--model", default="shapes-vqa")
-    c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
-    c.add_argument("--score", default="logprob", choices=["logprob", "logit", "contrast"],
+    c.add_argument("--method", default="gradcam", choices=cli_methods("vqa"))
+    c.add_argument("--score", default="logprob", choices=cli_scores("vqa"),
                    help="what is explained (contrast: against the answers of its kind or the "
                         "model's top alternatives)")
     c.add_argument("--top", type=int, default=5)
@@ -308,7 +312,7 @@ def _add_model_commands(sub: Any) -> None:
     c.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "hirescam"],
                    choices=METHOD_CHOICES)
     c.add_argument("--scores", nargs="+", default=["logprob", "contrast"],
-                   choices=["logprob", "logit", "contrast"])
+                   choices=cli_scores("vqa"))
     c.add_argument("--aligns", nargs="+", default=["receptive", "bilinear"],
                    choices=["receptive", "bilinear"])
     c.add_argument("--slack", type=int, default=4, help="pointing slack in pixels")
@@ -340,7 +344,13 @@ def _add_model_commands(sub: Any) -> None:
     c.set_defaults(func=_bias_study)
 
     c = sub.add_parser("demo", help="start the Gradio app on the shipped models")
-    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--host", default="127.0.0.1",
+                   help="listen address (another than 127.0.0.1 prints a warning and turns "
+                        "loading model folders from the page off)")
+    c.add_argument("--allow-model-folders", action="store_true",
+                   help="let pages load model folders (from under $MMCAM_MODELS, the shipped "
+                        "models and the Hugging Face cache) also when --host or --share "
+                        "exposes the app")
     c.add_argument("--port", type=int, default=7860)
     c.add_argument("--share", action="store_true", help="ask Gradio for a public link")
     c.set_defaults(func=_demo)
