@@ -1,15 +1,47 @@
-"""mmcam: word-by-word Grad-CAM for image captioning and VQA models."""
+"""mmcam: word-by-word Grad-CAM for image captioning and VQA models.
 
-from mmcam.cam import box_iou, localize, normalize, upsample
-from mmcam.classify import ClassExplainer, ClassExplanation
+Every public name is imported on first use (PEP 562), so ``import mmcam`` and ``mmcam --help``
+load neither torch nor anything else heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from mmcam.errors import MMCamError
-from mmcam.geometry import Geometry
-from mmcam.layers import ChannelsLast, Conv, Custom, Tokens
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_LAZY = {
+    "box_iou": "mmcam.cam",
+    "localize": "mmcam.cam",
+    "normalize": "mmcam.cam",
+    "upsample": "mmcam.cam",
+    "CaptionExplainer": "mmcam.caption",
+    "CaptionExplanation": "mmcam.caption",
+    "ClassExplainer": "mmcam.classify",
+    "ClassExplanation": "mmcam.classify",
+    "VQAExplainer": "mmcam.vqa",
+    "VQAExplanation": "mmcam.vqa",
+    "Geometry": "mmcam.geometry",
+    "ChannelsLast": "mmcam.layers",
+    "Conv": "mmcam.layers",
+    "Custom": "mmcam.layers",
+    "Tokens": "mmcam.layers",
+}
 
-def load_model(name_or_path: str, **hf):  # noqa: ANN201 - returns one of the adapters
+if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
+    from mmcam.cam import box_iou, localize, normalize, upsample
+    from mmcam.caption import CaptionExplainer, CaptionExplanation
+    from mmcam.classify import ClassExplainer, ClassExplanation
+    from mmcam.geometry import Geometry
+    from mmcam.layers import ChannelsLast, Conv, Custom, Tokens
+    from mmcam.vqa import VQAExplainer, VQAExplanation
+
+
+def load_model(name_or_path: str, **hf: Any) -> Any:
     """Load a shipped model by name, a model folder, or ``"hf:<hub id>"`` (keyword options
     ``prompt``, ``device``, ``dtype``, ``trust_remote_code`` for Hugging Face checkpoints);
     see :func:`mmcam.models.hub.load_model`."""
@@ -18,16 +50,18 @@ def load_model(name_or_path: str, **hf):  # noqa: ANN201 - returns one of the ad
     return _load(name_or_path, **hf)
 
 
-def __getattr__(name: str):  # lazy: heavy modules load on first use
-    if name in ("CaptionExplainer", "CaptionExplanation"):
-        from mmcam import caption
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and keep the name here."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmcam' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return getattr(caption, name)
-    if name in ("VQAExplainer", "VQAExplanation"):
-        from mmcam import vqa
 
-        return getattr(vqa, name)
-    raise AttributeError(f"module 'mmcam' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

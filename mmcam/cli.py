@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -18,7 +19,6 @@ METHOD_CHOICES = cli_methods("classify")  # every CAM formula (mmcam.registry.ME
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from mmcam.adapters.torchvision import build_classifier
     from mmcam.classify import ClassExplainer
     from mmcam.images import load_image
 
@@ -35,6 +35,8 @@ def _classify(args: argparse.Namespace) -> int:
         if args.layer:
             adapter.layer = args.layer
     else:
+        from mmcam.adapters.torchvision import build_classifier
+
         adapter = build_classifier(args.model, weights=args.weights, layer=args.layer)
     explainer = ClassExplainer(adapter, method=args.method)
     n = len(adapter.labels)
@@ -111,7 +113,9 @@ def _vqa(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    _check_out(args.out)
     if args.kind in ("blip-captioner", "blip-vqa"):
+        _need("transformers", "hf", f"training {args.kind}")
         from mmcam.models.train_blip import train_blip
 
         task = "caption" if args.kind == "blip-captioner" else "vqa"
@@ -136,6 +140,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bias_study(args: argparse.Namespace) -> int:
+    _check_out(args.out)
     from mmcam.bias import FILES, StudyConfig, run_study
 
     given = {k: getattr(args, k) for k in ("n_train", "n_test", "steps", "cue_rate", "cue_size")}
@@ -156,6 +161,7 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise MMCamError("--n must be at least 1")
+    _check_out(args.out)
     report = evaluate_explanations(
         load_model(args.model, **_placement(args)), args.model, n=args.n, seed=args.seed,
         methods=args.methods, scores=args.scores, aligns=args.aligns, slack=args.slack,
@@ -207,7 +213,18 @@ def _pairs(items: Sequence[str] | None) -> dict[str, str] | None:
     return out
 
 
+def _need(module: str, extra: str, what: str) -> None:
+    """Raise one line naming the ``pip install`` to run when ``module`` cannot be imported."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] != module:
+            raise  # the module is there but broken: show where
+        raise MMCamError(f"{what} needs {module}: pip install 'mmcam[{extra}]'") from None
+
+
 def _demo(args: argparse.Namespace) -> int:
+    _need("gradio", "app", "the app")
     from mmcam.app import exposure_warning, launch
 
     allow = args.allow_model_folders or None  # None: on when serving this machine alone
@@ -232,8 +249,9 @@ def _engine_options(c: argparse.ArgumentParser) -> None:
                    help="the model's weights (scores are always taken in float32)")
     c.add_argument("--layer", default=None,
                    help="dotted layer path, e.g. encoder.9 (default: the model's own)")
-    c.add_argument("--strategy", default="auto", choices=["auto", "copies", "vjp"],
-                   help="how the word/answer rows are batched (same numbers either way)")
+    c.add_argument("--strategy", default="auto", choices=["auto", "copies", "vjp", "readers"],
+                   help="how the word/answer rows are batched (same maps; 'readers', BLIP's "
+                        "default for gradcam/hirescam, skips forming the full gradients)")
     c.add_argument("--align", default="receptive", choices=["receptive", "bilinear"],
                    help="draw grid cells at their receptive fields' centres, or where plain "
                         "bilinear upsampling puts them")

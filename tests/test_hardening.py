@@ -329,7 +329,17 @@ def test_intact_copy_still_loads(tmp_path, scene_png):
      (["caption", "{img}", "--beam", "0"], "--beam 0: must be at least 1"),
      (["caption", "{img}", "--out", "{file}"], "is an existing file"),
      (["vqa", "{img}", "what?", "--out", "{file}/sub"], "is a file, so no folder can be made"),
-     (["caption", "{img}", "--out", "/proc/sys/mmcam-out"], "is not writable")],
+     (["caption", "{img}", "--out", "/proc/sys/mmcam-out"], "is not writable"),
+     (["train", "captioner", "--out", "{file}"], "is an existing file"),
+     (["train", "blip-vqa", "--out", "{file}/sub"], "is a file, so no folder can be made"),
+     (["train", "classifier", "--out", "/proc/sys/mmcam-out"], "is not writable"),
+     (["evaluate-explanations", "shapes-captioner", "--n", "2", "--out", "{file}"],
+      "is an existing file"),
+     (["evaluate-explanations", "shapes-vqa", "--out", "{file}/sub/deeper"],
+      "is a file, so no folder can be made"),
+     (["evaluate-explanations", "shapes-captioner", "--out", "/proc/sys/mmcam-out"],
+      "is not writable"),
+     (["bias-study", "--out", "{file}"], "is an existing file")],
 )
 def test_bad_arguments(scene_png, tmp_path, capsys, argv, message):
     import os

@@ -20,13 +20,26 @@ from mmcam.errors import MMCamError
 
 KNOWN_MODELS = ("shapes-captioner", "shapes-vqa", "shapes-classifier")
 KINDS = ("captioner", "vqa", "classifier")
-REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def _shipped_models() -> Path:
+    """The folder of the shipped models: ``mmcam/_shipped`` in an installed wheel (setup.py
+    packages the repository's ``models/`` there), else the ``models/`` folder of the source
+    tree this package runs from (a checkout, or an editable install of one)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_shipped"
+    return installed if installed.is_dir() else package.parent / "models"
+
+
+SHIPPED_MODELS = _shipped_models()
+REPO_MODELS = SHIPPED_MODELS  # the name older code and tests import
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
-    """The model folder: an existing folder path, else ``$MMCAM_MODELS/NAME``, else
-    ``<repo root>/models/NAME``. Raises :class:`MMCamError` naming the known models."""
+    """The model folder: an existing folder path, else ``$MMCAM_MODELS/NAME``, else the
+    shipped ``NAME`` (:data:`SHIPPED_MODELS`). Raises :class:`MMCamError` naming the known
+    models."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -36,7 +49,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if looks_like_path(name):
         raise MMCamError(f"model folder not found: {path}")
     roots = [Path(os.environ["MMCAM_MODELS"])] if os.environ.get("MMCAM_MODELS") else []
-    roots.append(REPO_MODELS)
+    roots.append(SHIPPED_MODELS)
     for root in roots:
         if (root / name).is_dir():
             return root / name
@@ -188,9 +201,10 @@ def _first_line(e: BaseException, *prefer: str) -> str:
 
 def hf_folders() -> list[Path]:
     """Hugging Face model folders directly under ``$MMCAM_MODELS``, then the shipped ones
-    (``models/``), each name once (the first found wins), sorted by name within a root."""
+    (:data:`SHIPPED_MODELS`), each name once (the first found wins), sorted by name within a
+    root."""
     roots = [Path(os.environ["MMCAM_MODELS"])] if os.environ.get("MMCAM_MODELS") else []
-    roots.append(REPO_MODELS)
+    roots.append(SHIPPED_MODELS)
     found: dict[str, Path] = {}
     for root in roots:
         if root.is_dir():
@@ -223,4 +237,5 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["KNOWN_MODELS", "build_model", "load_model", "resolve", "save_model"]
+__all__ = ["KNOWN_MODELS", "SHIPPED_MODELS", "build_model", "load_model", "resolve",
+           "save_model"]
