@@ -1,9 +1,10 @@
-# Fresh machine: `make demo` (the app on the shipped models) or `make test` (the test suite).
+# Fresh machine: `make demo` (the app on the shipped models) or `make test` (the test suite);
+# `make docs` builds the documentation site into site/.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench docs
 
 $(BIN)/mmcam: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +20,9 @@ demo: setup
 test: setup
 	$(BIN)/ruff check mmcam tests benchmarks demos
 	$(BIN)/python -m pytest -q
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: setup
 	$(BIN)/pip install -q -e ".[bench]"
