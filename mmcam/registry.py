@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# name -> label; every CAM formula of mmcam.cam, in the order the app lists them
-METHODS = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "gradcam++": "Grad-CAM++",
+# name -> label: every CAM formula of mmcam.cam, in its order
+METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
            "counterfactual": "Counterfactual"}
 GUIDED = "guided-gradcam"  # Grad-CAM times guided backprop (captions and classes)
 SCORES = {"logprob": "log p", "logit": "logit", "contrast": "contrast", "versus": "versus"}
