@@ -15,11 +15,15 @@ PNG of ``map / its max``; the browser colors and blends the map that is shown (s
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
+import os
 import re
 import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,8 @@ PAGE_BASE_BYTES = 600_000
 """Above this size (bytes) the page holds its image as a JPEG instead of a PNG."""
 PAGE_MAP_BYTES = 2_400_000
 """Bytes for all the maps of one page; over it, the maps are held at a smaller size."""
+SAVE_THREADS = 4
+"""Threads that draw and encode ``save``'s files (at most the machine's CPU count)."""
 EPS = 1e-12
 
 
@@ -122,43 +128,55 @@ class _Shows:
         at the display size, or at the image's own size with ``full_size`` (drawn now,
         only this one map)."""
         i = self.index(item)
-        return self._drawn([i], alpha, box, shared, full_size)[0]
+        return self._painter(alpha, box, shared, full_size)(i)
 
     def overlays(self, alpha: float = 0.5, boxes: bool = False, shared: bool = True,
                  full_size: bool = False) -> list[Image.Image]:
         """One overlay per panel (scale as in ``heatmaps``), optionally with its box, at the
         display size (or the image's own with ``full_size``; mind the memory)."""
-        return self._drawn(range(len(self.panels())), alpha, boxes, shared, full_size)
+        paint = self._painter(alpha, boxes, shared, full_size)
+        return [paint(i) for i in range(len(self.panels()))]
 
-    def _drawn(self, idx: Any, alpha: float, boxes: bool, shared: bool,
-               full_size: bool) -> list[Image.Image]:
+    def display_maps(self) -> torch.Tensor:
+        """The panels' maps (N,h,w), un-normalized, at the display size."""
+        return resize_maps(torch.stack([p.map for p in self.panels()]), self.display_size())
+
+    def _painter(self, alpha: float, boxes: bool, shared: bool, full_size: bool,
+                 small: torch.Tensor | None = None) -> Callable[[int], Image.Image]:
+        """A function drawing panel ``i``'s overlay (what all panels share computed once;
+        ``small``: :meth:`display_maps` if already computed)."""
         panels, scales = self.panels(), self.scales(shared)
         size = self.image.size if full_size else self.display_size()
         base = self.image.convert("RGB")
         if base.size != size:
             base = base.resize(size, Image.BILINEAR, reducing_gap=2.0)
         sx, sy = size[0] / self.image.width, size[1] / self.image.height
-        out = []
-        for i in idx:
-            heat = resize_maps(panels[i].map[None], size)[0] / scales[i]
+
+        def paint(i: int) -> Image.Image:
+            if small is not None and not full_size:
+                heat = small[i] / scales[i]
+            else:
+                heat = resize_maps(panels[i].map[None], size)[0] / scales[i]
             im = overlay(base, heat, alpha)
-            out.append(draw_boxes(im, [scale_box(panels[i].box, sx, sy)]) if boxes else im)
-        return out
+            return draw_boxes(im, [scale_box(panels[i].box, sx, sy)]) if boxes else im
+
+        return paint
 
     def grid(self, shared: bool = True, alpha: float = 0.5, ncols: int = 6) -> Image.Image:
         """The image and one overlay per panel (with its box, title and map max) in one
         picture, tiles :data:`TILE` pixels on the longer side; drawn with PIL, fast."""
         return self._grids((shared,), alpha, ncols)[0]
 
-    def _grids(self, scales: tuple[bool, ...], alpha: float = 0.5,
-               ncols: int = 6) -> list[Image.Image]:
-        """:meth:`grid` for each of ``scales`` (shared or not), the maps resized once."""
+    def _grids(self, scales: tuple[bool, ...], alpha: float = 0.5, ncols: int = 6,
+               small: torch.Tensor | None = None) -> list[Image.Image]:
+        """:meth:`grid` for each of ``scales`` (shared or not), the maps resized once (from
+        ``small``, the :meth:`display_maps`)."""
         panels = self.panels()
         tile = fit_size(self.image.size, TILE)
         base = self.image.convert("RGB")
         if base.size != tile:
             base = base.resize(tile, Image.BILINEAR, reducing_gap=2.0)
-        heat = resize_maps(torch.stack([p.map for p in panels]), tile)
+        heat = resize_maps(self.display_maps() if small is None else small, tile)
         sx, sy = tile[0] / self.image.width, tile[1] / self.image.height
         labels = [["image"]] + [[p.title, f"max {float(p.map.max()):.3g}"] for p in panels]
         out = []
@@ -206,15 +224,34 @@ class _Shows:
     def _headline(self) -> str:
         return ""
 
-    def _save_common(self, out: Path, names: list[str], full_size: bool = False) -> None:
+    def _save_common(self, out: Path, names: list[str], full_size: bool = False,
+                     extra: Sequence[tuple[str, Callable[[], bytes]]] = ()) -> None:
+        """Write the grids, ``names`` (one overlay per panel, with its box), ``extra``
+        (file name, bytes to write), result.json and index.html; PNG encoding (which
+        releases the GIL) runs on up to :data:`SAVE_THREADS` threads."""
         out.mkdir(parents=True, exist_ok=True)
-        grids = self._grids((True, False))
-        for name, im in zip(("grid.png", "grid_per_map_scale.png"), grids):
-            (out / name).write_bytes(png_bytes(im))
-        for name, i in zip(names, range(len(self.panels()))):
-            (out / name).write_bytes(png_bytes(self.overlay(i, full_size=full_size)))
-        (out / "result.json").write_text(json.dumps(self.to_dict(), indent=2))
-        (out / "index.html").write_text(self.to_html(), encoding="utf-8")
+        small = self.display_maps()
+        paint = self._painter(0.5, True, True, full_size, small)
+        jobs: list[tuple[str, Callable[[], bytes]]] = [
+            (name, functools.partial(lambda i: png_bytes(paint(i)), i))
+            for i, name in enumerate(names)]
+        jobs += list(extra)
+        jobs.append(("index.html", lambda: self._page_html(0.5, small).encode("utf-8")))
+        jobs.append(("result.json", lambda: json.dumps(self.to_dict(), indent=2).encode()))
+
+        def grids() -> None:
+            for name, im in zip(("grid.png", "grid_per_map_scale.png"),
+                                self._grids((True, False), small=small)):
+                (out / name).write_bytes(png_bytes(im))
+
+        def write(job: tuple[str, Callable[[], bytes]]) -> None:
+            (out / job[0]).write_bytes(job[1]())
+
+        workers = max(1, min(SAVE_THREADS, os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            done = [pool.submit(grids)] + [pool.submit(write, job) for job in jobs]
+            for f in done:
+                f.result()
 
     def _guided_png(self, grad: torch.Tensor, full_size: bool) -> bytes:
         size = self.image.size if full_size else self.display_size()
@@ -223,7 +260,8 @@ class _Shows:
     def to_dict(self) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def page_data(self, alpha: float = 0.5) -> dict[str, Any]:
+    def page_data(self, alpha: float = 0.5, small: torch.Tensor | None = None
+                  ) -> dict[str, Any]:
         """What the page draws from: display ``w``, ``h``; the ``base`` image (PNG, or JPEG
         when its PNG is over :data:`PAGE_BASE_BYTES`) and each map (``maps``: PNG of
         ``round(255 * map / its max)`` at the display size, or smaller when all of them
@@ -236,12 +274,17 @@ class _Shows:
         if base.size != size:
             base = base.resize(size, Image.BILINEAR, reducing_gap=2.0)
         own, shared = self.scales(shared=False), self.scales(shared=True)
-        stack = torch.stack([p.map for p in panels])
-        maps = _gray_pngs(resize_maps(stack, size), own)
-        total = sum(len(m) for m in maps)
-        if total > PAGE_MAP_BYTES:  # many maps of a large image: a smaller map per word
-            longest = int(max(size) * (PAGE_MAP_BYTES / total) ** 0.5 * 0.9)
-            maps = _gray_pngs(resize_maps(stack, fit_size(size, max(longest, 16))), own)
+        small = self.display_maps() if small is None else small
+        maps = _gray_pngs(small[:4], own[:4])  # the first few tell the bytes of all
+        for _ in range(3):
+            total = sum(len(m) for m in maps) * len(own) / len(maps)
+            if total <= PAGE_MAP_BYTES:
+                break
+            # many maps of a large image: a smaller map per panel (the browser scales it up)
+            longest = int(max(small.shape[1:]) * (PAGE_MAP_BYTES / total) ** 0.5 * 0.9)
+            small = resize_maps(small, fit_size(size, max(longest, 16)))
+            maps = _gray_pngs(small[:4], own[:4])
+        maps += _gray_pngs(small[4:], own[4:])
         sx, sy = size[0] / self.image.width, size[1] / self.image.height
         return {
             "w": size[0], "h": size[1], "alpha": float(alpha),
@@ -254,7 +297,10 @@ class _Shows:
 
     def to_html(self, alpha: float = 0.5) -> str:
         """A self-contained HTML page: hover or click an item to show its map."""
-        body = self._fragment(alpha, "max-width: 90vw; max-height: 75vh;")
+        return self._page_html(alpha)
+
+    def _page_html(self, alpha: float, small: torch.Tensor | None = None) -> str:
+        body = self._fragment(alpha, "max-width: 90vw; max-height: 75vh;", small)
         return (f'<!doctype html>\n<html><head><meta charset="utf-8">'
                 f"<title>mmcam: {html.escape(self._headline())}</title>"
                 f"<style>body {{ margin: 2em; }}</style></head><body>\n{body}\n</body></html>\n")
@@ -267,11 +313,11 @@ class _Shows:
         """Jupyter: the grid (:meth:`grid`) as PNG bytes."""
         return png_bytes(self.grid())
 
-    def _fragment(self, alpha: float, view_css: str) -> str:
+    def _fragment(self, alpha: float, view_css: str, small: torch.Tensor | None = None) -> str:
         """The page as one ``<div>`` with its own style and script; element ids and selectors
         carry a fresh id, so several renderings live in one document."""
         uid = "mmcam-" + uuid.uuid4().hex[:12]
-        data = self.page_data(alpha)
+        data = self.page_data(alpha, small)
         items = "\n".join(
             f'<span class="item" data-i="{i + 1}" tabindex="0" title="{html.escape(p.detail)}">'
             f"{html.escape(p.title)}</span>"
@@ -471,11 +517,11 @@ class CaptionExplanation(_Shows):
         size (:data:`DISPLAY_SIZE`), or the image's own with ``full_size``."""
         out = Path(out)
         names = [f"word_{i:02d}_{_slug(w)}.png" for i, w in enumerate(self.words)]
-        self._save_common(out, names + ["sentence.png"], full_size)
-        if self.guided is not None:
-            for i, w in enumerate(self.words):
-                (out / f"guided_{i:02d}_{_slug(w)}.png").write_bytes(
-                    self._guided_png(self.guided[i], full_size))
+        guided = [] if self.guided is None else [
+            (f"guided_{i:02d}_{_slug(w)}.png",
+             functools.partial(self._guided_png, self.guided[i], full_size))
+            for i, w in enumerate(self.words)]
+        self._save_common(out, names + ["sentence.png"], full_size, guided)
         return out
 
 
@@ -608,16 +654,15 @@ class ClassExplanation(_Shows):
         the display size, or the image's own with ``full_size``."""
         out = Path(out)
         names = [f"class{i}_{c}_box.png" for i, c in enumerate(self.classes)]
-        self._save_common(out, names, full_size)
-        written = [out / n for n in ("grid.png", "grid_per_map_scale.png", "result.json",
-                                     "index.html")] + [out / n for n in names]
+        own = self._painter(0.5, False, False, full_size)
+        extra: list[tuple[str, Callable[[], bytes]]] = []
         for i, c in enumerate(self.classes):
-            p = out / f"class{i}_{c}_{self.method}.png"
-            p.write_bytes(png_bytes(self.overlay(i, shared=False, box=False,
-                                                 full_size=full_size)))
-            written.append(p)
+            extra.append((f"class{i}_{c}_{self.method}.png",
+                          functools.partial(lambda i: png_bytes(own(i)), i)))
             if self.guided_gradcam is not None:
-                p = out / f"class{i}_{c}_guided_gradcam.png"
-                p.write_bytes(self._guided_png(self.guided_gradcam[i], full_size))
-                written.append(p)
-        return written
+                extra.append((f"class{i}_{c}_guided_gradcam.png",
+                              functools.partial(self._guided_png, self.guided_gradcam[i],
+                                                full_size)))
+        self._save_common(out, names, full_size, extra)
+        return [out / n for n in ("grid.png", "grid_per_map_scale.png", "result.json",
+                                  "index.html")] + [out / n for n in names + [e[0] for e in extra]]
