@@ -65,18 +65,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(models: dict[str, Any]):
-    """The app at a free 127.0.0.1 port; yields (url, {dropdown elem_id: model name}).
+def served(models: dict[str, Any], app: Any = None, **build: Any):
+    """The app at a free 127.0.0.1 port; yields (url, {dropdown elem_id: model name}, app).
 
     With the shipped models present the app loads them itself (the real start-up path);
-    otherwise it is given the toys in ``models``.
+    otherwise it is given the toys in ``models``. ``build``: options of ``build_app``.
     """
     from mmcam.app import build_app, launch
 
-    if shipped_models_present():
-        app = build_app()
+    if app is not None:
+        pass
+    elif shipped_models_present():
+        app = build_app(**build)
     else:
-        app = build_app(models["captioner"], models["vqa"], models["classifier"])
+        app = build_app(models["captioner"], models["vqa"], models["classifier"], **build)
     port = free_port()
     threads = torch.get_num_threads()
     launch(port=port, app=app, block=False, threads=None)
@@ -86,7 +88,7 @@ def served(models: dict[str, Any]):
             elem = getattr(block, "elem_id", None)
             if elem in ("cap_model", "vqa_model", "cls_model"):
                 names[elem] = block.value
-        yield f"http://127.0.0.1:{port}/", names
+        yield f"http://127.0.0.1:{port}/", names, app
     finally:
         app.close()
         torch.set_num_threads(threads)

@@ -8,8 +8,11 @@ else the toy adapters.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import time
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -20,8 +23,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from mmcam import scenes
-from mmcam.app import SCENE_SEED, build_app
+from mmcam import registry, scenes
+from mmcam.app import RECOMMENDED, SCENE_SEED, build_app
 from mmcam.app.models import NOT_FOUND
 from mmcam.caption import CaptionExplainer
 from mmcam.classify import ClassExplainer
@@ -46,7 +49,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def app(models):
-    with served(models) as (url, names):
+    with served(models) as (url, names, _):
         yield url, names
 
 
@@ -67,9 +70,10 @@ def pixels(path: str | Path) -> np.ndarray:
 
 
 def caption_call(c: Client, app, image: Path, text: str = "", method: str = "gradcam",
-                 alpha: float = 0.5, box: bool = False, gt: bool = False, own: bool = False):
+                 alpha: float = 0.5, box: bool = False, gt: bool = False, own: bool = False,
+                 **layer: str):
     return c.predict(handle_file(str(image)), text, app[1]["cap_model"], method, alpha, box,
-                     gt, own, api_name="/caption")
+                     gt, own, *layer.values(), api_name="/caption")
 
 
 def test_endpoints_are_named(app, tmp_path):
@@ -348,3 +352,215 @@ def test_shipped_hugging_face_captioner_in_the_app(app, scene_png, tmp_path):
     assert status.startswith("**Caption:** " + lib.caption)
     assert [label for label, _ in words["choices"]] == lib.words
     np.testing.assert_array_equal(pixels(word0), np.asarray(lib.overlays(0.5)[0]))
+
+
+# ----------------------------------------------------------------------------- new views
+
+
+def need_shipped():
+    if not shipped_models_present():
+        pytest.fail("the shipped models must be in models/ (or $MMCAM_MODELS)")
+
+
+def test_layer_picker_explains_an_earlier_layer(app, models, scene_png, tmp_path):
+    need_shipped()
+    c = client(app, tmp_path)
+    params = c.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/caption", "/caption_method", "/vqa", "/classify"):
+        last = params[name]["parameters"][-1]
+        assert (last["parameter_name"], last["parameter_default"]) == ("layer", "")
+    image = load_image(scene_png)
+    layer = registry.layer_choices(models["captioner"])[1]
+    out = caption_call(c, app, scene_png, layer=layer)
+    lib = CaptionExplainer(models["captioner"], layer=layer).explain(image)
+    assert lib.layer == layer != models["captioner"].layer
+    assert [w for w, _ in out[1]["choices"]] == lib.words
+    np.testing.assert_array_equal(pixels(out[2]), np.asarray(lib.overlays(0.5)[0]))
+    assert f"layer {layer}" in out[0]
+
+    layer = registry.layer_choices(models["vqa"])[2]
+    out = c.predict(handle_file(str(scene_png)), QUESTION, app[1]["vqa_model"], "gradcam", 0.5,
+                    False, False, layer, api_name="/vqa")
+    lib = VQAExplainer(models["vqa"], layer=layer).explain(image, QUESTION, top_k=5)
+    np.testing.assert_array_equal(pixels(out[2]), np.asarray(lib.overlays(0.5)[1]))
+    assert f"layer {layer}" in out[0]
+
+    layer = registry.layer_choices(models["classifier"])[1]
+    out = c.predict(handle_file(str(scene_png)), app[1]["cls_model"], "gradcam", 0.5, False,
+                    False, layer, api_name="/classify")
+    lib = ClassExplainer(models["classifier"], layer=layer).explain(image, top=3)
+    np.testing.assert_array_equal(pixels(out[2]), np.asarray(lib.overlays(0.5)[0]))
+    assert f"layer {layer}" in out[4]
+    out = caption_call(c, app, scene_png, layer="encoder.99")  # a layer that is not there
+    assert out[0].startswith("**Error:** ") and "encoder.99" in out[0]
+
+
+def cosine(a, b) -> float:
+    x, y = a.double().numpy().ravel(), b.double().numpy().ravel()
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+
+def test_side_by_side_methods_layers_and_models(app, models, scene_png, tmp_path):
+    """The selected word under A (the caption shown) and B (another method and layer, then
+    another model): each map is the library's for that setting and the same caption."""
+    need_shipped()
+    from mmcam import load_model
+
+    c = client(app, tmp_path)
+    image = load_image(scene_png)
+    caption_call(c, app, scene_png, method=RECOMMENDED)
+    a = CaptionExplainer(models["captioner"], method="hirescam", score="contrast").explain(image)
+    i = len(a.words) - 1
+    c.predict(i, 0.5, False, False, False, api_name="/show_word")
+    layer = registry.layer_choices(models["captioner"])[1]
+    shown_a, shown_b, info = c.predict(app[1]["cap_model"], "gradcam", layer, 0.6, False,
+                                       api_name="/compare")
+    b = CaptionExplainer(models["captioner"], method="gradcam", layer=layer).explain(
+        image, caption=a.caption)
+    np.testing.assert_array_equal(pixels(shown_a), np.asarray(a.overlays(0.6)[i]))
+    np.testing.assert_array_equal(pixels(shown_b), np.asarray(b.overlays(0.6)[i]))
+    assert f"cosine similarity is {cosine(a.maps[i], b.maps[i]):.2f}" in info
+    assert f"Grad-CAM, log p (the paper), layer {layer}, shapes-captioner" in info
+
+    # another word clicked: the side-by-side view follows (stored maps, no recomputation)
+    shown, _, _ = c.predict(0, 0.6, False, False, False, api_name="/show_word")
+    np.testing.assert_array_equal(pixels(shown), np.asarray(a.overlays(0.6)[0]))
+
+    # another model, the same caption
+    blip = load_model("shapes-blip")
+    shown_a, shown_b, info = c.predict("shapes-blip", RECOMMENDED, "", 0.5, True,
+                                       api_name="/compare")
+    b = CaptionExplainer(blip, method="hirescam", score="contrast").explain(
+        image, caption=a.caption)
+    j = b.words.index(a.words[0])
+    m = b.maps[j]
+    np.testing.assert_array_equal(pixels(shown_b), np.asarray(overlay(image, m / m.max(),
+                                                                      0.5)))
+    assert "shapes-blip" in info
+    _, _, info = c.predict("shapes-blip", "gradcam", "encoder.11", 0.5, False,
+                           api_name="/compare")
+    assert info.startswith("**Error:** ") and "encoder.11" in info
+
+
+class Slow:
+    """An adapter that waits ``seconds`` before generating (the rest is the wrapped one's)."""
+
+    def __init__(self, adapter, seconds: float) -> None:
+        self.__dict__.update(_adapter=adapter, seconds=seconds, name="slow captioner")
+
+    def __getattr__(self, key):
+        return getattr(self._adapter, key)
+
+    def generate(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return self._adapter.generate(*args, **kwargs)
+
+
+def test_a_long_job_does_not_block_other_users(models, scene_png, tmp_path):
+    """Client A's caption takes 10 s; client B asks a question and downloads the answer
+    meanwhile: with the app's 2 model workers B is done before A. With one worker (the
+    control) B's question waits for A's caption."""
+    need_shipped()
+    from gradio_client.utils import Status
+
+    slow = Slow(models["captioner"], 10.0)
+    for workers in (2, 1):
+        app = build_app(slow, workers=workers)
+        with served(models, app=app) as (url, names, _):
+            a = Client(url, verbose=False, download_files=str(tmp_path / f"a{workers}"))
+            b = Client(url, verbose=False, download_files=str(tmp_path / f"b{workers}"))
+            job = a.submit(handle_file(str(scene_png)), "", "slow captioner", "gradcam", 0.5,
+                           False, False, False, api_name="/caption")
+            deadline = time.monotonic() + 60
+            while job.status().code != Status.PROCESSING and time.monotonic() < deadline:
+                time.sleep(0.05)
+            answer = b.predict(handle_file(str(scene_png)), QUESTION, names["vqa_model"],
+                               "gradcam", 0.5, False, False, api_name="/vqa")[0]
+            b_asked = time.monotonic()
+            bundle, _ = b.predict(api_name="/download_vqa") if workers == 2 else (None, None)
+            b_done = time.monotonic()
+            status = job.result()[0]
+            a_done = time.monotonic()
+        assert answer.startswith("**Answer: ") and status.startswith("**Caption:** ")
+        if workers == 2:
+            assert zipfile.is_zipfile(bundle)
+            assert b_done < a_done - 1.0
+        else:
+            assert b_asked >= a_done - 0.5  # the control: one worker, B waited for A
+
+
+def _sessions(app) -> list:
+    from mmcam.app import Session
+
+    return [v for sd in list(app.state_holder.session_data.values())
+            for v in list(sd.state_data.values()) if isinstance(v, Session)]
+
+
+def test_a_session_gives_its_memory_back(models, scene_png, tmp_path):
+    """Results and files of a session are released once its time to live has passed."""
+    need_shipped()
+    with served(models, session_ttl=3) as (url, names, app):
+        c = Client(url, verbose=False, download_files=str(tmp_path))
+        c.predict(handle_file(str(scene_png)), "", names["cap_model"], "gradcam", 0.5, False,
+                  False, False, api_name="/caption")
+        held = [s for s in _sessions(app) if s.caption is not None]
+        assert len(held) == 1
+        maps, folder = weakref.ref(held[0].caption.result.maps), held[0].folder
+        assert maps() is not None and folder.is_dir()
+        del held
+        deadline = time.monotonic() + 30
+        while (maps() is not None or folder.exists()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            gc.collect()
+        assert maps() is None and not folder.exists()
+
+
+def test_model_folders_only_from_the_model_directories(app, tmp_path):
+    c = client(app, tmp_path)
+    (tmp_path / "model").mkdir()
+    for path in (str(tmp_path / "model"), str(tmp_path / "absent"), "/etc", "../../etc"):
+        out = c.predict(path, api_name="/load_model")
+        assert out[0] == "**Error:** " + NOT_FOUND.format(path=path)
+
+
+def test_folder_loading_can_be_off(models):
+    need_shipped()
+    from mmcam.app.models import OFF
+    from mmcam.models.hub import resolve
+
+    app = build_app(allow_model_folders=False)
+    load = next(f for f in app.fns.values() if f.api_name == "load_model")
+    with pytest.warns(UserWarning, match="off on this server"):
+        out = load.fn(str(resolve("shapes-classifier")))
+    assert out[0] == "**Error:** " + OFF
+
+
+def test_a_llava_folder_captions_and_answers(models, scene_png, tmp_path, monkeypatch):
+    """LLaVA, PaliGemma and Florence-2 folders under $MMCAM_MODELS are offered in the
+    Captioning and the VQA tab, and explained there as by the library."""
+    need_shipped()
+    pytest.importorskip("transformers")
+    from test_hf_vlm import save_llava
+
+    from mmcam import load_model
+    from mmcam.app import Session
+
+    save_llava(tmp_path / "tiny-llava")
+    monkeypatch.setenv("MMCAM_MODELS", str(tmp_path))
+    app = build_app()
+    fns = {f.api_name: f for f in app.fns.values() if f.api_name}
+    assert "tiny-llava" in [v for _, v in fns["caption"].inputs[2].choices]
+    assert "tiny-llava" in [v for _, v in fns["vqa"].inputs[2].choices]
+    image = load_image(scene_png)
+    adapter = load_model(tmp_path / "tiny-llava")
+    session = Session()
+    out = fns["caption"].fn(str(scene_png), OWN_CAPTION, "tiny-llava", "gradcam", 0.5, False,
+                            False, False, session)
+    lib = CaptionExplainer(adapter).explain(image, caption=OWN_CAPTION)
+    assert [w for w, _ in out[1]["choices"]] == lib.words
+    np.testing.assert_array_equal(pixels(out[2]), np.asarray(lib.overlays(0.5)[0]))
+    out = fns["vqa"].fn(str(scene_png), QUESTION, "tiny-llava", "gradcam", 0.5, False, False,
+                        session)
+    lib = VQAExplainer(adapter).explain(image, QUESTION, top_k=5)
+    assert out[0].startswith(f"**Answer: {lib.answer}** (p = {lib.probability:.3f})")
+    session.close()

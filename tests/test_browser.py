@@ -55,7 +55,7 @@ def test_caption_word_click_and_vqa_in_chromium():
     from playwright.sync_api import sync_playwright
 
     models = adapters()
-    with served(models) as (url, _), sync_playwright() as p:
+    with served(models) as (url, _, app), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})

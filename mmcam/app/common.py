@@ -5,6 +5,7 @@ sample, new scene, show, re-draw and download over a tab's own view of its resul
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -131,6 +132,9 @@ def guarded(fn: Callable[..., dict], outputs: list[Any], status: Any = None) -> 
 
     run.__name__ = getattr(fn, "__name__", "event")
     run.__doc__ = fn.__doc__
+    params = inspect.signature(fn).parameters.values()  # the API's parameter names
+    run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [p.replace(annotation=inspect.Parameter.empty) for p in params])
     return run
 
 
