@@ -1,20 +1,23 @@
 """The app in a real browser: headless Debian Chromium (/usr/bin/chromium) driven by Playwright.
 
 Load the page, pick a sample, make a caption, click a word and see the shown map change;
-ask a VQA question and see the library's answer. Requests to any host but the local app are
+compare that word side by side at an earlier layer; explain the caption at that layer with
+the layer picker; ask a VQA question and see the library's answer; close the page and see
+the session's results given back. Requests to any host but the local app are
 blocked and must not happen (the app works offline). Skipped only when Chromium is missing.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
 from app_helpers import adapters, served
 
-from mmcam import scenes
-from mmcam.app import SCENE_SEED
+from mmcam import registry, scenes
+from mmcam.app import SCENE_SEED, Session
 from mmcam.vqa import VQAExplainer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,6 +52,12 @@ def shown_src(page, elem_id: str, old: str = "") -> str:
         " && i.complete && i.naturalWidth > 0; }",
         arg=[elem_id, old], timeout=WAIT_MS)
     return page.locator(f"#{elem_id} img").first.get_attribute("src")
+
+
+def sessions(app) -> list[Session]:
+    """The app's live sessions (gradio's state holder)."""
+    return [v for sd in list(app.state_holder.session_data.values())
+            for v in list(sd.state_data.values()) if isinstance(v, Session)]
 
 
 def test_caption_word_click_and_vqa_in_chromium():
@@ -90,6 +99,24 @@ def test_caption_word_click_and_vqa_in_chromium():
             info = page.inner_text("#cap_word_info")
             assert f"word {words.count()} of {words.count()}" in info
 
+            # side by side: the clicked word under B (an earlier layer, Grad-CAM)
+            page.locator("#cmp").get_by_text("Side by side").click()
+            layer = pick(page, "cmp_layer", 1)
+            assert layer == registry.layer_choices(models["captioner"])[1]
+            page.click("#cmp_run")
+            shown_src(page, "cmp_b")
+            shown_src(page, "cmp_a")
+            page.locator("#cmp_info").get_by_text("cosine similarity").wait_for(
+                timeout=WAIT_MS)
+            cmp = page.inner_text("#cmp_info")
+            assert f"B = Grad-CAM, log p (the paper), layer {layer}" in cmp
+            assert cmp.startswith(f"{words.nth(words.count() - 1).inner_text().strip()}: A = ")
+
+            # the layer picker: the caption explained at an earlier layer
+            assert pick(page, "cap_layer", 1) == layer
+            page.click("#cap_run")
+            page.locator("#cap_status").get_by_text(f"layer {layer}").wait_for(timeout=WAIT_MS)
+
             # VQA: a scene sample fills in one of its questions; the answer is the library's
             page.click("#tab_vqa-button")
             page.wait_for_selector("#vqa_run", state="visible", timeout=WAIT_MS)
@@ -109,5 +136,18 @@ def test_caption_word_click_and_vqa_in_chromium():
             assert answer is not None and answer.group(1) == lib.answer
             assert page.locator("#vqa_top label").count() == len(lib.top_answers)
             assert elsewhere == []
+
+            # closing the page gives the session's results and files back at once
+            held = [x for x in sessions(app) if x.caption is not None]
+            assert len(held) == 1
+            folder = held[0].folder
+            del held
+            page.close()
+            deadline = time.monotonic() + 30
+            while any(x.caption is not None for x in sessions(app)) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not any(x.caption is not None for x in sessions(app))
+            assert not folder.exists()
         finally:
             browser.close()
