@@ -56,6 +56,8 @@ PAGE_BASE_BYTES = 600_000
 """Above this size (bytes) the page holds its image as a JPEG instead of a PNG."""
 PAGE_MAP_BYTES = 2_400_000
 """Bytes for all the maps of one page; over it, the maps are held at a smaller size."""
+MIN_VIEW = 384
+"""Pages show an image smaller than this (pixels, longer side) zoomed by a whole factor."""
 SAVE_THREADS = 4
 """Threads that draw and encode ``save``'s files (at most the machine's CPU count)."""
 EPS = 1e-12
@@ -318,6 +320,7 @@ class _Shows:
         carry a fresh id, so several renderings live in one document."""
         uid = "mmcam-" + uuid.uuid4().hex[:12]
         data = self.page_data(alpha, small)
+        zoom = max(1, MIN_VIEW // max(data["w"], data["h"]))  # small images: whole pixels up
         items = "\n".join(
             f'<span class="item" data-i="{i + 1}" tabindex="0" title="{html.escape(p.detail)}">'
             f"{html.escape(p.title)}</span>"
@@ -331,7 +334,8 @@ class _Shows:
 #{uid} .item {{ display: inline-block; padding: .2em .5em; margin: .15em; border-radius: .3em;
   background: #eef; color: black; cursor: pointer; }}
 #{uid} .item.on {{ background: #36c; color: white; }}
-#{uid} canvas {{ {view_css} border: 1px solid #ccc; }}
+#{uid} canvas {{ {view_css} border: 1px solid #ccc; width: {zoom * data["w"]}px;
+  height: auto;{" image-rendering: pixelated;" if zoom > 1 else ""} }}
 #{uid} .info {{ color: #555; min-height: 1.5em; margin: .3em 0; }}
 </style>
 <div class="head">{html.escape(self._headline())}</div>
