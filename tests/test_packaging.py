@@ -265,7 +265,7 @@ def test_help_and_version_import_nothing_heavy(tmp_path):
     assert loaded("import mmcam, mmcam.cli", tmp_path) == set()
 
 
-def test_caption_and_vqa_import_neither_gradio_nor_transformers(tmp_path):
+def test_caption_vqa_classify_import_only_what_they_use(tmp_path):
     from mmcam import scenes
 
     scenes.generate(1, seed=3)[0].image.save(tmp_path / "scene.png")
@@ -276,6 +276,35 @@ def test_caption_and_vqa_import_neither_gradio_nor_transformers(tmp_path):
             "'--out', 'k']) == 0")
     mods = loaded(body, tmp_path)
     assert "torch" in mods  # it did explain
-    assert not mods & {"gradio", "transformers", "torchvision"}, mods
+    assert not mods & {"gradio", "transformers", "torchvision", "nltk", "scipy", "pandas"}, mods
     for out in ("c", "v", "k"):
         assert (tmp_path / out / "index.html").is_file()
+
+
+def test_treebank_tokens_equal_nltk():
+    """mmcam's copy of the Treebank tokenizer (no nltk import at start-up) against nltk's."""
+    import random
+
+    from nltk.tokenize import TreebankWordTokenizer
+
+    from mmcam import scenes
+    from mmcam.models.text import tokenize, treebank_tokens
+
+    texts = ["", "   ", "\t\n", "Good muffins cost $3.88\nin New York.  Please buy me\ntwo of "
+             "them.\nThanks.", "They'll save and invest more.", "hi, my name can't hello,",
+             'She said "hello" (twice) -- [really] {yes} <no>...', "'Tis the season, 'twas",
+             "gimme gonna gotta lemme wanna more'n d'ye cannot", "I'm I'd I've we're you'll",
+             "DON'T WON'T Can'T", "the dogs' bones, the cats' toys",
+             "3,36 euros: 1,000,000 people; 50% @home #tag & co.",
+             "the end.\"')", "Ünïcödé café, 中文 words? emoji 🙂!", "a.b.c. e.g. U.S.A.",
+             "what color is the circle?", "``quoted'' text''", "a--b---c ... .. ."]
+    for s in scenes.generate(40, seed=5):
+        texts += s.captions + [q for q, _ in s.questions]
+    rng = random.Random(0)
+    alphabet = "aAbZ019 .,;:!?'\"`()[]{}<>-$%&@#\t\nnt'sll"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+              for _ in range(3000)]
+    nltk_tok = TreebankWordTokenizer()
+    for t in texts:
+        assert treebank_tokens(t) == nltk_tok.tokenize(t), repr(t)
+        assert tokenize(t) == nltk_tok.tokenize(t.lower()), repr(t)

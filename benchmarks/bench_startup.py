@@ -1,0 +1,111 @@
+"""Wall time of whole ``mmcam`` commands, start-up included, as a user at a shell sees them.
+
+    python benchmarks/bench_startup.py [--runs 5] [--mmcam PATH] [--out benchmarks/results]
+
+Each command is started ``--runs`` times after one warm-up run that is not counted (it fills
+the disk cache), from a fresh temporary folder holding a generated scene: ``mmcam --help``,
+``mmcam --version``, ``python -c "import mmcam"``, ``mmcam caption``, ``mmcam vqa`` and
+``mmcam classify`` (shapes-classifier) on that scene, each writing its ``--out`` folder.
+Per command: wall seconds (a monotonic clock around the child process) and CPU seconds
+(user + system of the finished child), as min / median / max over the runs, with the
+1-minute load average before and after. ``OMP_NUM_THREADS`` is left as the caller set it.
+Writes ``startup.json`` and prints a table. Other processes on the machine slow every figure
+down: quote the median with the load beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmcam
+
+
+def commands(mmcam: str) -> dict[str, list[str]]:
+    """Label -> argv; ``{out}`` is replaced by a fresh folder for each run."""
+    return {
+        "mmcam --help": [mmcam, "--help"],
+        "mmcam --version": [mmcam, "--version"],
+        "python -c 'import mmcam'": [sys.executable, "-c", "import mmcam"],
+        "mmcam caption scene.png": [mmcam, "caption", "scene.png", "--out", "{out}"],
+        "mmcam vqa scene.png 'what color is the circle?'": [
+            mmcam, "vqa", "scene.png", "what color is the circle?", "--out", "{out}"],
+        "mmcam classify scene.png --model shapes-classifier": [
+            mmcam, "classify", "scene.png", "--model", "shapes-classifier", "--out", "{out}"],
+    }
+
+
+def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run of ``argv``; raises if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {r.returncode}:\n{r.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def spread(xs: list[float]) -> dict[str, float]:
+    return {"min": round(min(xs), 3), "median": round(statistics.median(xs), 3),
+            "max": round(max(xs), 3)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--mmcam", default=str(Path(sys.executable).parent / "mmcam"),
+                   help="the mmcam console script (default: the one beside this Python)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args()
+    mmcam = shutil.which(args.mmcam) or args.mmcam
+    from mmcam import __version__, scenes
+
+    work = Path(tempfile.mkdtemp(prefix="mmcam-startup-"))
+    scenes.generate(1, seed=31, start=5)[0].image.save(work / "scene.png")
+    rows = {}
+    try:
+        for label, argv in commands(mmcam).items():
+            walls, cpus, load0 = [], [], os.getloadavg()[0]
+            for i in range(args.runs + 1):
+                out = work / f"out{i}"
+                w, c = timed([a.replace("{out}", str(out)) for a in argv], work)
+                shutil.rmtree(out, ignore_errors=True)
+                if i:  # run 0 warms the disk cache
+                    walls.append(w)
+                    cpus.append(c)
+            rows[label] = {"wall_s": spread(walls), "cpu_s": spread(cpus),
+                           "load_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+            r = rows[label]
+            print(f"{label:52s} wall {r['wall_s']['median']:6.2f} s "
+                  f"(min {r['wall_s']['min']:.2f}, max {r['wall_s']['max']:.2f})  "
+                  f"cpu {r['cpu_s']['median']:6.2f} s  load {r['load_1min']}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "what": "whole-process wall and CPU seconds (user+system) of mmcam commands, "
+                f"{args.runs} runs after 1 warm-up, min/median/max",
+        "mmcam": __version__, "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "python": platform.python_version(), "cpus": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "commands": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "startup.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out / 'startup.json'}")
+
+
+if __name__ == "__main__":
+    main()
