@@ -323,3 +323,17 @@ def test_session_close_lets_go_of_results(caption, tmp_path):
     gc.collect()
     assert ref() is None and not path.parent.exists() and s.caption is None
 
+
+
+def test_a_dropped_session_removes_its_folder():
+    """A session gradio drops without calling close (evicted over its session capacity)."""
+    import gc
+
+    from mmcam.app.state import Session
+
+    s = Session()
+    folder = s.workdir()
+    (folder / "x.png").write_bytes(b"x")
+    del s
+    gc.collect()
+    assert not folder.exists()

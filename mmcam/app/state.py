@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,9 +107,11 @@ class Session:
     written: dict[str, deque] = field(default_factory=dict)
 
     def workdir(self) -> Path:
-        """This session's own temporary folder (made on first use)."""
+        """This session's own temporary folder (made on first use; removed by :meth:`close`,
+        or when the session is garbage-collected without it, e.g. evicted by gradio)."""
         if self.folder is None:
             self.folder = Path(tempfile.mkdtemp(prefix="mmcam-app-"))
+            weakref.finalize(self, shutil.rmtree, str(self.folder), ignore_errors=True)
         return self.folder
 
     def png(self, image: Image.Image | None, tag: str) -> str | None:
