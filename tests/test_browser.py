@@ -116,6 +116,9 @@ def test_caption_word_click_and_vqa_in_chromium():
             assert pick(page, "cap_layer", 1) == layer
             page.click("#cap_run")
             page.locator("#cap_status").get_by_text(f"layer {layer}").wait_for(timeout=WAIT_MS)
+            page.wait_for_function(  # the old caption's side-by-side view is cleared
+                "() => !document.querySelector('#cmp_b img')", timeout=WAIT_MS)
+            assert page.inner_text("#cmp_info").strip() == ""
 
             # VQA: a scene sample fills in one of its questions; the answer is the library's
             page.click("#tab_vqa-button")

@@ -172,6 +172,10 @@ class CaptionTab(Tab):
                 self.cmp_b: session.png(b_image, "cmp_b"),
                 self.cmp_info: render.compare_info(a, c.view, i, c.models)}
 
+    def clear_compare(self) -> dict:
+        """A new caption: the side-by-side view of the old one is cleared."""
+        return {self.cmp_a: None, self.cmp_b: None, self.cmp_info: ""}
+
     def compare_layers(self, model: str) -> dict:
         """B's layer picker for B's model."""
         return {self.cmp_layer: self.layers_for(model)[self.layer]}
@@ -206,3 +210,5 @@ class CaptionTab(Tab):
            cmp_out, session=s, **PRIVATE, **DRAW)
         on(self.cmp_model.change, self.compare_layers, [self.cmp_model], [self.cmp_layer],
            queue=False, **PRIVATE)
+        for trigger in (self.run.click, self.text.submit, self.method.input):
+            on(trigger, self.clear_compare, [], cmp_out, queue=False, **PRIVATE)
