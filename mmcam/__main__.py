@@ -1,5 +1,8 @@
+"""``python -m mmcam``: the same as the ``mmcam`` command."""
+
 import sys
 
 from mmcam.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
