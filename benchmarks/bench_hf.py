@@ -1,9 +1,10 @@
 """BLIP at base size (ViT-B/16 at 384 px, 12-layer BERT decoder, random weights): generate a
 caption, explain all its words with both strategies, and the per-word loop.
 
-    python benchmarks/bench_hf.py [--words 16] [--repeats 3] [--out benchmarks/results/hf.json]
+    python benchmarks/bench_hf.py [--words 16] [--repeats 3] [--device cpu|cuda] [--out ...]
 
-Median wall seconds; the maps of both strategies are checked against the loop first.
+Median wall seconds; the maps of every strategy (readers, vjp, copies) and of
+pytorch-grad-cam are checked against the loop first; then time against caption length.
 """
 
 from __future__ import annotations
@@ -26,15 +27,20 @@ if str(ROOT) not in sys.path:
 from benchmarks.bench_engine import loop_maps, machine, photo, rel  # noqa: E402
 from mmcam.adapters.hf import HFCaptioner  # noqa: E402
 from mmcam.caption import CaptionExplainer  # noqa: E402
+from mmcam.layers import resolve_layer  # noqa: E402
 
 
-def blip_base() -> HFCaptioner:
+def blip_base(tiny: bool = False) -> HFCaptioner:
     """BlipConfig() defaults (the BLIP-base architecture) with random weights and a BERT
-    tokenizer whose vocabulary is made up here (no hub)."""
+    tokenizer whose vocabulary is made up here (no hub); ``tiny``: a small one for a smoke
+    run of this script."""
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.BlipConfig()
+    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=128)
+    cfg = transformers.BlipConfig(vision_config=dict(small, image_size=64, patch_size=16),
+                                  text_config=small) if tiny else transformers.BlipConfig()
     model = transformers.BlipForConditionalGeneration(cfg).eval()
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(2000)]
     words += ["[DEC]"]
@@ -42,40 +48,91 @@ def blip_base() -> HFCaptioner:
     tok.add_special_tokens({"bos_token": "[DEC]"})
     cfg.text_config.bos_token_id = model.config.text_config.bos_token_id = len(words) - 1
     proc = transformers.BlipProcessor(
-        image_processor=transformers.BlipImageProcessor(size={"height": 384, "width": 384}),
+        image_processor=transformers.BlipImageProcessor(size={
+            "height": cfg.vision_config.image_size, "width": cfg.vision_config.image_size}),
         tokenizer=tok)
     return HFCaptioner(model, proc)
 
 
-def timed(fn, repeats: int) -> dict:
+def timed(fn, repeats: int, sync=lambda: None) -> dict:
     fn()
+    sync()
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t)
     return {"median": statistics.median(ts), "min": min(ts), "runs": ts}
+
+
+def pgc_maps(ad: HFCaptioner, pv: torch.Tensor, full: torch.Tensor, ids: torch.Tensor,
+             k: int) -> torch.Tensor:
+    """pytorch-grad-cam's GradCAM, one target per word, with a reshape_transform from the
+    577 tokens to a 24x24 grid (its own min-max scaling and resize to the input)."""
+    from pytorch_grad_cam import GradCAM
+
+    class Words(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = ad.model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = self.model(pixel_values=x, input_ids=full, use_cache=False).logits
+            lp = logits[0, k - 1: k - 1 + len(ids)].float().log_softmax(-1)
+            return lp.gather(-1, ids[:, None].to(lp.device))[:, 0][None]
+
+    def tokens_to_grid(t: torch.Tensor) -> torch.Tensor:
+        s = int((t.shape[1] - 1) ** 0.5)
+        return t[:, 1:].reshape(t.shape[0], s, s, t.shape[2]).permute(0, 3, 1, 2)
+
+    layer = resolve_layer(ad.model, ad.layer)
+    with GradCAM(model=Words(), target_layers=[layer], reshape_transform=tokens_to_grid) as cam:
+        return torch.stack([torch.from_numpy(cam(input_tensor=pv, targets=[
+            lambda out, i=i: out[i]])[0]) for i in range(len(ids))])
+
+
+def pgc_like(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """mmcam's layer maps scaled and resized as pytorch-grad-cam does: min-max scaling
+    (``/ (1e-7 + max)``), a bilinear resize, and the same scaling again."""
+    def scale(m: torch.Tensor) -> torch.Tensor:
+        m = m - m.amin(dim=(1, 2), keepdim=True)
+        return m / (1e-7 + m.amax(dim=(1, 2), keepdim=True))
+
+    up = torch.nn.functional.interpolate(scale(maps.double())[:, None], size=(size, size),
+                                         mode="bilinear", align_corners=False)[:, 0]
+    return scale(up).float()
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--words", type=int, default=16)
+    p.add_argument("--lengths", default="4,8,16,32", help="caption lengths for the growth "
+                   "table (empty: skip)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "hf.json"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--tiny", action="store_true", help="a small BLIP: a smoke run")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ad = blip_base()
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    ad = blip_base(args.tiny)
+    ad.model.to(dev)
     img = photo(384)
     inputs, _ = ad.prepare(img)
-    caption = " ".join(f"w{i}" for i in torch.randint(0, 2000, (args.words,)).tolist())
+    g = torch.Generator().manual_seed(1)
+    caption = " ".join(f"w{i}" for i in torch.randint(0, 2000, (args.words,), generator=g).tolist())
     ids = ad.tokenize(caption)
     prefix = torch.tensor(ad._prefix())
-    full = torch.cat([prefix, ids])[None]
+    full = torch.cat([prefix, ids])[None].to(dev)
     k = len(prefix)
     model = ad.model
-    out: dict = {"machine_before": machine(), "words": args.words,
+    out: dict = {"machine_before": machine(), "device": str(dev),
+                 "gpu": torch.cuda.get_device_name() if cuda else None, "words": args.words,
                  "threads": torch.get_num_threads()}
 
     def y(i):
@@ -83,30 +140,68 @@ def main(argv: list[str] | None = None) -> None:
                        use_cache=False).logits
         return logits[0, k - 1 + i].float().log_softmax(-1)[ids[i]]
 
-    with tqdm(total=4, desc="bench_hf") as bar:
+    def peak(fn) -> float | None:
+        if not cuda:
+            return None
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        return torch.cuda.max_memory_allocated() / 2**20
+
+    lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+    with tqdm(total=6 + len(lengths), desc="bench_hf") as bar:
         out["generate"] = timed(lambda: ad.generate(inputs, max_len=args.words,
-                                                    min_len=args.words), args.repeats)
+                                                    min_len=args.words), args.repeats, sync)
         bar.update()
-        ref = loop_maps(model, ad.layer, ad.layout, y, len(ids))
+        ref = loop_maps(model, ad.layer, ad.layout, y, len(ids)).cpu()
         out["ref_max"] = float(ref.max())  # the comparisons below mean something only if > 0
-        out["loop"] = timed(lambda: loop_maps(model, ad.layer,
-                                              ad.layout, y, len(ids)), 1)
+        out["loop"] = timed(lambda: loop_maps(model, ad.layer, ad.layout, y, len(ids)), 1,
+                            sync)
         bar.update()
-        for strategy in ("vjp", "copies"):
+        for strategy in ("readers", "vjp", "copies"):
             ex = CaptionExplainer(ad, strategy=strategy, chunk_size=16)
             out[f"check_{strategy}"] = rel(ex.explain(img, caption).layer_maps, ref)
             out[f"explain_{strategy}"] = timed(lambda ex=ex: ex.explain(img, caption),
-                                               args.repeats)
+                                               args.repeats, sync)
+            out[f"peak_mib_{strategy}"] = peak(lambda ex=ex: ex.explain(img, caption))
+            bar.update()
+        try:
+            pv = inputs["pixel_values"]
+            got = pgc_maps(ad, pv, full, ids, k)
+            out["check_pytorch_grad_cam"] = rel(pgc_like(ref, pv.shape[-1]), got)
+            out["pytorch_grad_cam"] = timed(lambda: pgc_maps(ad, pv, full, ids, k), 1, sync)
+        except ImportError as err:
+            out["pytorch_grad_cam"] = f"not installed: {err}"
+        bar.update()
+        out["captum"] = ("not run: captum's LayerGradCam averages gradients over every dim "
+                         "after the channel dim, so on (1, 577, 768) tokens it weights tokens, "
+                         "not channels; it has no reshape hook")
+        for n in lengths:
+            cap = " ".join(f"w{i}" for i in torch.randint(0, 2000, (n,), generator=g).tolist())
+            row = {"generate": timed(lambda n=n: ad.generate(inputs, max_len=n, min_len=n), 1,
+                                     sync)["median"]}
+            for strategy in ("readers", "vjp"):
+                ex = CaptionExplainer(ad, strategy=strategy, chunk_size=16)
+                row[strategy] = timed(lambda ex=ex, cap=cap: ex.explain(img, cap), 1,
+                                      sync)["median"]
+            out.setdefault("by_length", {})[n] = row
             bar.update()
     out["machine_after"] = machine()
     Path(args.out).write_text(json.dumps(out, indent=2))
-    g = out["generate"]["median"]
-    print(f"BLIP base, {args.words} words, {os.cpu_count()} cores: generate {g:.2f} s")
-    for s in ("vjp", "copies"):
+    gen = out["generate"]["median"]
+    where = out["gpu"] or f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    print(f"BLIP base, {args.words} words, {where}: generate {gen:.2f} s, "
+          f"loop {out['loop']['median']:.2f} s")
+    for s in ("readers", "vjp", "copies"):
         t = out[f"explain_{s}"]["median"]
-        print(f"  explain {s:6s} {t:.2f} s = {t / g:.2f}x generate, loop "
-              f"{out['loop']['median']:.2f} s = {out['loop']['median'] / t:.1f}x slower; "
-              f"max rel diff {out[f'check_{s}']:.1e}")
+        print(f"  explain {s:7s} {t:.2f} s = {t / gen:.2f}x generate, loop "
+              f"{out['loop']['median'] / t:.1f}x slower; max rel diff {out[f'check_{s}']:.1e}"
+              + (f"; peak {out[f'peak_mib_{s}']:.0f} MiB" if cuda else ""))
+    if isinstance(out["pytorch_grad_cam"], dict):
+        print(f"  pytorch-grad-cam {out['pytorch_grad_cam']['median']:.2f} s, max diff "
+              f"{out['check_pytorch_grad_cam']:.1e}")
+    for n, row in out.get("by_length", {}).items():
+        print(f"  {n:3d} words: generate {row['generate']:.2f} s, readers {row['readers']:.2f} s,"
+              f" vjp {row['vjp']:.2f} s")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ explained score y. Every method returns un-normalized maps (N,h,w).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,19 +19,69 @@ from mmcam.errors import MMCamError
 Box = tuple[int, int, int, int]
 
 
-def gradcam(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class Reduced:
+    """The two things Grad-CAM and HiResCAM read of row gradients G (n,C,h,w), without G:
+    ``alpha = mean_ij G`` (n,C) and ``hires = sum_k G_k * A_k`` (n,h,w).
+
+    Both are linear in G, so rows index, sum and subtract as G's rows would
+    (``R[i]``, ``R[None]``, ``R.sum(dim=0)``, ``R1 - R2``, ``-R``).
+    Made by the "readers" strategy (:mod:`mmcam.engine`).
+    """
+
+    alpha: torch.Tensor
+    hires: torch.Tensor
+
+    def __getitem__(self, index: Any) -> Reduced:
+        return Reduced(self.alpha[index], self.hires[index])
+
+    def __sub__(self, other: Reduced) -> Reduced:
+        return Reduced(self.alpha - other.alpha, self.hires - other.hires)
+
+    def __neg__(self) -> Reduced:
+        return Reduced(-self.alpha, -self.hires)
+
+    def sum(self, dim: int = 0) -> Reduced:
+        if dim != 0:
+            raise ValueError("Reduced rows sum over dim 0 only")
+        return Reduced(self.alpha.sum(dim=0), self.hires.sum(dim=0))
+
+    def cpu(self) -> Reduced:
+        return Reduced(self.alpha.cpu(), self.hires.cpu())
+
+    def float(self) -> Reduced:
+        return Reduced(self.alpha.float(), self.hires.float())
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape G would have: (n, C, h, w)."""
+        return torch.Size((*self.alpha.shape, *self.hires.shape[-2:]))
+
+
+def _needs_full(G: Any, method: str) -> None:
+    if isinstance(G, Reduced):
+        raise MMCamError(f"{method} needs the full gradients, which the 'readers' strategy does "
+                         "not form: use strategy='vjp' (or 'auto')")
+
+
+def gradcam(A: torch.Tensor, G: torch.Tensor | Reduced) -> torch.Tensor:
     """Grad-CAM: ``alpha_k = mean_ij G_kij``, ``L = ReLU(sum_k alpha_k A_k)``."""
-    alpha = G.mean(dim=(-2, -1), keepdim=True)
+    if isinstance(G, Reduced):
+        alpha = G.alpha[..., None, None]
+    else:
+        alpha = G.mean(dim=(-2, -1), keepdim=True)
     return F.relu((alpha * A).sum(dim=1))
 
 
-def counterfactual(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+def counterfactual(A: torch.Tensor, G: torch.Tensor | Reduced) -> torch.Tensor:
     """Counterfactual Grad-CAM: Grad-CAM with negated gradients (regions that lower y)."""
     return gradcam(A, -G)
 
 
-def hirescam(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+def hirescam(A: torch.Tensor, G: torch.Tensor | Reduced) -> torch.Tensor:
     """HiResCAM: ``L = ReLU(sum_k G_k * A_k)`` (element-wise, no spatial averaging)."""
+    if isinstance(G, Reduced):
+        return F.relu(G.hires)
     return F.relu((G * A).sum(dim=1))
 
 
@@ -39,6 +91,7 @@ def gradcam_plus_plus(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     ``a_kij = G^2 / (2 G^2 + sum_ab A_kab * G^3)`` (0 where the denominator is 0),
     ``w_k = sum_ij a_kij ReLU(G_kij)``, ``L = ReLU(sum_k w_k A_k)``.
     """
+    _needs_full(G, "gradcam++")
     g2 = G.pow(2)
     g3 = G.pow(3)
     denom = 2 * g2 + A.sum(dim=(-2, -1), keepdim=True) * g3
@@ -54,6 +107,10 @@ METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "hirescam": hirescam,
     "counterfactual": counterfactual,
 }
+
+
+# methods computed from :class:`Reduced` gradients (the "readers" strategy)
+REDUCIBLE = ("gradcam", "hirescam", "counterfactual")
 
 
 def get_method(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -97,7 +97,7 @@ class CaptionExplainer:
             adapter, adapter.score_tokens if score == "logprob" else self._scores,
             lambda x, **kw: adapter.generate(x, **kw),
             layer=layer, layout=layout, strategy=strategy, chunk_size=chunk_size, causal=True,
-            align=align,
+            align=align, method=method,
         )
 
     def _scores(self, x: Any, ids: torch.Tensor, last: torch.Tensor | None = None

@@ -14,6 +14,19 @@ would:
   ``autograd.grad(s, A, grad_outputs=C, is_grads_batched=True)`` then gives, for cotangent
   row i (``c_i`` at the row's position, zero elsewhere), ``G_i = C_i^T ds/dA`` by linearity.
 
+- ``readers``: when A reaches the scores only through affine modules ``O_j = W_j Y + b_j``
+  of ``Y = LayerNorm(A)`` (or of A), as an image's tokens reach a cross-attention decoder
+  through its key and value projections, the backward stops at the ``O_j`` and only what
+  Grad-CAM and HiResCAM read of G is formed (:class:`mmcam.cam.Reduced`), with
+  ``dY_i = sum_j dO_ji W_j`` and the LayerNorm backward
+  ``G_i = (gamma * dY_i - v_i/D - (u_i/D) xhat_i) / sigma_i``, where
+  ``u_i = dY_i . (gamma * xhat_i) = sum_j dO_ji . (O_ji - W_j beta - b_j)`` and
+  ``v_i = dY_i . gamma = sum_j dO_ji . W_j gamma``:
+  ``hires_i = G_i . A_i = u_i * eps / (var_i + eps)`` (LayerNorm ignores A_i's scale) and
+  ``alpha = mean_i G_i`` needs ``W_j`` only once per row, on ``sum_i dO_ji / sigma_i``.
+  No row ever pays the (tokens x D x D) products of the full G, and ``hires`` is free of the
+  cancellation that makes ``sum_k G_k A_k`` noise in float32 in front of a LayerNorm.
+
 Recurrent decoders are fast with copies (vmap falls back to per-sample loops for RNN ops);
 transformer decoders are faster with vjp. ``chunk_size`` bounds the rows per pass.
 """
@@ -21,14 +34,18 @@ transformer decoders are faster with vjp. ``chunk_size`` bounds the rows per pas
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from mmcam.cam import Reduced
 from mmcam.errors import MMCamError
 
-STRATEGIES = ("auto", "copies", "vjp")
+STRATEGIES = ("auto", "copies", "vjp", "readers")
+READER_BYTES = 2**30  # the readers' row gradients held at once (bounds the rows per pass)
 
 Feed = Callable[[torch.Tensor], torch.Tensor]
 # run(feed, ids) runs the model on rows of token ids (n,T); the explained layer's output A
@@ -40,13 +57,25 @@ Run = Callable[..., torch.Tensor]
 
 @dataclass(frozen=True)
 class Gradients:
-    """``A`` (B,...) activations per image; ``G`` (N,...) row gradients, float32;
-    ``scores`` (N,K) the scores of each row's own ids; ``image`` (N,) row -> image."""
+    """``A`` (B,...) activations per image; ``G`` (N,...) row gradients, float32 (or their
+    :class:`Reduced` form on the grid); ``scores`` (N,K) the scores of each row's own ids;
+    ``image`` (N,) row -> image."""
 
     A: torch.Tensor
-    G: torch.Tensor
+    G: torch.Tensor | Reduced
     scores: torch.Tensor
     image: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Readers:
+    """The explained tokens A (B,n,D) reach the scores only through ``modules``, affine maps
+    of ``Y = norm(A)`` (a LayerNorm over D; the identity when ``norm`` is None), each run
+    once per forward. ``grid`` (h,w) the token index of each grid cell."""
+
+    modules: tuple[nn.Module, ...]
+    norm: nn.LayerNorm | None
+    grid: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def check_strategy(strategy: str) -> str:
@@ -135,10 +164,21 @@ def _copies(run: Run, ids, coefs, image, n_images, chunk_size, causal):
     return A, torch.cat(grads), torch.cat(scores)
 
 
-def _vjp(run: Run, ids, coefs, image, n_images, chunk_size, causal):
+def _unique_rows(ids, coefs, image, causal):
+    """Distinct (image, ids) rows: their images, ids, each row's index among them, and
+    each distinct row's last used position (None unless ``causal``)."""
     key = torch.cat([image[:, None], ids.to(image.dtype)], dim=1)
     uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
     u_image, u_ids = uniq[:, 0], uniq[:, 1:].to(ids.dtype)
+    last = None
+    if causal:
+        last = torch.zeros(u_ids.shape[0], dtype=torch.long).scatter_reduce(
+            0, inverse, _last(coefs), "amax")
+    return u_image, u_ids, inverse, last
+
+
+def _vjp(run: Run, ids, coefs, image, n_images, chunk_size, causal):
+    u_image, u_ids, inverse, last = _unique_rows(ids, coefs, image, causal)
     held: dict[str, torch.Tensor] = {}
 
     def feed(a: torch.Tensor) -> torch.Tensor:
@@ -148,10 +188,6 @@ def _vjp(run: Run, ids, coefs, image, n_images, chunk_size, causal):
         return leaf[u_image.to(a.device)]  # index_select: a new tensor, in-graph
 
     with torch.enable_grad():
-        last = None
-        if causal:
-            last = torch.zeros(u_ids.shape[0], dtype=torch.long).scatter_reduce(
-                0, inverse, _last(coefs), "amax")
         s = _check_scores(_call(run, feed, u_ids, last), u_ids.shape[0], coefs.shape[1])
         leaf = held["leaf"]
         grads = []
@@ -164,6 +200,124 @@ def _vjp(run: Run, ids, coefs, image, n_images, chunk_size, causal):
     return leaf.detach(), torch.cat(grads), s.detach()[inverse.to(s.device)]
 
 
+@contextmanager
+def _leaf_outputs(modules: tuple[nn.Module, ...]) -> Iterator[list[list[torch.Tensor]]]:
+    """While active, each module's output is replaced by a detached leaf that requires
+    grad (the backward stops there); ``outs[j]`` lists module j's leaves. Hooks are removed
+    on exit."""
+    outs: list[list[torch.Tensor]] = [[] for _ in modules]
+
+    def hook_of(j: int) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            leaf = output.detach().requires_grad_(True)
+            outs[j].append(leaf)
+            return leaf
+        return hook
+
+    handles = [m.register_forward_hook(hook_of(j), prepend=True) for j, m in enumerate(modules)]
+    try:
+        yield outs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _affine_parts(module: nn.Module, D: int, like: torch.Tensor, gamma, beta):
+    """``(module(beta), module(gamma) - module(0))`` for an affine module of D inputs:
+    the offset ``W beta + b`` and the column ``W gamma`` (float32 or better)."""
+    x = torch.stack([beta, gamma, torch.zeros_like(gamma)]).to(like)[:, None, :]
+    with torch.no_grad():
+        o = module(x)[:, 0].to(torch.promote_types(like.dtype, torch.float32))
+    return o[0], o[1] - o[2]
+
+
+def _transpose_apply(module: nn.Module, D: int, e: torch.Tensor, like: torch.Tensor):
+    """``e W`` (n,D) for cotangents e (n,D_out) of an affine module ``W y + b``."""
+    x = torch.zeros(1, 1, D, dtype=like.dtype, device=like.device, requires_grad=True)
+    with torch.enable_grad():
+        out = module(x)
+        g = batched_vjp(out, x, e.to(out.dtype)[:, None, None, :])
+    return g[:, 0, 0].to(torch.promote_types(like.dtype, torch.float32))
+
+
+def _readers(run: Run, ids, coefs, image, n_images, chunk_size, causal, readers: Readers):
+    u_image, u_ids, inverse, last = _unique_rows(ids, coefs, image, causal)
+    held: dict[str, torch.Tensor] = {}
+
+    def feed(a: torch.Tensor) -> torch.Tensor:
+        _check_batch(a, n_images, "readers")
+        held["A"] = a.detach()
+        return a.detach()[u_image.to(a.device)]
+
+    with torch.enable_grad(), _leaf_outputs(readers.modules) as outs:
+        s = _check_scores(_call(run, feed, u_ids, last), u_ids.shape[0], coefs.shape[1])
+    bad = [j for j, o in enumerate(outs) if len(o) != 1]
+    if bad:
+        raise MMCamError(f"strategy 'readers': reader {bad[0]} ran {len(outs[bad[0]])} times in "
+                         "one forward (once expected): use strategy='vjp'")
+    leaves = [o[0] for o in outs]
+    A = held["A"]
+    if A.dim() != 3:
+        raise MMCamError(f"strategy 'readers' reads tokens (B,n,D), got {tuple(A.shape)}")
+    D = A.shape[-1]
+    grid = readers.grid(A).to(A.device)  # (h,w) token index per cell
+    cells = grid.reshape(-1)
+    dt = torch.promote_types(A.dtype, torch.float32)  # float32 or better throughout
+    x = A.to(dt)
+    norm = readers.norm
+    if norm is not None:
+        var, mu = torch.var_mean(x, dim=-1, unbiased=False, keepdim=True)
+        sigma = (var + norm.eps).sqrt()
+        xhat = (x - mu) / sigma
+        gamma = norm.weight.detach().to(dt) if norm.weight is not None else x.new_ones(D)
+        beta = norm.bias.detach().to(dt) if norm.bias is not None else x.new_zeros(D)
+        w = torch.zeros_like(sigma[..., 0])
+        w[:, cells] = 1.0 / (cells.numel() * sigma[:, cells, 0])  # (B,n) mean over cells
+        keep = (norm.eps / (var + norm.eps))[..., 0]  # (B,n)
+    else:
+        gamma, beta = x.new_ones(D), x.new_zeros(D)
+        w = torch.zeros_like(x[..., 0])
+        w[:, cells] = 1.0 / cells.numel()
+    parts = [_affine_parts(m, D, A, gamma, beta) for m in readers.modules]
+    Z = [leaf.detach().to(dt) - off for leaf, (off, _) in zip(leaves, parts)]  # W (Y-beta)
+    per_row = u_ids.shape[0] * sum(leaf[0].numel() for leaf in leaves) * 4 * 2
+    step = max(1, min(chunk_size or coefs.shape[0], READER_BYTES // max(per_row, 1)))
+    alphas, hires = [], []
+    for sl in chunks(coefs.shape[0], step):
+        n = sl.stop - sl.start
+        rows, u = torch.arange(n), inverse[sl].to(s.device)
+        cot = torch.zeros(n, *s.shape, dtype=s.dtype, device=s.device)
+        cot[rows, u] = coefs[sl].to(s)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*performance drop.*")
+            warnings.filterwarnings("ignore", message=".*batching rule.*")
+            dO = torch.autograd.grad(s, leaves, grad_outputs=cot, is_grads_batched=True,
+                                     retain_graph=True, allow_unused=True)
+        img = image[sl].to(A.device)
+        wr = w[img]  # (n,tokens)
+        dot_u = x.new_zeros(n, A.shape[1])
+        dot_v = x.new_zeros(n, A.shape[1])
+        first = x.new_zeros(n, D)
+        one = u_ids.shape[0] == 1  # one distinct row (a caption): views, no gathers
+        for m, g, z, (_, col) in zip(readers.modules, dO, Z, parts):
+            if g is None:
+                continue
+            d = (g[:, 0] if one else g[rows, u]).to(dt)  # (n,tokens,D_out)
+            dot_u += torch.linalg.vecdot(d, z if one else z[u])
+            dot_v += d @ col
+            first += _transpose_apply(m, D, torch.bmm(wr[:, None, :], d)[:, 0], A)
+        if norm is not None:
+            alpha = (gamma * first - (wr * dot_v).sum(1, keepdim=True) / D
+                     - torch.einsum("nt,ntc->nc", wr * dot_u / D, xhat[img]))
+            h = dot_u * keep[img]
+        else:
+            alpha, h = first, dot_u
+        alphas.append(alpha)
+        hires.append(h[:, cells].reshape(n, *grid.shape))
+    G = Reduced(torch.cat(alphas), torch.cat(hires))
+    return A, G, s.detach()[inverse.to(s.device)]
+
+
 def layer_gradients(
     run: Run,
     ids: torch.Tensor,
@@ -173,11 +327,13 @@ def layer_gradients(
     image: torch.Tensor | None = None,
     n_images: int = 1,
     causal: bool = False,
+    readers: Readers | None = None,
 ) -> Gradients:
     """Row gradients at the explained layer (see the module docstring for the proof).
 
     ids (N,T) token ids per row (T may be 0); coefs (N,K); image (N,) row -> image index
-    (default all 0); ``run`` as :data:`Run`. ``strategy``: "copies" or "vjp". ``causal``:
+    (default all 0); ``run`` as :data:`Run`. ``strategy``: "copies", "vjp" or "readers"
+    (needs ``readers``; returns :class:`Reduced` gradients on the grid). ``causal``:
     score t depends only on tokens <= t, so ``run`` is told each row's last used position.
     Returned scores are exact only up to each row's last position when ``causal``.
     """
@@ -187,7 +343,13 @@ def layer_gradients(
     image = torch.zeros(N, dtype=torch.long) if image is None else image.long().cpu()
     if N == 0:
         raise MMCamError("nothing to explain: no rows")
-    fn = {"copies": _copies, "vjp": _vjp}.get(check_strategy(strategy))
+    if check_strategy(strategy) == "readers":
+        if readers is None:
+            raise MMCamError("strategy 'readers' needs the modules that read the layer")
+        A, G, scores = _readers(run, ids.long(), coefs.float(), image, n_images, chunk_size,
+                                causal, readers)
+        return Gradients(A=A, G=G, scores=scores, image=image)
+    fn = {"copies": _copies, "vjp": _vjp}.get(strategy)
     if fn is None:
         raise ValueError("resolve strategy 'auto' before calling layer_gradients")
     A, G, scores = fn(run, ids.long(), coefs.float(), image, n_images, chunk_size, causal)

@@ -14,6 +14,7 @@ A model plugs in through one of two forms (see :mod:`mmcam.adapters.base`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 import weakref
@@ -28,7 +29,7 @@ from torch import nn
 
 from mmcam import engine
 from mmcam.align import ALIGNS, Cell, receptive_cells, run_to_layer
-from mmcam.cam import get_method, gradcam, localize
+from mmcam.cam import REDUCIBLE, Reduced, get_method, gradcam, localize
 from mmcam.errors import MMCamError
 from mmcam.geometry import Geometry
 from mmcam.guided import guided_from_layer, guided_gradcam
@@ -163,6 +164,7 @@ class Pipeline:
     ``align``: "receptive" draws grid cells at the centres of their receptive fields
     (:mod:`mmcam.align`, derived once per model, layer and input size), "bilinear" where
     plain bilinear upsampling puts them (the paper's, captum's and pytorch-grad-cam's).
+    ``method``: the CAM method the caller will ask for (lets "auto" pick "readers").
     """
 
     def __init__(
@@ -177,8 +179,10 @@ class Pipeline:
         causal: bool = False,
         stack_inputs: bool = False,
         align: str = "receptive",
+        method: str | None = None,
     ) -> None:
         self.adapter = adapter
+        self.method = method
         self.align = check_align(align)
         self.module = module_of(adapter)
         self.split = callable(getattr(adapter, "encode", None))
@@ -205,9 +209,17 @@ class Pipeline:
 
     @property
     def strategy(self) -> str:
-        """"copies" or "vjp": the requested one, or for "auto" the one chosen now (the model
-        may have moved to another device since)."""
-        return self._choose(self.requested)
+        """"copies", "vjp" or "readers": the requested one, or for "auto" the one chosen now
+        for ``method`` (the model may have moved to another device since)."""
+        return self._choose(self.requested, self.method, False)
+
+    def readers(self) -> engine.Readers | None:
+        """The modules through which alone the explained layer reaches the scores, when the
+        adapter declares them for this layer (``adapter.readers(layer_module)``)."""
+        fn = getattr(self.adapter, "readers", None)
+        if self.split or self.layer is None or not callable(fn):
+            return None
+        return fn(resolve_layer(self.module, self.layer))
 
     @property
     def layer_label(self) -> str:
@@ -216,9 +228,21 @@ class Pipeline:
             return "encode output"
         return layer_name(self.module, self.layer)
 
-    def _choose(self, strategy: str) -> str:
+    def _choose(self, strategy: str, method: str | None, guided: bool) -> str:
+        reducible = method in REDUCIBLE and not guided
+        if strategy == "readers":
+            if self.readers() is None:
+                raise MMCamError("strategy 'readers' needs a model that declares the modules "
+                                 "reading the explained layer (BLIP at its default layer): "
+                                 "use 'vjp'")
+            if not reducible:
+                raise MMCamError(f"strategy 'readers' serves gradcam, hirescam and "
+                                 f"counterfactual, not {'guided-gradcam' if guided else method}"
+                                 ": use 'vjp'")
         if strategy != "auto":
             return strategy
+        if reducible and self.readers() is not None:
+            return "readers"
         own = getattr(self.adapter, "strategy", None)
         if own in ("copies", "vjp"):
             return own
@@ -295,6 +319,7 @@ class Pipeline:
     ) -> list[Explained]:
         """As :meth:`explain`, for inputs already prepared (``(inputs, geometry)`` each)."""
         cam = cam_of(method)
+        strategy = self._choose(self.requested, method, guided)
         batched = self.split or self.stack_inputs
         groups = self._groups(prepared) if batched else [[i] for i in range(len(images))]
         explain_group = self._explain_split if self.split else self._explain_whole
@@ -302,7 +327,7 @@ class Pipeline:
         with eval_mode(self.module):
             for idx in groups:
                 done = explain_group([images[i] for i in idx], [prepared[i] for i in idx],
-                                     rows_fn, idx, cam, guided)
+                                     rows_fn, idx, cam, guided, strategy)
                 for i, e in zip(idx, done):
                     out[i] = e
         return out  # type: ignore[return-value]
@@ -332,7 +357,8 @@ class Pipeline:
             return torch.backends.cudnn.flags(enabled=False)
         return contextlib.nullcontext()
 
-    def _row_gradients(self, run: engine.Run, rows: list[Rows], n_images: int):
+    def _row_gradients(self, run: engine.Run, rows: list[Rows], n_images: int,
+                       strategy: str, readers: engine.Readers | None = None):
         """Gradients of the rows of all images: one engine call when the rows can be stacked
         (equal widths, or causal scores padded at the end, which cannot change the scores
         before the padding), else one call per width."""
@@ -346,7 +372,7 @@ class Pipeline:
         K = max(r.coefs.shape[1] for r in rows)
         starts = torch.tensor([0] + [r.ids.shape[0] for r in rows]).cumsum(0).tolist()
         N = starts[-1]
-        G = scores = A = None
+        parts, scores, A = [], None, None
         image = torch.cat([torch.full((r.ids.shape[0],), b) for b, r in enumerate(rows)])
         for group in groups:
             T = max(rows[b].ids.shape[1] for b in group)
@@ -355,18 +381,18 @@ class Pipeline:
                                for b in group])
             img = torch.cat([torch.full((rows[b].ids.shape[0],), b) for b in group])
             with self._rnn_context():
-                g = engine.layer_gradients(run, ids, coefs, self.strategy, self.chunk_size, img,
-                                           n_images, self.causal)
-            if G is None:
+                g = engine.layer_gradients(run, ids, coefs, strategy, self.chunk_size, img,
+                                           n_images, self.causal, readers)
+            if scores is None:
                 A = g.A
-                G = g.G.new_zeros(N, *g.G.shape[1:])
                 scores = g.scores.new_zeros(N, K)
             at = torch.cat([torch.arange(starts[b], starts[b + 1]) for b in group])
-            G[at] = g.G
+            parts.append((at, g.G))
             scores[at, : g.scores.shape[1]] = g.scores
-        return A, G, scores, image
+        return A, _place(parts, N), scores, image
 
-    def _explain_split(self, images, prepared, rows_fn, index, cam, guided) -> list[Explained]:
+    def _explain_split(self, images, prepared, rows_fn, index, cam, guided, strategy
+                       ) -> list[Explained]:
         ad = self.adapter
         pixels = torch.cat([self._to_device(pixels_of(p[0])) for p in prepared])
         held: dict[str, torch.Tensor] = {}
@@ -389,7 +415,7 @@ class Pipeline:
         def run(feed: engine.Feed, row_ids: torch.Tensor, last=None) -> torch.Tensor:
             return self._score(feed(base), row_ids.to(base.device), last)
 
-        A_raw, G_raw, scores, image = self._row_gradients(run, rows, len(images))
+        A_raw, G_raw, scores, image = self._row_gradients(run, rows, len(images), strategy)
         if self.layer is not None:
             A_raw = held["A"].detach()
             G_raw = self._carry_back(feats, held["A"], G_raw, image)
@@ -413,7 +439,8 @@ class Pipeline:
             out.append(g[torch.arange(n), image[sl]].float())
         return torch.cat(out)
 
-    def _explain_whole(self, images, prepared, rows_fn, index, cam, guided) -> list[Explained]:
+    def _explain_whole(self, images, prepared, rows_fn, index, cam, guided, strategy
+                       ) -> list[Explained]:
         """Whole-model path; several images share one pass when ``stack_inputs`` (the
         scorer then takes a batch of pixels), else one image at a time."""
         B = len(images)
@@ -439,7 +466,12 @@ class Pipeline:
                                     None if self.generate_fn is None else
                                     lambda **kw: self.generate_fn(inputs, **kw)), index[b])
                     for b in range(B)]
-            A_raw, G_raw, scores, image = self._row_gradients(run, rows, B)
+            readers = None
+            if strategy == "readers":
+                own = prepared[0][0] if B == 1 else None
+                readers = dataclasses.replace(self.readers(), grid=lambda a: self._grid_index(
+                    a, own))
+            A_raw, G_raw, scores, image = self._row_gradients(run, rows, B, strategy, readers)
 
             def to_layer(px: torch.Tensor, feed: engine.Feed) -> None:
                 with t.run(feed):
@@ -447,6 +479,14 @@ class Pipeline:
 
             return self._finish(images, prepared, rows, A_raw, G_raw, scores, image, cam,
                                 guided, to_layer)
+
+    def _grid_index(self, A_raw: torch.Tensor, own: Any) -> torch.Tensor:
+        """(h,w) the index of the token each grid cell of the layout reads."""
+        layout = self.layout or infer_layout(A_raw)
+        n = A_raw.shape[1]
+        index = torch.arange(n, dtype=torch.float64, device=A_raw.device)
+        grid = layout.to_grid(index[None, :, None].expand(1, n, 1), own)[0, 0]
+        return grid.round().long()
 
     def cells(self, to_layer: Callable, px: torch.Tensor, layout: Layout, own: Any) -> Cell | None:
         """Where the layer's grid cells sit on inputs shaped like ``px`` (None for
@@ -472,7 +512,7 @@ class Pipeline:
         layout = self.layout or infer_layout(A_raw)
         own = prepared[0][0] if len(prepared) == 1 else None  # inputs, for layouts that read them
         A = layout.to_grid(A_raw, own).float()
-        G = layout.to_grid(G_raw, own).float()
+        G = G_raw if isinstance(G_raw, Reduced) else layout.to_grid(G_raw, own).float()
         scores = scores.cpu()
         out, start = [], 0
         for b, (im, (inputs, geom), r) in enumerate(zip(images, prepared, rows)):
@@ -494,3 +534,17 @@ class Pipeline:
             out.append(Explained(im, inputs, geom, r, A[b].cpu(), Gb.cpu(), lmaps.cpu(), maps,
                                  localize(maps), scores[sel, : r.coefs.shape[1]], gg, cell))
         return out
+
+
+def _place(parts: list[tuple[torch.Tensor, Any]], N: int) -> torch.Tensor | Reduced:
+    """Rows ``at`` of each part put together in row order (N rows)."""
+    def put(items: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        out = items[0][1].new_zeros(N, *items[0][1].shape[1:])
+        for at, g in items:
+            out[at] = g
+        return out
+
+    if isinstance(parts[0][1], Reduced):
+        return Reduced(put([(at, g.alpha) for at, g in parts]),
+                       put([(at, g.hires) for at, g in parts]))
+    return put(parts)

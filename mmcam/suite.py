@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmcam import evaluation as ev
-from mmcam.cam import METHODS
+from mmcam.cam import METHODS, REDUCIBLE
 from mmcam.caption import CaptionExplainer
 from mmcam.geometry import Geometry
 from mmcam.pipeline import Explained, cam_of, module_of, pixels_of, with_pixels
@@ -137,6 +137,16 @@ def _deletion(scorer: _Scorer, e: Explained, maps: dict[Setting, torch.Tensor],
     return {k: s[i * n:(i + 1) * n].tolist() for i, k in enumerate(keys)}
 
 
+def _explainer(cls: type, adapter: Any, score: str, methods: Sequence[str]) -> Any:
+    """An explainer whose gradients serve every method: the "auto" strategy, but full
+    gradients ("vjp") instead of "readers" when a method needs more than
+    :data:`mmcam.cam.REDUCIBLE` methods read."""
+    ex = cls(adapter, score=score)
+    if ex.pipeline.strategy == "readers" and any(m not in REDUCIBLE for m in methods):
+        ex = cls(adapter, score=score, strategy="vjp")
+    return ex
+
+
 def _score_maps(rec: dict, m: torch.Tensor, mask: np.ndarray, box: tuple, slack: int) -> None:
     rec["hit"] = ev.pointing_hit(m, mask, slack)
     rec["energy_mask"] = ev.energy_ratio(m, mask)
@@ -192,7 +202,7 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
     has_att = callable(getattr(adapter, "attention", None)) and callable(
         getattr(adapter, "encode", None))
     for s_i, score in enumerate(scores):
-        ex = CaptionExplainer(adapter, score=score)
+        ex = _explainer(CaptionExplainer, adapter, score, methods)
         for i, scene in enumerate(tqdm(scenes, desc=f"captions, score {score}",
                                        disable=not progress)):
             text = captions[i] if s_i > 0 else None
@@ -239,7 +249,7 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
     objects, the model's own answer (see module doc)."""
     recs: list[dict] = []
     for score in scores:
-        ex = VQAExplainer(adapter, score=score)
+        ex = _explainer(VQAExplainer, adapter, score, methods)
         for i, scene in enumerate(tqdm(scenes, desc=f"VQA, score {score}",
                                        disable=not progress)):
             seen: set[str] = set()
@@ -295,11 +305,11 @@ def sanity(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
             ad.model = m
             got: dict[str, list] = defaultdict(list)
             if task == "caption":
-                es = CaptionExplainer(ad, score=score).explained(
+                es = _explainer(CaptionExplainer, ad, score, methods).explained(
                     [s.image for s in scenes], list(captions or []))
                 rows = [(e, slice(None)) for e in es]
             else:
-                ex = VQAExplainer(ad, score=score)
+                ex = _explainer(VQAExplainer, ad, score, methods)
                 rows = [(ex.explained(s.image, s.questions[0][0], s.questions[0][1]),
                          slice(0, 1)) for s in scenes]
             for e, sel in rows:

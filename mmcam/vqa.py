@@ -77,7 +77,7 @@ class VQAExplainer:
                                         getattr(adapter, "word_kinds", {}).values())]
         self._index = {a.lower(): i for i, a in enumerate(getattr(adapter, "answers", []))}
         self._options = {"layer": layer, "layout": layout, "strategy": strategy,
-                         "chunk_size": chunk_size, "align": align}
+                         "chunk_size": chunk_size, "align": align, "method": method}
         self.pipeline = Pipeline(adapter, self._score_fn(), causal=self.generative,
                                  **self._options)
 

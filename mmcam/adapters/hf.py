@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mmcam.engine import Readers
 from mmcam.errors import MMCamError
 from mmcam.geometry import Geometry
 from mmcam.layers import Conv, Layout, Tokens
@@ -288,6 +289,22 @@ class HFCaptioner:
                 break
             ids.append(t)
         return torch.tensor([ids], dtype=torch.long)
+
+    def readers(self, layer: nn.Module) -> Readers | None:
+        """BLIP at its default layer (the last vision block): its tokens reach the text only
+        through ``post_layernorm`` and each text layer's cross-attention key and value
+        projections (the "readers" strategy, :mod:`mmcam.engine`); None otherwise."""
+        name = type(self.model).__name__
+        if name not in ("BlipForConditionalGeneration", "BlipForQuestionAnswering"):
+            return None
+        vm = self.model.vision_model
+        if layer is not vm.encoder.layers[-1]:
+            return None
+        text = (self.model.text_decoder.bert if name == "BlipForConditionalGeneration"
+                else self.model.text_encoder)
+        mods = tuple(m for blk in text.encoder.layer if hasattr(blk, "crossattention")
+                     for m in (blk.crossattention.self.key, blk.crossattention.self.value))
+        return Readers(mods, vm.post_layernorm) if mods else None
 
     # ------------------------------------------------------------------ words
 
