@@ -241,7 +241,12 @@ class Pipeline:
                                  ": use 'vjp'")
         if strategy != "auto":
             return strategy
-        if reducible and self.readers() is not None:
+        dev = self._device()
+        cuda = dev is not None and dev.type == "cuda"
+        # measured (benchmarks/bench_hf.py, BLIP base): readers is exact for HiResCAM where
+        # dense float32 gradients are not, and the fastest for Grad-CAM on CPU; on an H100
+        # copies/vjp were faster for Grad-CAM (readers' reductions are small kernels)
+        if reducible and self.readers() is not None and (method == "hirescam" or not cuda):
             return "readers"
         own = getattr(self.adapter, "strategy", None)
         if own in ("copies", "vjp"):
@@ -249,7 +254,6 @@ class Pipeline:
         # measured (benchmarks/bench_engine.py): on CPU copies win for recurrent decoders and
         # vjp for transformer decoders; on a CUDA GPU copies won for both
         mods = self.module.modules() if self.module is not None else []
-        dev = self._device()
         if any(isinstance(m, RECURRENT) for m in mods) or (dev is not None and dev.type == "cuda"):
             return "copies"
         return "vjp"
