@@ -473,3 +473,26 @@ def test_shipped_shapes_blip_meets_its_floor_and_points_at_objects():
                       progress=False)
     assert r["all"]["words"] >= 40
     assert r["all"]["hit_rate"] > 3 * r["all"]["chance"]  # chance: box area / image area
+
+
+def test_vilt_patch_order_is_the_same_from_many_threads(tmp_path):
+    """ViLT draws its patch order from the global RNG: concurrent forwards (app users) must
+    each see the seeded order, not a state another thread re-seeded or restored."""
+    import threading
+
+    ad = mmcam.load_model(save_vilt(tmp_path / "vilt"))
+    pil = image(10, (70, 50))
+    want = ad.prepare(pil)[0]["patches"]
+    bad: list[int] = []
+
+    def work() -> None:
+        for _ in range(15):
+            if not torch.equal(ad.prepare(pil)[0]["patches"], want):
+                bad.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad

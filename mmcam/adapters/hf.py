@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -686,6 +687,9 @@ class HFPromptedVLM(HFCaptioner):
 VILT_SEED = 0
 
 
+_VILT_RNG = threading.RLock()  # serializes the seeded ViLT forwards of all threads
+
+
 class HFVilt:
     """``ViltForQuestionAnswering``: a classifier over its answer labels.
 
@@ -720,7 +724,10 @@ class HFVilt:
         return grid
 
     def _seeded(self, fn: Any) -> Any:
-        with torch.random.fork_rng(devices=[]):
+        """``fn()`` with the CPU generator seeded to ``VILT_SEED`` and restored afterwards;
+        one thread at a time (the generator is global: another thread's seeding or restoring
+        in between would change the patch order)."""
+        with _VILT_RNG, torch.random.fork_rng(devices=[]):
             torch.manual_seed(VILT_SEED)
             return fn()
 
