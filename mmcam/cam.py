@@ -32,6 +32,9 @@ class Reduced:
     alpha: torch.Tensor
     hires: torch.Tensor
 
+    def __len__(self) -> int:
+        return self.alpha.shape[0]
+
     def __getitem__(self, index: Any) -> Reduced:
         return Reduced(self.alpha[index], self.hires[index])
 

@@ -72,7 +72,7 @@ def test_readers_equal_dense_gradients_in_float64(norm):
         want.append((g[image_of[r], 1:], A[image_of[r], 1:]))
     alpha = torch.stack([g.mean(0) for g, _ in want])
     hires = torch.stack([(g * a).sum(-1).reshape(3, 3) for g, a in want])
-    assert isinstance(red, Reduced) and red.shape == (4, 6, 3, 3)
+    assert isinstance(red, Reduced) and red.shape == (4, 6, 3, 3) and len(red) == 4
     torch.testing.assert_close(red.alpha, alpha, rtol=1e-9, atol=1e-12 * alpha.abs().max())
     torch.testing.assert_close(red.hires, hires, rtol=1e-9, atol=1e-12 * hires.abs().max())
     assert hooks_left(toy) == 0
