@@ -4,14 +4,15 @@
 
 Starts the app as ``mmcam demo`` does (the shipped models, 127.0.0.1, a free port) in its own
 process, then runs ``--clients`` clients at once, each with its own session, each sending
-``--requests`` requests that alternate ``/caption`` and ``/vqa`` on images no other request
-uses at the same time (fresh scenes, one of their own questions). Every answer is checked against the
-library's answer for that image, computed here beforehand with the same model and method:
-the same caption and words, the same answer and probability (to the 3 decimals shown); a
-request that fails or differs is an error. Reports p50 and p95 latency (from the call to the
-last output downloaded) per kind, the wall time, and the server's resident memory (RSS) before
-the load, after it, and its peak. Other processes on the machine slow everything down: the
-1-minute load average is recorded with the numbers. Writes ``app_load.json``.
+``--requests`` requests that alternate ``/caption`` and ``/vqa`` on images no other request uses
+at the same time (fresh scenes, one of their own questions). Every answer is checked against the
+library's answer for that image, computed here beforehand with the same model and method: the
+same caption and words, the same answer and probability (to the 3 decimals shown); a request
+that fails or differs is an error. Reports p50 and p95 latency (from the call to the last output
+downloaded) per kind, the wall time, and the server's resident memory (RSS) before the load,
+after it, and its peak. Other processes on the machine slow everything down: the 1-minute load
+average is recorded with the numbers.
+Writes ``app_load.json``.
 """
 
 from __future__ import annotations

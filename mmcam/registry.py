@@ -80,11 +80,9 @@ def cli_scores(task: str) -> list[str]:
 # ----------------------------------------------------------------------------- models
 
 
-def shipped_names() -> tuple[str, ...]:
-    """The reference models shipped in ``models/`` (or found in ``$MMCAM_MODELS``)."""
-    from mmcam.models.hub import KNOWN_MODELS
-
-    return tuple(KNOWN_MODELS)
+# the shipped reference model of each kind (models/, or $MMCAM_MODELS): the app's first models
+# and the CLI's defaults; mmcam.models.hub.KNOWN_MODELS lists the same names
+SHIPPED = {"captioner": "shapes-captioner", "vqa": "shapes-vqa", "classifier": "shapes-classifier"}
 
 
 def hf_cache() -> Path:

@@ -115,6 +115,14 @@ def test_layer_choices_are_earlier_blocks_of_the_same_kind():
     assert registry.layer_choices(A()) == ["enc"]
 
 
+def test_shipped_names():
+    from mmcam.models.hub import KNOWN_MODELS
+
+    assert sorted(registry.SHIPPED.values()) == sorted(KNOWN_MODELS)
+    for kind, name in registry.SHIPPED.items():
+        assert registry.kinds_of(mmcam.load_model(name)) == (kind,)
+
+
 def test_kinds_of_the_adapters():
     assert registry.kinds_of(mmcam.load_model("shapes-captioner")) == ("captioner",)
     assert registry.kinds_of(mmcam.load_model("shapes-vqa")) == ("vqa",)

@@ -17,9 +17,9 @@ from mmcam.app.samples import MAX_SIDE, fresh_indices
 from mmcam.app.state import Session, close_session
 from mmcam.app.vqa import VQATab
 from mmcam.errors import MMCamError
+from mmcam.registry import SHIPPED
 
 _log = logging.getLogger(__name__)
-SHIPPED = {"captioner": "shapes-captioner", "vqa": "shapes-vqa", "classifier": "shapes-classifier"}
 SESSION_TTL_S = 1800  # a session's results are dropped this long after its last event
 MAX_SESSIONS = 100
 WORKERS = 2  # model runs at once (all users together); drawing and downloads do not wait
