@@ -317,7 +317,8 @@ class _Shows:
 
     def _fragment(self, alpha: float, view_css: str, small: torch.Tensor | None = None) -> str:
         """The page as one ``<div>`` with its own style and script; element ids and selectors
-        carry a fresh id, so several renderings live in one document."""
+        carry a fresh id, so several renderings live in one document. Without scripts (a
+        notebook shown by a static viewer) it shows the plain image."""
         uid = "mmcam-" + uuid.uuid4().hex[:12]
         data = self.page_data(alpha, small)
         zoom = max(1, MIN_VIEW // max(data["w"], data["h"]))  # small images: whole pixels up
@@ -326,7 +327,9 @@ class _Shows:
             f"{html.escape(p.title)}</span>"
             for i, p in enumerate(self.panels())
         )
-        payload = json.dumps(data).replace("</", "<\\/")
+        # the image is held once, by the <img> that viewers running no script show
+        payload = json.dumps({k: v for k, v in data.items() if k != "base"})
+        payload = payload.replace("</", "<\\/")
         return f"""<div class="mmcam" id="{uid}" tabindex="-1">
 <style>
 #{uid} {{ font-family: system-ui, sans-serif; }}
@@ -334,7 +337,8 @@ class _Shows:
 #{uid} .item {{ display: inline-block; padding: .2em .5em; margin: .15em; border-radius: .3em;
   background: #eef; color: black; cursor: pointer; }}
 #{uid} .item.on {{ background: #36c; color: white; }}
-#{uid} canvas {{ {view_css} border: 1px solid #ccc; width: {zoom * data["w"]}px;
+#{uid} canvas, #{uid} img.still {{ {view_css} border: 1px solid #ccc;
+  width: {zoom * data["w"]}px;
   height: auto;{" image-rendering: pixelated;" if zoom > 1 else ""} }}
 #{uid} .info {{ color: #555; min-height: 1.5em; margin: .3em 0; }}
 </style>
@@ -345,8 +349,9 @@ class _Shows:
 (default: one color scale per group, so maps are comparable)</label></div>
 <div class="items">{items}</div>
 <div class="info"></div>
+<img class="still" alt="the image" src="{data["base"]}">
 <canvas class="view" id="{uid}-view" width="{data["w"]}" height="{data["h"]}"
- data-shown="-1"></canvas>
+ data-shown="-1" style="display: none"></canvas>
 <script>
 {_page_script(uid, payload)}
 </script></div>"""
@@ -380,6 +385,8 @@ def _page_script(uid: str, payload: str) -> str:
     return f"""(function () {{
 const root = document.getElementById('{uid}'), D = {payload};
 const view = root.querySelector('canvas.view'), ctx = view.getContext('2d');
+const still = root.querySelector('img.still');
+still.style.display = 'none'; view.style.display = '';
 const own = root.querySelector('input.own'), info = root.querySelector('.info');
 const lut = Uint8Array.from(atob(D.lut), c => c.charCodeAt(0));
 const load = src => new Promise((ok, bad) => {{
@@ -388,7 +395,7 @@ const pixels = im => {{
   const c = document.createElement('canvas'); c.width = D.w; c.height = D.h;
   const x = c.getContext('2d'); x.drawImage(im, 0, 0, D.w, D.h);
   return x.getImageData(0, 0, D.w, D.h).data; }};
-const base = load(D.base).then(pixels), maps = {{}};
+const base = load(still.getAttribute('src')).then(pixels), maps = {{}};
 let pinned = 0, shown = 0, ticket = 0;
 async function show(i) {{
   shown = i; const t = ++ticket;

@@ -41,10 +41,12 @@ def blended(img: np.ndarray, v: np.ndarray, alpha: float = 0.5) -> np.ndarray:
 
 
 def page_data(page: str) -> dict:
-    """The JSON the page's script draws from."""
+    """The JSON the page's script draws from, and the image its <img> holds (``base``)."""
     found = re.findall(r", D = (\{.*?\});\n", page)
     assert len(found) == 1
-    return json.loads(found[0])
+    img = re.findall(r'<img class="still" alt="the image" src="([^"]+)">', page)
+    assert len(img) == 1 and page.count(img[0]) == 1  # the image once
+    return dict(json.loads(found[0]), base=img[0])
 
 
 def decode(url: str) -> np.ndarray:
@@ -265,6 +267,12 @@ def test_page_in_chromium_shows_the_overlays_and_two_renderings_do_not_clash(shi
             close(shown(".mmcam", k + 1), np.asarray(cap.overlay(k, shared=False), int))
             page.keyboard.press("Escape")
             np.testing.assert_array_equal(shown(".mmcam", 0), plain)
+            # a viewer that runs no script shows the plain image
+            still = browser.new_page(java_script_enabled=False)
+            still.goto((tmp_path / "cap" / "index.html").as_uri())
+            assert still.locator("img.still").is_visible()
+            assert not still.locator("canvas").is_visible()
+            still.close()
 
             # two renderings in one notebook-like document
             page.set_content("<html><body>" + small._repr_html_() + cap._repr_html_()
