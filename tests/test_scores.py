@@ -133,15 +133,17 @@ def test_scores_refuse_what_they_cannot_do():
 
 def test_hf_blip_contrast_equals_a_loop_against_the_hf_class():
     ad = load_model("shapes-blip")  # a saved BlipForConditionalGeneration: scene word kinds
-    model = ad.model
     scene = generate(1, seed=79)[0]
     caption = "a small red circle"
     res = CaptionExplainer(ad, method="hirescam", score="contrast").explain(scene.image,
                                                                             caption)
+    # the oracle runs in float64: HiResCAM in front of BLIP's post_layernorm cancels to ~1e-5
+    # of its terms, so a float32 loop is mostly rounding error there (tests/test_readers.py)
+    model = load_model("shapes-blip", dtype=torch.float64).model
     tok = ad.tokenizer
     ids = tok(caption, add_special_tokens=False)["input_ids"]
     full = torch.tensor([[model.config.text_config.bos_token_id] + ids])
-    pv = ad.prepare(scene.image)[0]["pixel_values"]
+    pv = ad.prepare(scene.image)[0]["pixel_values"].double()
     layer = model.vision_model.encoder.layers[-1]
     groups = [list(COLORS), list(SHAPES), ["small", "large"]]
     for t, w in enumerate(caption.split()):
@@ -167,5 +169,6 @@ def test_hf_blip_contrast_equals_a_loop_against_the_hf_class():
         a, g = held["a"][0, 1:].detach(), held["a"].grad[0, 1:]
         want = F.relu((a * g).sum(-1)).reshape(8, 8)
         assert res.values[t] == pytest.approx(float(y.detach()), rel=1e-5, abs=1e-5)
-        torch.testing.assert_close(res.layer_maps[t], want, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(res.layer_maps[t].double(), want, rtol=1e-4,
+                                   atol=1e-4 * float(want.max()))
         model.zero_grad(set_to_none=True)
