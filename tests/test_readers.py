@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_engine import hooks_left, leaf_hook
-from test_hf import bert_tokenizer, save_blip, save_blip_vqa, save_git
+from test_hf import bert_tokenizer, save_blip, save_blip_vqa, save_git, save_vit_gpt2
 from torch import nn
 from toys import image
 
@@ -78,14 +78,14 @@ def test_readers_equal_dense_gradients_in_float64(norm):
     assert hooks_left(toy) == 0
 
 
-def loop64(model, pv, full, k, ids, layer):
+def loop64(model, pv, full, k, ids, layer, kwarg="input_ids"):
     """Per caption token, in float64: (alpha over the cells, sum_c G*A per cell)."""
     out = []
     for j in range(len(ids)):
         held = {}
         h = layer.register_forward_hook(leaf_hook(held), prepend=True)
         try:
-            logits = model(pixel_values=pv, input_ids=full, use_cache=False).logits
+            logits = model(pixel_values=pv, use_cache=False, **{kwarg: full}).logits
         finally:
             h.remove()
         y = logits[0, k - 1 + j].log_softmax(-1)[ids[j]]
@@ -127,6 +127,36 @@ def test_blip_captions_equal_a_float64_loop_and_dense_float32_hirescam_does_not(
     for n, p in ad32.model.named_parameters():  # parameters and their gradients untouched
         assert p.grad is None and torch.equal(p, params[n])
     assert not ad32.model.training
+
+
+def test_vit_gpt2_readers_equal_a_float64_loop(tmp_path):
+    """VisionEncoderDecoder (ViT + GPT-2): the encoder's layernorm, then each GPT-2 layer's
+    cross-attention c_attn (a Conv1D) reads the last ViT block."""
+    path = save_vit_gpt2(tmp_path / "vg")
+    ad = mmcam.load_model(path)
+    model = mmcam.load_model(path, dtype=torch.float64).model
+    readers = ad.readers(resolve_layer(ad.model, ad.layer))
+    assert readers is not None and len(readers.modules) == 2
+    caption = "a red circle left of the big blue square"
+    pil = image(5, (40, 40))
+    ex = CaptionExplainer(ad, method="hirescam")
+    assert ex.strategy == "readers"
+    e = ex.explained([pil], [caption])[0]
+    ids = ad.tokenize(caption)
+    prefix = ad._prefix()
+    full = torch.cat([torch.tensor(prefix), ids])[None]
+    pv = ad.prepare(pil)[0]["pixel_values"].double()
+    alpha, hires = loop64(model, pv, full, len(prefix), ids.tolist(),
+                          resolve_layer(model, ad.layer), ad.family.text_kwarg)
+    _, index = ad.word_groups(ids, caption)
+    words = range(len(caption.split()))
+    alpha = torch.stack([alpha[[t for t, x in enumerate(index) if x == w]].sum(0) for w in words])
+    hires = torch.stack([hires[[t for t, x in enumerate(index) if x == w]].sum(0) for w in words])
+    torch.testing.assert_close(e.G.alpha.double(), alpha, rtol=1e-4,
+                               atol=1e-4 * float(alpha.abs().max()))
+    torch.testing.assert_close(e.G.hires.double(), hires, rtol=1e-4,
+                               atol=1e-4 * float(hires.abs().max()))
+    assert hooks_left(ad.model) == 0
 
 
 def test_shipped_shapes_blip_hirescam_is_rounding_noise_from_dense_float32_gradients():

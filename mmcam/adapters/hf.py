@@ -36,7 +36,7 @@ from torch import nn
 from mmcam.engine import Readers
 from mmcam.errors import MMCamError
 from mmcam.geometry import Geometry
-from mmcam.layers import Conv, Layout, Tokens
+from mmcam.layers import Conv, Layout, Tokens, resolve_layer
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,21 @@ def gather_logprobs(logits: torch.Tensor, ids: torch.Tensor,
     return lp
 
 
+def _cross_readers(text: nn.Module) -> tuple[nn.Module, ...]:
+    """The key/value projections of every cross-attention of a BERT-like (``crossattention.
+    self.key/value``) or GPT-2 (``crossattention.c_attn``) text model, in layer order."""
+    out: list[nn.Module] = []
+    for m in text.modules():
+        cross = getattr(m, "crossattention", None)
+        if cross is None:
+            continue
+        if hasattr(cross, "c_attn"):
+            out.append(cross.c_attn)
+        elif hasattr(cross, "self") and hasattr(cross.self, "key"):
+            out += [cross.self.key, cross.self.value]
+    return tuple(out)
+
+
 class HFCaptioner:
     """A transformers captioning model (:func:`family_of`) with its processor.
 
@@ -292,20 +307,30 @@ class HFCaptioner:
         return torch.tensor([ids], dtype=torch.long)
 
     def readers(self, layer: nn.Module) -> Readers | None:
-        """BLIP at its default layer (the last vision block): its tokens reach the text only
-        through ``post_layernorm`` and each text layer's cross-attention key and value
-        projections (the "readers" strategy, :mod:`mmcam.engine`); None otherwise."""
+        """The modules through which alone the default layer (the last vision block) reaches
+        the text: for BLIP, ``post_layernorm`` then each text layer's cross-attention key and
+        value projections; for VisionEncoderDecoder, the encoder's final ``layernorm`` then
+        ``enc_to_dec_proj`` or each decoder layer's cross-attention key/value projections
+        (BERT-like or GPT-2). None for other families and layers (the "readers" strategy,
+        :mod:`mmcam.engine`)."""
         name = type(self.model).__name__
-        if name not in ("BlipForConditionalGeneration", "BlipForQuestionAnswering"):
-            return None
-        vm = self.model.vision_model
-        if layer is not vm.encoder.layers[-1]:
-            return None
-        text = (self.model.text_decoder.bert if name == "BlipForConditionalGeneration"
-                else self.model.text_encoder)
-        mods = tuple(m for blk in text.encoder.layer if hasattr(blk, "crossattention")
-                     for m in (blk.crossattention.self.key, blk.crossattention.self.value))
-        return Readers(mods, vm.post_layernorm) if mods else None
+        if name in ("BlipForConditionalGeneration", "BlipForQuestionAnswering"):
+            vm = self.model.vision_model
+            if layer is not vm.encoder.layers[-1]:
+                return None
+            text = (self.model.text_decoder.bert if name == "BlipForConditionalGeneration"
+                    else self.model.text_encoder)
+            mods = _cross_readers(text)
+            return Readers(mods, vm.post_layernorm) if mods else None
+        if name == "VisionEncoderDecoderModel":
+            norm = getattr(self.model.encoder, "layernorm", None)
+            if not isinstance(norm, nn.LayerNorm) or layer is not resolve_layer(
+                    self.model, self.family.layer):
+                return None
+            proj = getattr(self.model, "enc_to_dec_proj", None)
+            mods = (proj,) if isinstance(proj, nn.Linear) else _cross_readers(self.model.decoder)
+            return Readers(mods, norm) if mods else None
+        return None
 
     # ------------------------------------------------------------------ words
 
