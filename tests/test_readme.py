@@ -19,8 +19,9 @@ NOT_RUN = {  # first line of the block -> why it is not run
 }
 
 
-def blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+def blocks(readme: Path = README) -> list[str]:
+    """The README's fenced Python blocks, in order."""
+    return re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
 
 
 def skipped(code: str) -> bool:
