@@ -114,7 +114,7 @@ class CaptionExplainer:
 
     @property
     def strategy(self) -> str:
-        """The batching strategy in use ("copies" or "vjp")."""
+        """The batching strategy in use ("copies", "vjp" or "readers")."""
         return self.pipeline.strategy
 
     def explain(

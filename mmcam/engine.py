@@ -1,4 +1,4 @@
-"""Gradients of many explained scores at one layer, by two exact batching strategies.
+"""Gradients of many explained scores at one layer, by three exact batching strategies.
 
 Row i explains ``y_i = c_i . s(A_{b_i}, ids_i)``: a coefficient vector ``c_i`` (K,) over the
 scores ``s`` (per-token log-probs, per-answer or per-class scores) that the model computes
