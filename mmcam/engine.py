@@ -91,22 +91,27 @@ def chunks(n: int, chunk_size: int | None) -> list[slice]:
     return [slice(s, min(s + step, n)) for s in range(0, n, max(step, 1))]
 
 
-def batched_vjp(
-    outputs: torch.Tensor, inputs: torch.Tensor, cotangents: torch.Tensor
-) -> torch.Tensor:
-    """``(C_1^T d outputs/d inputs, ..., C_n^T ...)`` for cotangents (n, *outputs.shape).
-
-    One ``autograd.grad`` with ``is_grads_batched=True``; the graph is retained. vmap's
-    "performance drop" warnings (ops without a batching rule) are silenced: the result is
-    exact either way.
-    """
+def batched_grads(outputs: torch.Tensor, inputs: list[torch.Tensor], cotangents: torch.Tensor
+                  ) -> tuple[torch.Tensor | None, ...]:
+    """``C_r^T d outputs / d x`` for every input x and cotangent row r (n, *outputs.shape):
+    one ``autograd.grad`` with ``is_grads_batched=True``, graph retained, None for an input
+    the outputs do not use. vmap's "performance drop" warnings (ops without a batching rule)
+    are silenced: the result is exact either way."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*performance drop.*")
         warnings.filterwarnings("ignore", message=".*batching rule.*")
-        (g,) = torch.autograd.grad(
+        return torch.autograd.grad(
             outputs, inputs, grad_outputs=cotangents.to(outputs.dtype),
             is_grads_batched=True, retain_graph=True, allow_unused=True,
         )
+
+
+def batched_vjp(
+    outputs: torch.Tensor, inputs: torch.Tensor, cotangents: torch.Tensor
+) -> torch.Tensor:
+    """``(C_1^T d outputs/d inputs, ..., C_n^T ...)`` for cotangents (n, *outputs.shape)
+    (:func:`batched_grads` of one input; zeros where the outputs do not use it)."""
+    (g,) = batched_grads(outputs, [inputs], cotangents)
     if g is None:
         return torch.zeros(cotangents.shape[0], *inputs.shape, dtype=inputs.dtype,
                            device=inputs.device)
@@ -240,8 +245,36 @@ def _transpose_apply(module: nn.Module, D: int, e: torch.Tensor, like: torch.Ten
     return g[:, 0, 0].to(torch.promote_types(like.dtype, torch.float32))
 
 
-def _readers(run: Run, ids, coefs, image, n_images, chunk_size, causal, readers: Readers):
-    u_image, u_ids, inverse, last = _unique_rows(ids, coefs, image, causal)
+@dataclass(frozen=True)
+class _Norm:
+    """What the LayerNorm backward needs of A (B,n,D), in float32 or better: ``gamma``,
+    ``beta`` (D,); ``w`` (B,n) each token's weight in the mean over the grid cells (``1 /
+    (cells * sigma)``); ``xhat`` the normalized tokens and ``keep = eps / (var + eps)``
+    (None for the identity)."""
+
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    w: torch.Tensor
+    xhat: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+
+
+def _norm_of(x: torch.Tensor, norm: nn.LayerNorm | None, cells: torch.Tensor) -> _Norm:
+    D = x.shape[-1]
+    w = torch.zeros_like(x[..., 0])
+    if norm is None:
+        w[:, cells] = 1.0 / cells.numel()
+        return _Norm(x.new_ones(D), x.new_zeros(D), w)
+    var, mu = torch.var_mean(x, dim=-1, unbiased=False, keepdim=True)
+    sigma = (var + norm.eps).sqrt()
+    w[:, cells] = 1.0 / (cells.numel() * sigma[:, cells, 0])
+    gamma = norm.weight.detach().to(x) if norm.weight is not None else x.new_ones(D)
+    beta = norm.bias.detach().to(x) if norm.bias is not None else x.new_zeros(D)
+    return _Norm(gamma, beta, w, (x - mu) / sigma, (norm.eps / (var + norm.eps))[..., 0])
+
+
+def _reader_leaves(run: Run, u_ids, u_image, last, n_images, K, readers: Readers):
+    """One forward with the readers' outputs as leaves: (A, scores, leaves)."""
     held: dict[str, torch.Tensor] = {}
 
     def feed(a: torch.Tensor) -> torch.Tensor:
@@ -250,36 +283,27 @@ def _readers(run: Run, ids, coefs, image, n_images, chunk_size, causal, readers:
         return a.detach()[u_image.to(a.device)]
 
     with torch.enable_grad(), _leaf_outputs(readers.modules) as outs:
-        s = _check_scores(_call(run, feed, u_ids, last), u_ids.shape[0], coefs.shape[1])
+        s = _check_scores(_call(run, feed, u_ids, last), u_ids.shape[0], K)
     bad = [j for j, o in enumerate(outs) if len(o) != 1]
     if bad:
         raise MMCamError(f"strategy 'readers': reader {bad[0]} ran {len(outs[bad[0]])} times in "
                          "one forward (once expected): use strategy='vjp'")
-    leaves = [o[0] for o in outs]
-    A = held["A"]
-    if A.dim() != 3:
-        raise MMCamError(f"strategy 'readers' reads tokens (B,n,D), got {tuple(A.shape)}")
+    if held["A"].dim() != 3:
+        raise MMCamError(f"strategy 'readers' reads tokens (B,n,D), got {tuple(held['A'].shape)}")
+    return held["A"], s, [o[0] for o in outs]
+
+
+def _readers(run: Run, ids, coefs, image, n_images, chunk_size, causal, readers: Readers):
+    u_image, u_ids, inverse, last = _unique_rows(ids, coefs, image, causal)
+    A, s, leaves = _reader_leaves(run, u_ids, u_image, last, n_images, coefs.shape[1], readers)
     D = A.shape[-1]
     grid = readers.grid(A).to(A.device)  # (h,w) token index per cell
     cells = grid.reshape(-1)
-    dt = torch.promote_types(A.dtype, torch.float32)  # float32 or better throughout
-    x = A.to(dt)
-    norm = readers.norm
-    if norm is not None:
-        var, mu = torch.var_mean(x, dim=-1, unbiased=False, keepdim=True)
-        sigma = (var + norm.eps).sqrt()
-        xhat = (x - mu) / sigma
-        gamma = norm.weight.detach().to(dt) if norm.weight is not None else x.new_ones(D)
-        beta = norm.bias.detach().to(dt) if norm.bias is not None else x.new_zeros(D)
-        w = torch.zeros_like(sigma[..., 0])
-        w[:, cells] = 1.0 / (cells.numel() * sigma[:, cells, 0])  # (B,n) mean over cells
-        keep = (norm.eps / (var + norm.eps))[..., 0]  # (B,n)
-    else:
-        gamma, beta = x.new_ones(D), x.new_zeros(D)
-        w = torch.zeros_like(x[..., 0])
-        w[:, cells] = 1.0 / cells.numel()
-    parts = [_affine_parts(m, D, A, gamma, beta) for m in readers.modules]
-    Z = [leaf.detach().to(dt) - off for leaf, (off, _) in zip(leaves, parts)]  # W (Y-beta)
+    x = A.to(torch.promote_types(A.dtype, torch.float32))  # float32 or better throughout
+    nt = _norm_of(x, readers.norm, cells)
+    parts = [_affine_parts(m, D, A, nt.gamma, nt.beta) for m in readers.modules]
+    Z = [leaf.detach().to(x) - off for leaf, (off, _) in zip(leaves, parts)]  # W (Y-beta)
+    one = u_ids.shape[0] == 1  # one distinct row (a caption): views, no gathers
     per_row = u_ids.shape[0] * sum(leaf[0].numel() for leaf in leaves) * 4 * 2
     step = max(1, min(chunk_size or coefs.shape[0], READER_BYTES // max(per_row, 1)))
     alphas, hires = [], []
@@ -288,34 +312,28 @@ def _readers(run: Run, ids, coefs, image, n_images, chunk_size, causal, readers:
         rows, u = torch.arange(n), inverse[sl].to(s.device)
         cot = torch.zeros(n, *s.shape, dtype=s.dtype, device=s.device)
         cot[rows, u] = coefs[sl].to(s)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*performance drop.*")
-            warnings.filterwarnings("ignore", message=".*batching rule.*")
-            dO = torch.autograd.grad(s, leaves, grad_outputs=cot, is_grads_batched=True,
-                                     retain_graph=True, allow_unused=True)
+        dO = batched_grads(s, leaves, cot)
         img = image[sl].to(A.device)
-        wr = w[img]  # (n,tokens)
-        dot_u = x.new_zeros(n, A.shape[1])
-        dot_v = x.new_zeros(n, A.shape[1])
-        first = x.new_zeros(n, D)
-        one = u_ids.shape[0] == 1  # one distinct row (a caption): views, no gathers
+        wr = nt.w[img]  # (n,tokens)
+        dot_u = x.new_zeros(n, A.shape[1])  # dY . (gamma xhat) per token
+        dot_v = x.new_zeros(n, A.shape[1])  # dY . gamma per token
+        first = x.new_zeros(n, D)  # sum_i w_i dY_i
         for m, g, z, (_, col) in zip(readers.modules, dO, Z, parts):
             if g is None:
                 continue
-            d = (g[:, 0] if one else g[rows, u]).to(dt)  # (n,tokens,D_out)
+            d = (g[:, 0] if one else g[rows, u]).to(x)  # (n,tokens,D_out)
             dot_u += torch.linalg.vecdot(d, z if one else z[u])
             dot_v += d @ col
             first += _transpose_apply(m, D, torch.bmm(wr[:, None, :], d)[:, 0], A)
-        if norm is not None:
-            alpha = (gamma * first - (wr * dot_v).sum(1, keepdim=True) / D
-                     - torch.einsum("nt,ntc->nc", wr * dot_u / D, xhat[img]))
-            h = dot_u * keep[img]
-        else:
+        if nt.xhat is None:
             alpha, h = first, dot_u
+        else:
+            alpha = (nt.gamma * first - (wr * dot_v).sum(1, keepdim=True) / D
+                     - torch.einsum("nt,ntc->nc", wr * dot_u / D, nt.xhat[img]))
+            h = dot_u * nt.keep[img]
         alphas.append(alpha)
         hires.append(h[:, cells].reshape(n, *grid.shape))
-    G = Reduced(torch.cat(alphas), torch.cat(hires))
-    return A, G, s.detach()[inverse.to(s.device)]
+    return A, Reduced(torch.cat(alphas), torch.cat(hires)), s.detach()[inverse.to(s.device)]
 
 
 def layer_gradients(
