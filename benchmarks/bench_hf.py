@@ -15,7 +15,9 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -104,6 +106,110 @@ def pgc_like(maps: torch.Tensor, size: int) -> torch.Tensor:
     return scale(up).float()
 
 
+@dataclass
+class Bench:
+    """One BLIP, one photo, one caption, and how to time on the device."""
+
+    ad: HFCaptioner
+    img: Any
+    inputs: dict
+    caption: str
+    ids: torch.Tensor
+    full: torch.Tensor
+    k: int
+    repeats: int
+    cuda: bool
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def y(self, i: int) -> torch.Tensor:
+        """log p of caption token i (the per-word loop's score)."""
+        logits = self.ad.model(pixel_values=self.inputs["pixel_values"], input_ids=self.full,
+                               use_cache=False).logits
+        return logits[0, self.k - 1 + i].float().log_softmax(-1)[self.ids[i]]
+
+    def peak(self, fn) -> float | None:
+        """Peak GPU memory (MiB) of ``fn()``; None on CPU."""
+        if not self.cuda:
+            return None
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        return torch.cuda.max_memory_allocated() / 2**20
+
+
+def random_caption(n: int, g: torch.Generator) -> str:
+    return " ".join(f"w{i}" for i in torch.randint(0, 2000, (n,), generator=g).tolist())
+
+
+def measure(b: Bench, words: int, bar: tqdm) -> dict:
+    """Generate, the loop, the three strategies and pytorch-grad-cam, maps checked first."""
+    ad, out = b.ad, {}
+    out["generate"] = timed(lambda: ad.generate(b.inputs, max_len=words, min_len=words),
+                            b.repeats, b.sync)
+    bar.update()
+    ref = loop_maps(ad.model, ad.layer, ad.layout, b.y, len(b.ids)).cpu()
+    out["ref_max"] = float(ref.max())  # the comparisons below mean something only if > 0
+    out["loop"] = timed(lambda: loop_maps(ad.model, ad.layer, ad.layout, b.y, len(b.ids)), 1,
+                        b.sync)
+    bar.update()
+    for strategy in ("readers", "vjp", "copies"):
+        ex = CaptionExplainer(ad, strategy=strategy, chunk_size=16)
+        out[f"check_{strategy}"] = rel(ex.explain(b.img, b.caption).layer_maps, ref)
+        out[f"explain_{strategy}"] = timed(lambda ex=ex: ex.explain(b.img, b.caption),
+                                           b.repeats, b.sync)
+        out[f"peak_mib_{strategy}"] = b.peak(lambda ex=ex: ex.explain(b.img, b.caption))
+        bar.update()
+    try:
+        pv = b.inputs["pixel_values"]
+        got = pgc_maps(ad, pv, b.full, b.ids, b.k)
+        out["check_pytorch_grad_cam"] = rel(pgc_like(ref, pv.shape[-1]), got)
+        out["pytorch_grad_cam"] = timed(lambda: pgc_maps(ad, pv, b.full, b.ids, b.k), 1, b.sync)
+    except ImportError as err:
+        out["pytorch_grad_cam"] = f"not installed: {err}"
+    bar.update()
+    out["captum"] = ("not run: captum's LayerGradCam averages gradients over every dim "
+                     "after the channel dim, so on (1, 577, 768) tokens it weights tokens, "
+                     "not channels; it has no reshape hook")
+    return out
+
+
+def by_length(b: Bench, lengths: list[int], g: torch.Generator, bar: tqdm) -> dict:
+    """Generate, readers and vjp seconds for captions of each length."""
+    out = {}
+    for n in lengths:
+        cap = random_caption(n, g)
+        row = {"generate": timed(lambda n=n: b.ad.generate(b.inputs, max_len=n, min_len=n), 1,
+                                 b.sync)["median"]}
+        for strategy in ("readers", "vjp"):
+            ex = CaptionExplainer(b.ad, strategy=strategy, chunk_size=16)
+            row[strategy] = timed(lambda ex=ex, cap=cap: ex.explain(b.img, cap), 1,
+                                  b.sync)["median"]
+        out[n] = row
+        bar.update()
+    return out
+
+
+def summary(out: dict) -> None:
+    gen = out["generate"]["median"]
+    where = out["gpu"] or f"{out['threads']} threads, {os.cpu_count()} cores"
+    print(f"BLIP base, {out['words']} words, {where}: generate {gen:.2f} s, "
+          f"loop {out['loop']['median']:.2f} s")
+    for s in ("readers", "vjp", "copies"):
+        t = out[f"explain_{s}"]["median"]
+        peak = out[f"peak_mib_{s}"]
+        print(f"  explain {s:7s} {t:.2f} s = {t / gen:.2f}x generate, loop "
+              f"{out['loop']['median'] / t:.1f}x slower; max rel diff {out[f'check_{s}']:.1e}"
+              + (f"; peak {peak:.0f} MiB" if peak is not None else ""))
+    if isinstance(out["pytorch_grad_cam"], dict):
+        print(f"  pytorch-grad-cam {out['pytorch_grad_cam']['median']:.2f} s, max diff "
+              f"{out['check_pytorch_grad_cam']:.1e}")
+    for n, row in out.get("by_length", {}).items():
+        print(f"  {n:3d} words: generate {row['generate']:.2f} s, readers {row['readers']:.2f} s,"
+              f" vjp {row['vjp']:.2f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--words", type=int, default=16)
@@ -118,90 +224,27 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    cuda = dev.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     ad = blip_base(args.tiny)
     ad.model.to(dev)
     img = photo(384)
     inputs, _ = ad.prepare(img)
     g = torch.Generator().manual_seed(1)
-    caption = " ".join(f"w{i}" for i in torch.randint(0, 2000, (args.words,), generator=g).tolist())
+    caption = random_caption(args.words, g)
     ids = ad.tokenize(caption)
     prefix = torch.tensor(ad._prefix())
-    full = torch.cat([prefix, ids])[None].to(dev)
-    k = len(prefix)
-    model = ad.model
+    b = Bench(ad, img, inputs, caption, ids, torch.cat([prefix, ids])[None].to(dev),
+              len(prefix), args.repeats, dev.type == "cuda")
     out: dict = {"machine_before": machine(), "device": str(dev),
-                 "gpu": torch.cuda.get_device_name() if cuda else None, "words": args.words,
+                 "gpu": torch.cuda.get_device_name() if b.cuda else None, "words": args.words,
                  "threads": torch.get_num_threads()}
-
-    def y(i):
-        logits = model(pixel_values=inputs["pixel_values"], input_ids=full,
-                       use_cache=False).logits
-        return logits[0, k - 1 + i].float().log_softmax(-1)[ids[i]]
-
-    def peak(fn) -> float | None:
-        if not cuda:
-            return None
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        return torch.cuda.max_memory_allocated() / 2**20
-
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
     with tqdm(total=6 + len(lengths), desc="bench_hf") as bar:
-        out["generate"] = timed(lambda: ad.generate(inputs, max_len=args.words,
-                                                    min_len=args.words), args.repeats, sync)
-        bar.update()
-        ref = loop_maps(model, ad.layer, ad.layout, y, len(ids)).cpu()
-        out["ref_max"] = float(ref.max())  # the comparisons below mean something only if > 0
-        out["loop"] = timed(lambda: loop_maps(model, ad.layer, ad.layout, y, len(ids)), 1,
-                            sync)
-        bar.update()
-        for strategy in ("readers", "vjp", "copies"):
-            ex = CaptionExplainer(ad, strategy=strategy, chunk_size=16)
-            out[f"check_{strategy}"] = rel(ex.explain(img, caption).layer_maps, ref)
-            out[f"explain_{strategy}"] = timed(lambda ex=ex: ex.explain(img, caption),
-                                               args.repeats, sync)
-            out[f"peak_mib_{strategy}"] = peak(lambda ex=ex: ex.explain(img, caption))
-            bar.update()
-        try:
-            pv = inputs["pixel_values"]
-            got = pgc_maps(ad, pv, full, ids, k)
-            out["check_pytorch_grad_cam"] = rel(pgc_like(ref, pv.shape[-1]), got)
-            out["pytorch_grad_cam"] = timed(lambda: pgc_maps(ad, pv, full, ids, k), 1, sync)
-        except ImportError as err:
-            out["pytorch_grad_cam"] = f"not installed: {err}"
-        bar.update()
-        out["captum"] = ("not run: captum's LayerGradCam averages gradients over every dim "
-                         "after the channel dim, so on (1, 577, 768) tokens it weights tokens, "
-                         "not channels; it has no reshape hook")
-        for n in lengths:
-            cap = " ".join(f"w{i}" for i in torch.randint(0, 2000, (n,), generator=g).tolist())
-            row = {"generate": timed(lambda n=n: ad.generate(inputs, max_len=n, min_len=n), 1,
-                                     sync)["median"]}
-            for strategy in ("readers", "vjp"):
-                ex = CaptionExplainer(ad, strategy=strategy, chunk_size=16)
-                row[strategy] = timed(lambda ex=ex, cap=cap: ex.explain(img, cap), 1,
-                                      sync)["median"]
-            out.setdefault("by_length", {})[n] = row
-            bar.update()
+        out |= measure(b, args.words, bar)
+        if lengths:
+            out["by_length"] = by_length(b, lengths, g, bar)
     out["machine_after"] = machine()
     Path(args.out).write_text(json.dumps(out, indent=2))
-    gen = out["generate"]["median"]
-    where = out["gpu"] or f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
-    print(f"BLIP base, {args.words} words, {where}: generate {gen:.2f} s, "
-          f"loop {out['loop']['median']:.2f} s")
-    for s in ("readers", "vjp", "copies"):
-        t = out[f"explain_{s}"]["median"]
-        print(f"  explain {s:7s} {t:.2f} s = {t / gen:.2f}x generate, loop "
-              f"{out['loop']['median'] / t:.1f}x slower; max rel diff {out[f'check_{s}']:.1e}"
-              + (f"; peak {out[f'peak_mib_{s}']:.0f} MiB" if cuda else ""))
-    if isinstance(out["pytorch_grad_cam"], dict):
-        print(f"  pytorch-grad-cam {out['pytorch_grad_cam']['median']:.2f} s, max diff "
-              f"{out['check_pytorch_grad_cam']:.1e}")
-    for n, row in out.get("by_length", {}).items():
-        print(f"  {n:3d} words: generate {row['generate']:.2f} s, readers {row['readers']:.2f} s,"
-              f" vjp {row['vjp']:.2f} s")
+    summary(out)
 
 
 if __name__ == "__main__":

@@ -233,7 +233,8 @@ class Pipeline:
         if strategy == "readers":
             if self.readers() is None:
                 raise MMCamError("strategy 'readers' needs a model that declares the modules "
-                                 "reading the explained layer (BLIP at its default layer): "
+                                 "reading the explained layer (BLIP, VisionEncoderDecoder at "
+                                 "their default layer): "
                                  "use 'vjp'")
             if not reducible:
                 raise MMCamError(f"strategy 'readers' serves gradcam, hirescam and "
@@ -254,7 +255,7 @@ class Pipeline:
         # measured (benchmarks/bench_engine.py): on CPU copies win for recurrent decoders and
         # vjp for transformer decoders; on a CUDA GPU copies won for both
         mods = self.module.modules() if self.module is not None else []
-        if any(isinstance(m, RECURRENT) for m in mods) or (dev is not None and dev.type == "cuda"):
+        if cuda or any(isinstance(m, RECURRENT) for m in mods):
             return "copies"
         return "vjp"
 
