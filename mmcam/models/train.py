@@ -495,6 +495,13 @@ def model_card(
         "## Metrics on held-out scenes",
         "",
     ]
+    return "\n".join(lines + _card_metrics(kind, name, metrics, eval_command) + [""])
+
+
+def _card_metrics(kind: str, name: str, metrics: dict[str, Any] | None,
+                  eval_command: str | None) -> list[str]:
+    """The model card's held-out metrics lines (or how to measure them)."""
+    lines: list[str] = []
     if metrics is None:
         lines.append(f"Not measured yet: run `mmcam evaluate-model {name}`.")
     else:
@@ -527,5 +534,4 @@ def model_card(
                 lines.append(f"| {t} | {metrics['n_questions_per_type'][t]} | {acc:.4f} |")
         else:
             lines.append(f"- Accuracy: **{metrics['accuracy']:.4f}** (floor 0.95)")
-    lines.append("")
-    return "\n".join(lines)
+    return lines

@@ -261,6 +261,22 @@ def _attention_loss(cross: tuple[torch.Tensor, ...], target: torch.Tensor) -> to
     return total / len(cross)
 
 
+def _tokenized(task: str, texts: list, tok: Any) -> list:
+    """Per scene: its captions' ids, or for VQA ``{type: [(question ids, answer ids,
+    objects)]}``; each distinct text tokenized once (the scenes' texts repeat)."""
+    memo: dict[str, list[int]] = {}
+
+    def words(text: str) -> list[int]:
+        if text not in memo:
+            memo[text] = tok(" ".join(tokenize(text)), add_special_tokens=False)["input_ids"]
+        return memo[text]
+
+    if task == "caption":
+        return [[words(c) for c in cs] for cs, *_ in texts]
+    return [{t: [(words(q), words(a), refs) for q, a, refs in pairs]
+             for t, pairs in by_type.items()} for _, by_type, _ in texts]
+
+
 def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: bool,
            n_eval: int, hp: dict[str, Any]) -> dict[str, Any]:
     t0 = time.time()
@@ -281,18 +297,7 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
     head = (torch.nn.Linear(ARCH["vision"]["hidden_size"], sum(AUX_CLASSES))
             if aux_weight else None)
 
-    memo: dict[str, list[int]] = {}  # the scenes' texts repeat: tokenize each once
-
-    def words(text: str) -> list[int]:
-        if text not in memo:
-            memo[text] = tok(" ".join(tokenize(text)), add_special_tokens=False)["input_ids"]
-        return memo[text]
-
-    if task == "caption":
-        caps = [[words(c) for c in cs] for cs, *_ in texts]
-    else:
-        qas = [{t: [(words(q), words(a), refs) for q, a, refs in pairs]
-                for t, pairs in by_type.items()} for _, by_type, _ in texts]
+    caps = qas = _tokenized(task, texts, tok)  # captions, or questions by type
     gen = torch.Generator().manual_seed(seed)
 
     def pick(n: int) -> int:
@@ -325,22 +330,8 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
                     ans.append([dec] + a + [sep])
                     if att_weight:
                         att.append(_attention_target(texts[i][2], refs, t))
-            q_ids, q_mask = _pad(qs, pad)
-            tgt, mask = _pad(ans, pad)
-            vis = model.vision_model(pixel_values=pixels, output_hidden_states=head is not None)
-            img = vis[0].repeat_interleave(k, dim=0)  # one vision forward for k questions
-            enc = model.text_encoder(input_ids=q_ids, attention_mask=q_mask,
-                                     encoder_hidden_states=img, output_attentions=bool(att_weight))
-            q_states = enc[0]
-            logits = model.text_decoder(input_ids=tgt, attention_mask=mask,
-                                        encoder_hidden_states=q_states,
-                                        encoder_attention_mask=q_mask, use_cache=False).logits
-            loss = _decoder_loss(logits, tgt, mask)
-            if head is not None:  # hidden_states[-1]: the explained layer's output
-                patches = vis.hidden_states[-1][:, 1:]
-                loss = loss + aux_weight * _aux_loss(head, patches, cells[idx])
-            if att_weight:
-                loss = loss + att_weight * _attention_loss(enc.cross_attentions, torch.stack(att))
+            loss = _vqa_loss(model, head, pixels, _pad(qs, pad), _pad(ans, pad), k,
+                             (aux_weight, cells[idx]), (att_weight, att))
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, hp)
         opt.zero_grad(set_to_none=True)
@@ -355,21 +346,48 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    train_seconds = time.time() - t0
-    from mmcam.adapters.hf import load_hf
-
-    evaluate = evaluate_blip_captioner if task == "caption" else evaluate_blip_vqa
-    metrics = evaluate(load_hf(out), n_eval, progress=progress)
     facts = {"task": task, "steps": steps, "n_train": n_train, "seed": seed,
              "batch": hp["batch"], "lr": hp["lr"], "warmup": hp["warmup"],
              "weight_decay": hp["weight_decay"], "init_from": hp.get("init_from"),
-             "train_seconds": round(train_seconds), "data_seconds": round(t_data),
+             "train_seconds": round(time.time() - t0), "data_seconds": round(t_data),
              "threads": torch.get_num_threads(),
              "final_loss": float(np.mean(losses[-50:])), "arch": ARCH}
     if task == "vqa":
         facts.update(per_image=k, aux=aux_weight, attention=att_weight)
+    return _evaluate_and_card(out, facts, n_eval, progress) | {"loss_history": losses}
+
+
+def _evaluate_and_card(out: Path, facts: dict[str, Any], n_eval: int, progress: bool
+                       ) -> dict[str, Any]:
+    """Measure the saved model on ``n_eval`` held-out scenes and write its card."""
+    from mmcam.adapters.hf import load_hf
+
+    evaluate = evaluate_blip_captioner if facts["task"] == "caption" else evaluate_blip_vqa
+    metrics = evaluate(load_hf(out), n_eval, progress=progress)
     write_card(out, metrics, facts)
-    return {**facts, **metrics, "loss_history": losses}
+    return {**facts, **metrics}
+
+
+def _vqa_loss(model: Any, head: Any, pixels: torch.Tensor, questions: tuple, answers: tuple,
+              k: int, aux: tuple[float, Any], attention: tuple[float, list]) -> torch.Tensor:
+    """One VQA step's loss: the answer tokens given ``[DEC]``, the decoder reading the text
+    encoder's question states over one vision forward per scene (``k`` questions each), plus
+    the training-only attribute (``aux``: weight, cell labels) and attention terms."""
+    (q_ids, q_mask), (tgt, mask) = questions, answers
+    vis = model.vision_model(pixel_values=pixels, output_hidden_states=head is not None)
+    img = vis[0].repeat_interleave(k, dim=0)  # one vision forward for k questions
+    enc = model.text_encoder(input_ids=q_ids, attention_mask=q_mask,
+                             encoder_hidden_states=img, output_attentions=bool(attention[0]))
+    logits = model.text_decoder(input_ids=tgt, attention_mask=mask,
+                                encoder_hidden_states=enc[0],
+                                encoder_attention_mask=q_mask, use_cache=False).logits
+    loss = _decoder_loss(logits, tgt, mask)
+    if head is not None:  # hidden_states[-1]: the explained layer's output
+        loss = loss + aux[0] * _aux_loss(head, vis.hidden_states[-1][:, 1:], aux[1])
+    if attention[0]:
+        loss = loss + attention[0] * _attention_loss(enc.cross_attentions,
+                                                     torch.stack(attention[1]))
+    return loss
 
 
 @torch.no_grad()
@@ -411,6 +429,57 @@ def evaluate_blip_captioner(adapter: Any, n: int = 500, seed: int = EVAL_SEED,
             "eval_seed": seed, "examples": [" ".join(h) for h in hyps[:5]]}
 
 
+def _vqa_card_text(metrics: dict[str, Any], facts: dict[str, Any], command: str, cls: str
+                   ) -> tuple[str, str]:
+    """The VQA model card's held-out result and training recipe (markdown)."""
+    counts = metrics.get("n_questions_per_type", {})
+    rows = "\n".join(f"| {t} | {counts.get(t, '')} | {v:.3f} |"
+                     for t, v in metrics["per_type"].items())
+    result = (f"accuracy **{metrics['accuracy']:.3f}** over {metrics['n_questions']} "
+              "questions (greedy generated answer equal to the gold one, "
+              "`mmcam.models.train_blip.evaluate_blip_vqa`).\n\n"
+              f"| question type | questions | accuracy |\n|---|---|---|\n{rows}")
+    aux = ""
+    if facts.get("aux"):
+        aux = (f"\n- Auxiliary loss during training only (weight {facts['aux']}): a linear "
+               f"layer on each of the {GRID}x{GRID} patch tokens of the explained layer "
+               "(`vision_model.encoder.layers[-1]`'s output, CLS dropped) predicts the "
+               "color, shape and size of the object covering that cell (at least a quarter "
+               "of it; else background), from the scene masks (`mmcam.models.train."
+               "cell_labels`); cross-entropy averaged over the three, added to the answer "
+               "loss. The head is discarded, not shipped: the saved model is a plain "
+               f"`{cls}`.")
+    if facts.get("attention"):
+        aux += (f"\n- Attention supervision during training (weight {facts['attention']}): "
+                f"in every text-encoder layer, heads 0-{SUPERVISED_HEADS - 1} of the "
+                "question's `[CLS]` cross-attention over the image tokens are pulled "
+                "(cross-entropy) towards the cell coverage of the object(s) the question "
+                "refers to (`Scene.question_objects`; relation: head 0 on the subject, head 1 "
+                "on the reference object; questions naming no object: no term). The other "
+                "heads and tokens are free. So the model is grounded partly by construction.")
+    recipe = (
+        f"Trained with `{command}`:\n\n"
+        f"- Data: `mmcam.scenes.generate({facts['n_train']}, seed={facts['seed']})`.\n"
+        f"- {facts['steps']} AdamW steps; each step {facts['batch']} scenes x "
+        f"{facts['per_image']} questions each (a question type drawn uniformly, then a "
+        "question of that type; the vision tower runs once per scene, its states repeated "
+        "for the scene's questions); loss: cross-entropy of the answer tokens and the final "
+        "`[SEP]` given `[DEC]`, the decoder cross-attending the text encoder's question "
+        f"states. lr {facts['lr']} (linear warm-up {facts['warmup']} steps, cosine decay to "
+        f"5%), weight decay {facts['weight_decay']}, gradient norm clipped at 1, torch "
+        f"seed {facts['seed']}."
+        f"{aux}\n"
+        f"- Wall time: {facts['train_seconds']} s in all ({facts['data_seconds']} s of it "
+        f"rendering and tokenizing the scenes) on {facts['threads']} CPU thread of a shared "
+        f"2-core machine; final training loss {facts['final_loss']:.3f}"
+        + (" (answer loss plus the training-only terms above)."
+           if facts.get("aux") or facts.get("attention") else "."))
+    if facts.get("init_from"):
+        recipe += ("\n- The vision tower and text blocks started from shapes-blip's weights "
+                   "(same world, same architecture); vocabulary-sized layers at random.")
+    return result, recipe
+
+
 def write_card(out: Path, metrics: dict[str, Any], facts: dict[str, Any]) -> None:
     """The model card: what it is, how it was trained, what it scores on held-out scenes."""
     (out / "mmcam_training.json").write_text(json.dumps(facts, indent=2) + "\n")
@@ -431,51 +500,7 @@ def write_card(out: Path, metrics: dict[str, Any], facts: dict[str, Any]) -> Non
                   f"on one CPU thread (rendering included); final training loss "
                   f"{facts['final_loss']:.3f}.")
     else:
-        counts = metrics.get("n_questions_per_type", {})
-        rows = "\n".join(f"| {t} | {counts.get(t, '')} | {v:.3f} |"
-                         for t, v in metrics["per_type"].items())
-        result = (f"accuracy **{metrics['accuracy']:.3f}** over {metrics['n_questions']} "
-                  "questions (greedy generated answer equal to the gold one, "
-                  "`mmcam.models.train_blip.evaluate_blip_vqa`).\n\n"
-                  f"| question type | questions | accuracy |\n|---|---|---|\n{rows}")
-        aux = ""
-        if facts.get("aux"):
-            aux = (f"\n- Auxiliary loss during training only (weight {facts['aux']}): a linear "
-                   f"layer on each of the {GRID}x{GRID} patch tokens of the explained layer "
-                   "(`vision_model.encoder.layers[-1]`'s output, CLS dropped) predicts the "
-                   "color, shape and size of the object covering that cell (at least a quarter "
-                   "of it; else background), from the scene masks (`mmcam.models.train."
-                   "cell_labels`); cross-entropy averaged over the three, added to the answer "
-                   "loss. The head is discarded, not shipped: the saved model is a plain "
-                   f"`{cls}`.")
-        if facts.get("attention"):
-            aux += (f"\n- Attention supervision during training (weight {facts['attention']}): "
-                    f"in every text-encoder layer, heads 0-{SUPERVISED_HEADS - 1} of the "
-                    "question's `[CLS]` cross-attention over the image tokens are pulled "
-                    "(cross-entropy) towards the cell coverage of the object(s) the question "
-                    "refers to (`Scene.question_objects`; relation: head 0 on the subject, head 1 "
-                    "on the reference object; questions naming no object: no term). The other "
-                    "heads and tokens are free. So the model is grounded partly by construction.")
-        recipe = (
-            f"Trained with `{command}`:\n\n"
-            f"- Data: `mmcam.scenes.generate({facts['n_train']}, seed={facts['seed']})`.\n"
-            f"- {facts['steps']} AdamW steps; each step {facts['batch']} scenes x "
-            f"{facts['per_image']} questions each (a question type drawn uniformly, then a "
-            "question of that type; the vision tower runs once per scene, its states repeated "
-            "for the scene's questions); loss: cross-entropy of the answer tokens and the final "
-            "`[SEP]` given `[DEC]`, the decoder cross-attending the text encoder's question "
-            f"states. lr {facts['lr']} (linear warm-up {facts['warmup']} steps, cosine decay to "
-            f"5%), weight decay {facts['weight_decay']}, gradient norm clipped at 1, torch "
-            f"seed {facts['seed']}."
-            f"{aux}\n"
-            f"- Wall time: {facts['train_seconds']} s in all ({facts['data_seconds']} s of it "
-            f"rendering and tokenizing the scenes) on {facts['threads']} CPU thread of a shared "
-            f"2-core machine; final training loss {facts['final_loss']:.3f}"
-            + (" (answer loss plus the training-only terms above)."
-               if facts.get("aux") or facts.get("attention") else "."))
-        if facts.get("init_from"):
-            recipe += ("\n- The vision tower and text blocks started from shapes-blip's weights "
-                       "(same world, same architecture); vocabulary-sized layers at random.")
+        result, recipe = _vqa_card_text(metrics, facts, command, cls)
     if caption and facts.get("init_from"):
         result += ("\n\nThe vision tower and text blocks started from shapes-blip's weights "
                    "(same world, same architecture); vocabulary-sized layers started at random.")
