@@ -316,19 +316,20 @@ def _readers(run: Run, ids, coefs, image, n_images, chunk_size, causal, readers:
         img = image[sl].to(A.device)
         wr = nt.w[img]  # (n,tokens)
         dot_u = x.new_zeros(n, A.shape[1])  # dY . (gamma xhat) per token
-        dot_v = x.new_zeros(n, A.shape[1])  # dY . gamma per token
+        wdot_v = x.new_zeros(n, 1)  # sum_i w_i dY_i . gamma
         first = x.new_zeros(n, D)  # sum_i w_i dY_i
         for m, g, z, (_, col) in zip(readers.modules, dO, Z, parts):
             if g is None:
                 continue
             d = (g[:, 0] if one else g[rows, u]).to(x)  # (n,tokens,D_out)
-            dot_u += torch.linalg.vecdot(d, z if one else z[u])
-            dot_v += d @ col
-            first += _transpose_apply(m, D, torch.bmm(wr[:, None, :], d)[:, 0], A)
+            dot_u += (d * (z if one else z[u])).sum(-1)  # one pass over d (vecdot: two)
+            wd = torch.bmm(wr[:, None, :], d)[:, 0]  # sum_i w_i dO_ji
+            wdot_v += (wd @ col)[:, None]
+            first += _transpose_apply(m, D, wd, A)
         if nt.xhat is None:
             alpha, h = first, dot_u
         else:
-            alpha = (nt.gamma * first - (wr * dot_v).sum(1, keepdim=True) / D
+            alpha = (nt.gamma * first - wdot_v / D
                      - torch.einsum("nt,ntc->nc", wr * dot_u / D, nt.xhat[img]))
             h = dot_u * nt.keep[img]
         alphas.append(alpha)
