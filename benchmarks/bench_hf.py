@@ -3,8 +3,8 @@ caption, explain all its words with both strategies, and the per-word loop.
 
     python benchmarks/bench_hf.py [--words 16] [--repeats 3] [--device cpu|cuda] [--out ...]
 
-Median wall seconds; the maps of every strategy (readers, vjp, copies) and of
-pytorch-grad-cam are checked against the loop first; then time against caption length.
+Median wall seconds; the maps of every strategy (readers, vjp, copies), of pytorch-grad-cam
+and of captum are checked against the loop first; then time against caption length.
 """
 
 from __future__ import annotations
@@ -94,6 +94,37 @@ def pgc_maps(ad: HFCaptioner, pv: torch.Tensor, full: torch.Tensor, ids: torch.T
             lambda out, i=i: out[i]])[0]) for i in range(len(ids))])
 
 
+def captum_maps(ad: HFCaptioner, pv: torch.Tensor, full: torch.Tensor, ids: torch.Tensor,
+                k: int) -> torch.Tensor:
+    """captum's LayerGradCam, one call (forward + backward) per word. captum averages the
+    gradients over every dim after dim 1, so it is given the layer's tokens as a conv grid:
+    a forward hook on the layer sends the 576 patch tokens through an ``nn.Identity`` as
+    (1, 768, 24, 24) and back (an exact identity), and captum explains that module."""
+    from captum.attr import LayerGradCam
+
+    tap = torch.nn.Identity()
+
+    def as_grid(module, inputs, out):
+        t = out[0] if isinstance(out, tuple) else out
+        s = int((t.shape[1] - 1) ** 0.5)
+        g = tap(t[:, 1:].transpose(1, 2).reshape(t.shape[0], t.shape[2], s, s))
+        t = torch.cat([t[:, :1], g.flatten(2).transpose(1, 2)], dim=1)
+        return (t, *out[1:]) if isinstance(out, tuple) else t
+
+    def words(x: torch.Tensor) -> torch.Tensor:
+        logits = ad.model(pixel_values=x, input_ids=full, use_cache=False).logits
+        lp = logits[0, k - 1: k - 1 + len(ids)].float().log_softmax(-1)
+        return lp.gather(-1, ids[:, None].to(lp.device))[:, 0][None]
+
+    h = resolve_layer(ad.model, ad.layer).register_forward_hook(as_grid)
+    try:
+        cam = LayerGradCam(words, tap)
+        return torch.cat([cam.attribute(pv, target=i, relu_attributions=True)[:, 0].detach()
+                          for i in range(len(ids))]).cpu()
+    finally:
+        h.remove()
+
+
 def pgc_like(maps: torch.Tensor, size: int) -> torch.Tensor:
     """mmcam's layer maps scaled and resized as pytorch-grad-cam does: min-max scaling
     (``/ (1e-7 + max)``), a bilinear resize, and the same scaling again."""
@@ -169,9 +200,13 @@ def measure(b: Bench, words: int, bar: tqdm) -> dict:
     except ImportError as err:
         out["pytorch_grad_cam"] = f"not installed: {err}"
     bar.update()
-    out["captum"] = ("not run: captum's LayerGradCam averages gradients over every dim "
-                     "after the channel dim, so on (1, 577, 768) tokens it weights tokens, "
-                     "not channels; it has no reshape hook")
+    try:
+        got = captum_maps(ad, pv, b.full, b.ids, b.k)
+        out["check_captum"] = rel(got, ref)
+        out["captum"] = timed(lambda: captum_maps(ad, pv, b.full, b.ids, b.k), 1, b.sync)
+    except ImportError as err:
+        out["captum"] = f"not installed: {err}"
+    bar.update()
     return out
 
 
@@ -202,9 +237,10 @@ def summary(out: dict) -> None:
         print(f"  explain {s:7s} {t:.2f} s = {t / gen:.2f}x generate, loop "
               f"{out['loop']['median'] / t:.1f}x slower; max rel diff {out[f'check_{s}']:.1e}"
               + (f"; peak {peak:.0f} MiB" if peak is not None else ""))
-    if isinstance(out["pytorch_grad_cam"], dict):
-        print(f"  pytorch-grad-cam {out['pytorch_grad_cam']['median']:.2f} s, max diff "
-              f"{out['check_pytorch_grad_cam']:.1e}")
+    for peer in ("pytorch_grad_cam", "captum"):
+        if isinstance(out[peer], dict):
+            print(f"  {peer} {out[peer]['median']:.2f} s, max rel diff "
+                  f"{out[f'check_{peer}']:.1e}")
     for n, row in out.get("by_length", {}).items():
         print(f"  {n:3d} words: generate {row['generate']:.2f} s, readers {row['readers']:.2f} s,"
               f" vjp {row['vjp']:.2f} s")
@@ -238,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
                  "gpu": torch.cuda.get_device_name() if b.cuda else None, "words": args.words,
                  "threads": torch.get_num_threads()}
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
-    with tqdm(total=6 + len(lengths), desc="bench_hf") as bar:
+    with tqdm(total=7 + len(lengths), desc="bench_hf") as bar:
         out |= measure(b, args.words, bar)
         if lengths:
             out["by_length"] = by_length(b, lengths, g, bar)
