@@ -1,5 +1,9 @@
-"""Drawing: heat-map overlays, guided-backprop images, boxes and text labels (PIL;
-matplotlib colormaps and fonts).
+"""Drawing: heat-map overlays, guided-backprop images, boxes and text labels (PIL).
+
+Drawing what ``save`` writes imports no matplotlib: the default colormap (jet) is computed
+here as matplotlib computes it (:data:`JET`), and printable ASCII (:data:`PLAIN`) is drawn
+with matplotlib's bundled DejaVu Sans, found on disk (:func:`bundled_font`); other colormaps
+and characters ask matplotlib (its colormaps, its font list).
 
 Words from any script are drawn without font warnings: each character is drawn with the first
 installed font of :data:`FONT_FAMILIES` that has its glyph (DejaVu Sans, then Noto CJK, Noto
@@ -11,10 +15,12 @@ format or combining mark such as an emoji variation selector is dropped), see
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
 import unicodedata
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,12 +29,36 @@ from PIL import Image, ImageDraw, ImageFont
 Box = tuple[int, int, int, int]
 
 
+JET = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+"""matplotlib's ``jet``: per channel, the (x, value) points it interpolates linearly."""
+
+
+def _segments_lut(points: tuple[tuple[float, float], ...], n: int = 256) -> np.ndarray:
+    """``n`` samples at ``linspace(0, 1, n)`` of the piecewise-linear function through
+    ``points``, in matplotlib's arithmetic (``colors._create_lookup_table``, gamma 1)."""
+    x = np.array([p[0] for p in points]) * (n - 1)
+    y = np.array([p[1] for p in points])
+    xind = (n - 1) * np.linspace(0, 1, n)
+    ind = np.searchsorted(x, xind)[1:-1]
+    distance = (xind[1:-1] - x[ind - 1]) / (x[ind] - x[ind - 1])
+    lut = np.concatenate([[y[0]], distance * (y[ind] - y[ind - 1]) + y[ind - 1], [y[-1]]])
+    return np.clip(lut, 0.0, 1.0)
+
+
 @functools.lru_cache(maxsize=8)
 def colormap_lut(cmap: str = "jet") -> np.ndarray:
-    """The 256 colors of a matplotlib colormap as RGB uint8 (256,3): ``round(255 * rgb)``."""
-    from matplotlib import colormaps
+    """The 256 colors of a matplotlib colormap as RGB uint8 (256,3): ``round(255 * rgb)``
+    (``jet`` computed here without importing matplotlib, equal to matplotlib's)."""
+    if cmap == "jet":
+        lut = np.stack([_segments_lut(JET[c]) for c in ("red", "green", "blue")], axis=1)
+    else:
+        from matplotlib import colormaps
 
-    lut = colormaps[cmap].resampled(256)(np.arange(256))[:, :3]
+        lut = colormaps[cmap].resampled(256)(np.arange(256))[:, :3]
     out = (lut * 255).round().astype(np.uint8)
     out.flags.writeable = False
     return out
@@ -217,8 +247,27 @@ def font_families() -> list[str]:
     return [f for f, _, _ in fonts()] or ["DejaVu Sans"]
 
 
+PLAIN = frozenset(map(chr, range(0x20, 0x7F))) | {"…"}
+"""Printable ASCII and the ellipsis of :func:`fit_text`: drawn with :func:`bundled_font`
+(font 0) without reading :func:`fonts`."""
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_font() -> str | None:
+    """matplotlib's own DejaVu Sans file, found without importing matplotlib (None if it is
+    not there). matplotlib lists its bundled fonts first, so this is ``fonts()[0]``'s file."""
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.is_file():
+            return str(path)
+    return None
+
+
 def _which(ch: str) -> int | None:
     """Index in :func:`fonts` of the first font with a glyph for ``ch`` (None: none has)."""
+    if ch in PLAIN and bundled_font() is not None:
+        return 0  # DejaVu Sans, first of FONT_FAMILIES, has each of these glyphs
     cp = ord(ch)
     return next((i for i, (_, _, cmap) in enumerate(fonts()) if cp in cmap), None)
 
@@ -240,7 +289,8 @@ def drawable(text: str) -> str:
 def _pil_font(index: int | None, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     if index is not None:
         try:
-            return ImageFont.truetype(fonts()[index][1], size)
+            path = bundled_font() if index == 0 else None
+            return ImageFont.truetype(path or fonts()[index][1], size)
         except OSError:
             pass
     try:

@@ -1,0 +1,62 @@
+"""mmcam.viz without matplotlib: the built-in jet table and the bundled-font fast path,
+against matplotlib's colormap, matplotlib's font list and fontTools' character maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mmcam import viz
+
+
+def test_jet_table_is_matplotlibs():
+    """The jet table computed here equals matplotlib's, as floats and as uint8 colors."""
+    from matplotlib import colormaps
+
+    want = colormaps["jet"].resampled(256)(np.arange(256))[:, :3]
+    got = np.stack([viz._segments_lut(viz.JET[c]) for c in ("red", "green", "blue")], axis=1)
+    assert np.array_equal(got, want)
+    np.testing.assert_array_equal(viz.colormap_lut("jet"), (want * 255).round().astype(np.uint8))
+    # the colors of the extremes, by hand: jet runs from dark blue to dark red
+    assert viz.colormap_lut()[0].tolist() == [0, 0, 128]
+    assert viz.colormap_lut()[255].tolist() == [128, 0, 0]
+
+
+def test_other_colormaps_still_come_from_matplotlib():
+    from matplotlib import colormaps
+
+    want = (colormaps["viridis"].resampled(256)(np.arange(256))[:, :3] * 255).round()
+    np.testing.assert_array_equal(viz.colormap_lut("viridis"), want.astype(np.uint8))
+
+
+def test_bundled_font_is_the_first_font_and_has_the_plain_glyphs():
+    from fontTools.ttLib import TTFont
+
+    family, path, charmap = viz.fonts()[0]
+    assert (family, path) == ("DejaVu Sans", viz.bundled_font())
+    cmap = TTFont(path, fontNumber=0, lazy=True).getBestCmap()
+    assert {ord(c) for c in viz.PLAIN} <= set(cmap) & charmap
+
+
+@pytest.mark.parametrize("text", ["a large red circle , and", "x" * 80, "café 猫 (3) …"])
+def test_fast_path_draws_what_the_font_list_draws(monkeypatch, text):
+    """Text drawn by the fast path equals text drawn by the font list alone (pixels), also
+    when cut with an ellipsis."""
+    def drawn() -> tuple[str, np.ndarray]:
+        viz._pil_font.cache_clear()
+        im = Image.new("RGB", (200, 20), "white")
+        draw = ImageDraw.Draw(im)
+        cut = viz.fit_text(draw, text, 190)
+        viz.draw_text(draw, (2, 2), cut)
+        return cut, np.asarray(im)
+
+    try:
+        fast = drawn()
+        monkeypatch.setattr(viz, "bundled_font", lambda: None)
+        slow = drawn()
+    finally:
+        viz._pil_font.cache_clear()
+    assert fast[0] == slow[0]
+    assert np.array_equal(fast[1], slow[1])
+    assert (fast[1] < 128).any()  # something was drawn
