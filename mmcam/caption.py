@@ -193,7 +193,7 @@ class CaptionExplainer:
         member = e.rows.coefs[:, :T]
         scores = e.scores.to(member.dtype)
         lp = scores[:, T:] if self.score != "logprob" else scores
-        sentence, sentence_box = e.extra_map(cam_of(self.method_name), e.G.sum(dim=0))
+        sentence = e.extra_layer_map(cam_of(self.method_name), e.G.sum(dim=0))
         return CaptionExplanation(
             image=e.image,
             caption=text if text is not None else " ".join(words),
@@ -202,11 +202,12 @@ class CaptionExplainer:
             logprobs=(member * lp).sum(dim=1).tolist(),  # own rows
             score=self.score,
             values=(member * scores[:, :T]).sum(dim=1).tolist(),
-            maps=e.maps,
+            maps=None,
             layer_maps=e.layer_maps,
-            boxes=e.boxes,
-            sentence_map=sentence,
-            sentence_box=sentence_box,
+            boxes=None,
+            sentence_map=None,
+            sentence_box=None,
+            pixels=e.pixel_maps(sentence[None]),  # the words' maps, then the sentence's
             method=self.method_name,
             generated=text is None,
             guided=e.guided,

@@ -43,6 +43,7 @@ from mmcam.layers import (
     resolve_layer,
     tap,
 )
+from mmcam.pixelmaps import PixelMaps
 from mmcam.scores import takes_last
 
 Box = tuple[int, int, int, int]
@@ -88,7 +89,8 @@ class Rows:
 
 @dataclass(frozen=True)
 class Explained:
-    """One image's rows explained: grid maps (n,h,w), image maps (n,H,W), boxes, scores."""
+    """One image's rows explained: grid maps (n,h,w), and on the image's pixels (``pixels``:
+    made on demand, see :mod:`mmcam.pixelmaps`) the maps (n,H,W) and their boxes."""
 
     image: Image.Image | None
     inputs: Any
@@ -97,16 +99,41 @@ class Explained:
     A: torch.Tensor  # (C,h,w)
     G: torch.Tensor  # (n,C,h,w)
     layer_maps: torch.Tensor
-    maps: torch.Tensor
-    boxes: list[Box | None]
+    pixels: PixelMaps
     scores: torch.Tensor  # (n,K) each row's scores
     guided: torch.Tensor | None  # (n,3,Hin,Win)
     cell: Cell | None = None  # where grid cells sit on the input (None: bilinear upsampling)
 
+    @property
+    def maps(self) -> torch.Tensor:
+        """The rows' maps (n,H,W) on the image's pixels (made now)."""
+        return self.pixels.stack()
+
+    @property
+    def boxes(self) -> list[Box | None]:
+        """The rows' 15%-of-max boxes (computed on first use)."""
+        return self.pixels.boxes()
+
+    def extra_layer_map(self, method: Callable, G: torch.Tensor) -> torch.Tensor:
+        """Grid map (h,w) for a further gradient G (C,h,w) of this image (e.g. a sum)."""
+        return method(self.A[None], G[None])[0]
+
     def extra_map(self, method: Callable, G: torch.Tensor) -> tuple[torch.Tensor, Box | None]:
         """Map (H,W) and box for a further gradient G (C,h,w) of this image (e.g. a sum)."""
-        m = self.geometry.to_image(method(self.A[None], G[None]), self.cell)[0]
+        m = self.geometry.to_image(self.extra_layer_map(method, G)[None], self.cell)[0]
         return m, localize(m)[0]
+
+    def pixel_maps(self, extra: torch.Tensor | None = None, rows: int | None = None
+                   ) -> PixelMaps:
+        """The first ``rows`` rows' maps (all by default), then the grid maps ``extra``
+        (k,h,w) if given, as one :class:`PixelMaps` (boxes of the rows reused if known)."""
+        n = self.layer_maps.shape[0] if rows is None else rows
+        if extra is None and n == self.layer_maps.shape[0]:
+            return self.pixels
+        lm = self.layer_maps[:n]
+        if extra is not None:
+            lm = torch.cat([lm, extra.to(lm.dtype).cpu()])
+        return PixelMaps(lm, self.geometry, self.cell)
 
 
 class Context:
@@ -528,7 +555,6 @@ class Pipeline:
             lmaps = cam(A[b:b + 1].expand(n, *A.shape[1:]), Gb)
             px = pixels_of(inputs)
             cell = None if px is None else self.cells(to_layer, px, layout, own)
-            maps = geom.to_image(lmaps, cell).cpu()
             gg = None
             if guided:
                 if px is None:
@@ -536,8 +562,10 @@ class Pipeline:
                 gb = guided_from_layer(self.module, self._to_device(px), G_raw[sel], to_layer,
                                        self.chunk_size)
                 gg = guided_gradcam(lmaps, gb, cell).cpu()
-            out.append(Explained(im, inputs, geom, r, A[b].cpu(), Gb.cpu(), lmaps.cpu(), maps,
-                                 localize(maps), scores[sel, : r.coefs.shape[1]], gg, cell))
+            lmaps = lmaps.cpu()
+            out.append(Explained(im, inputs, geom, r, A[b].cpu(), Gb.cpu(), lmaps,
+                                 PixelMaps(lmaps, geom, cell), scores[sel, : r.coefs.shape[1]],
+                                 gg, cell))
         return out
 
 

@@ -1,7 +1,10 @@
 """Result dataclasses for captions, VQA and classes, with ``plot``, ``save``, ``to_dict`` and
 Jupyter's ``_repr_html_`` / ``_repr_png_``.
 
-Maps are stored un-normalized (words stay comparable). For display, maps of one group
+Maps are stored un-normalized (words stay comparable), on the explained layer's grid: the
+maps on the image's pixels are made on demand (:class:`mmcam.pixelmaps.PixelMaps`), so a
+result holds at most :data:`mmcam.pixelmaps.CACHE_BYTES` of pixel maps whatever the image's
+size and the number of words. For display, maps of one group
 (the words of a caption, the answers of a question) share one scale: ``m / max over group``.
 
 Drawing is bounded: overlays, grids and pages are drawn at :data:`DISPLAY_SIZE` pixels on the
@@ -24,7 +27,7 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ import torch
 from PIL import Image
 
 from mmcam.errors import MMCamError
+from mmcam.pixelmaps import PixelMaps
 from mmcam.viz import (
     colormap_lut,
     draw_boxes,
@@ -65,13 +69,25 @@ EPS = 1e-12
 
 @dataclass(frozen=True)
 class Panel:
-    """One map to show: a title, its map (H,W), its box and its scale group."""
+    """One map to show: a title, its scale group, a detail line, and (``source[index]``)
+    its map (H,W) and box, made on first use."""
 
     title: str
-    map: torch.Tensor
-    box: Box | None
+    source: PixelMaps = field(repr=False)
+    index: int
     group: str
     detail: str = ""
+
+    @property
+    def map(self) -> torch.Tensor:
+        """The map (H,W) on the image's pixels (cached by the source: do not change it in
+        place)."""
+        return self.source[self.index]
+
+    @property
+    def box(self) -> Box | None:
+        """The map's 15%-of-max box."""
+        return self.source.boxes()[self.index]
 
 
 def _slug(text: str) -> str:
@@ -87,6 +103,7 @@ class _Shows:
 
     image: Image.Image
     method: str
+    pixels: PixelMaps | None
 
     def panels(self) -> list[Panel]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -94,7 +111,8 @@ class _Shows:
     def scales(self, shared: bool = True) -> list[float]:
         """The display divisor of each panel's map: its group's max (``shared``) or its own."""
         panels = self.panels()
-        own = [max(float(p.map.max()), EPS) for p in panels]
+        top = self.pixels.maxima()
+        own = [max(top[p.index], EPS) for p in panels]
         if not shared:
             return own
         top = {g: max(m for m, p in zip(own, panels) if p.group == g) for g in
@@ -103,8 +121,14 @@ class _Shows:
 
     def heatmaps(self, shared: bool = True) -> list[torch.Tensor]:
         """Display maps in [0,1] at the image's size: one shared scale per group, or each map
-        by its own max."""
+        by its own max (all of them made now: mind the memory for large images)."""
         return [p.map / s for p, s in zip(self.panels(), self.scales(shared))]
+
+    def heatmap(self, item: int | str, shared: bool = True) -> torch.Tensor:
+        """One panel's display map in [0,1] at the image's size (a position or a title, see
+        :meth:`index`): ``heatmaps(shared)[i]``, only this one made."""
+        i = self.index(item)
+        return self.panels()[i].map / self.scales(shared)[i]
 
     def display_size(self) -> tuple[int, int]:
         """(width, height) at which overlays are drawn: the image's size fitted into
@@ -139,9 +163,16 @@ class _Shows:
         paint = self._painter(alpha, boxes, shared, full_size)
         return [paint(i) for i in range(len(self.panels()))]
 
+    def map_max(self, i: int) -> float:
+        """The max of panel ``i``'s map."""
+        return self.pixels.maxima()[self.panels()[i].index]
+
     def display_maps(self) -> torch.Tensor:
-        """The panels' maps (N,h,w), un-normalized, at the display size."""
-        return resize_maps(torch.stack([p.map for p in self.panels()]), self.display_size())
+        """The panels' maps (N,h,w), un-normalized, at the display size (made a few at a
+        time from the pixel maps)."""
+        order = [p.index for p in self.panels()]
+        small = self.pixels.resized(self.display_size())
+        return small if order == list(range(len(self.pixels))) else small[order]
 
     def _painter(self, alpha: float, boxes: bool, shared: bool, full_size: bool,
                  small: torch.Tensor | None = None) -> Callable[[int], Image.Image]:
@@ -180,7 +211,8 @@ class _Shows:
             base = base.resize(tile, Image.BILINEAR, reducing_gap=2.0)
         heat = resize_maps(self.display_maps() if small is None else small, tile)
         sx, sy = tile[0] / self.image.width, tile[1] / self.image.height
-        labels = [["image"]] + [[p.title, f"max {float(p.map.max()):.3g}"] for p in panels]
+        top = self.pixels.maxima()
+        labels = [["image"]] + [[p.title, f"max {top[p.index]:.3g}"] for p in panels]
         out = []
         for shared in scales:
             tiles = [base] + [
@@ -207,7 +239,8 @@ class _Shows:
 
         panels = self.panels()
         ims = [self.image] + self.overlays(alpha, boxes=True, shared=shared)
-        titles = ["image"] + [f"{p.title}\nmax {float(p.map.max()):.3g}" for p in panels]
+        top = self.pixels.maxima()
+        titles = ["image"] + [f"{p.title}\nmax {top[p.index]:.3g}" for p in panels]
         n = len(ims)
         cols = min(ncols, n)
         rows = (n + cols - 1) // cols
@@ -442,6 +475,21 @@ def _box_list(box: Box | None) -> list[int] | None:
     return list(box) if box is not None else None
 
 
+def _pixels(given: PixelMaps | None, maps: Sequence[torch.Tensor | None],
+            boxes: Sequence[Box | None] | None, what: str) -> PixelMaps:
+    """The result's maps: ``given``, or maps (H,W) made elsewhere (a result built by hand)."""
+    if given is not None:
+        return given
+    if any(m is None for m in maps):
+        raise MMCamError(f"{what}: give the maps (or pixels=PixelMaps(...))")
+    return PixelMaps.given(maps, boxes)
+
+
+def _set(obj: Any, **values: Any) -> None:
+    for k, v in values.items():
+        object.__setattr__(obj, k, v)
+
+
 @dataclass(frozen=True)
 class CaptionExplanation(_Shows):
     """Word-by-word maps for one caption of one image.
@@ -452,17 +500,21 @@ class CaptionExplanation(_Shows):
     ``sentence_map`` (H,W): map of the sum of the words' scores; ``boxes``: 15%-of-max boxes
     (image pixels); ``unknown_words``: the words of a given caption that the model does not
     know (it reads them as its unknown token: their maps explain that token, not the word).
+
+    The result keeps ``layer_maps`` (n_words,h,w) and ``pixels`` (:class:`PixelMaps`: the
+    words' maps, then the whole caption's); ``maps``, ``sentence_map``, ``boxes`` and
+    ``sentence_box`` are made from it when read (boxes once, on first use).
     """
 
     image: Image.Image
     caption: str
     words: list[str]
     logprobs: list[float]
-    maps: torch.Tensor
+    maps: InitVar[torch.Tensor | None]
     layer_maps: torch.Tensor
-    boxes: list[Box | None]
-    sentence_map: torch.Tensor
-    sentence_box: Box | None
+    boxes: InitVar[list[Box | None] | None]
+    sentence_map: InitVar[torch.Tensor | None]
+    sentence_box: InitVar[Box | None]
     method: str
     generated: bool
     guided: torch.Tensor | None = field(default=None, repr=False)
@@ -470,17 +522,39 @@ class CaptionExplanation(_Shows):
     score: str = "logprob"
     values: list[float] | None = None
     unknown_words: list[str] = field(default_factory=list)
+    pixels: PixelMaps | None = field(default=None, repr=False)
+
+    def __post_init__(self, maps, boxes, sentence_map, sentence_box) -> None:
+        _set(self, pixels=_pixels(
+            self.pixels, list(maps if maps is not None else [None]) + [sentence_map],
+            None if boxes is None else list(boxes) + [sentence_box], "CaptionExplanation"))
+
+    def _maps(self) -> torch.Tensor:
+        """The words' maps (n_words,H,W), made now."""
+        return self.pixels.stack(0, len(self.words))
+
+    def _boxes(self) -> list[Box | None]:
+        """The words' boxes."""
+        return self.pixels.boxes()[: len(self.words)]
+
+    def _sentence_map(self) -> torch.Tensor:
+        """The whole caption's map (H,W)."""
+        return self.pixels[len(self.words)].clone()
+
+    def _sentence_box(self) -> Box | None:
+        """The whole caption's box."""
+        return self.pixels.boxes()[len(self.words)]
 
     def panels(self) -> list[Panel]:
         vals = self.values if self.values is not None else self.logprobs
         out = [
-            Panel(w, m, b, "words", f"log p = {lp:.4f}" if self.score == "logprob"
+            Panel(w, self.pixels, i, "words", f"log p = {lp:.4f}" if self.score == "logprob"
                   else f"{self.score} = {v:.3f}, log p = {lp:.4f}")
-            for w, m, b, lp, v in zip(self.words, self.maps, self.boxes, self.logprobs, vals)
+            for i, (w, lp, v) in enumerate(zip(self.words, self.logprobs, vals))
         ]
         total = sum(vals)
         out.append(
-            Panel("whole caption", self.sentence_map, self.sentence_box, "sentence",
+            Panel("whole caption", self.pixels, len(self.words), "sentence",
                   f"sum of log p = {total:.4f}" if self.score == "logprob"
                   else f"sum of {self.score} = {total:.3f}")
         )
@@ -501,6 +575,7 @@ class CaptionExplanation(_Shows):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: words, log-probs, boxes, map maxima (no pixel data)."""
+        top, boxes, n = self.pixels.maxima(), self.pixels.boxes(), len(self.words)
         return {
             "caption": self.caption,
             "unknown_words": list(self.unknown_words),
@@ -510,15 +585,14 @@ class CaptionExplanation(_Shows):
             "layer": self.layer,
             "image_size": list(self.image.size),
             "words": [
-                {"word": w, "logprob": lp, "score": v, "box": _box_list(b),
-                 "map_max": float(m.max())}
+                {"word": w, "logprob": lp, "score": v, "box": _box_list(b), "map_max": m}
                 for w, lp, v, b, m in zip(self.words, self.logprobs,
-                                          self.values or self.logprobs, self.boxes, self.maps)
+                                          self.values or self.logprobs, boxes, top)
             ],
             "sentence": {
                 "logprob": float(sum(self.logprobs)),
-                "box": _box_list(self.sentence_box),
-                "map_max": float(self.sentence_map.max()),
+                "box": _box_list(boxes[n]),
+                "map_max": top[n],
             },
         }
 
@@ -536,12 +610,23 @@ class CaptionExplanation(_Shows):
         return out
 
 
+CaptionExplanation.maps = property(CaptionExplanation._maps)  # type: ignore[assignment]
+CaptionExplanation.boxes = property(CaptionExplanation._boxes)  # type: ignore[assignment]
+CaptionExplanation.sentence_map = property(  # type: ignore[assignment]
+    CaptionExplanation._sentence_map)
+CaptionExplanation.sentence_box = property(  # type: ignore[assignment]
+    CaptionExplanation._sentence_box)
+
+
 @dataclass(frozen=True)
 class VQAExplanation(_Shows):
     """Maps for a VQA answer, the top-k answers and an optional contrast.
 
     ``map``: map of ``log p(answer | question, image)``; ``contrast_map``: map of
     ``log p(answer) - log p(contrast)``; ``top_answers``: (answer, probability, map).
+    The result keeps ``pixels`` (:class:`PixelMaps`: the answer's map, the top answers',
+    then the contrast's); the maps and boxes are made from it when read. Built by
+    :class:`mmcam.VQAExplainer` with ``pixels``, ``top_answers`` may carry None maps.
     """
 
     image: Image.Image
@@ -549,32 +634,76 @@ class VQAExplanation(_Shows):
     unknown_words: list[str]
     answer: str
     probability: float
-    map: torch.Tensor
-    box: Box | None
-    top_answers: list[tuple[str, float, torch.Tensor]]
+    map: InitVar[torch.Tensor | None]
+    box: InitVar[Box | None]
+    top_answers: InitVar[list[tuple[str, float, torch.Tensor | None]]]
     method: str
     model_answer: str
     contrast: str | None = None
-    contrast_map: torch.Tensor | None = None
-    contrast_box: Box | None = None
-    top_boxes: list[Box | None] | None = None
+    contrast_map: InitVar[torch.Tensor | None] = None
+    contrast_box: InitVar[Box | None] = None
+    top_boxes: InitVar[list[Box | None] | None] = None
     layer: str = ""
     score: str = "logprob"
+    pixels: PixelMaps | None = field(default=None, repr=False)
 
-    def panels(self) -> list[Panel]:
-        out = [Panel(f"{self.answer}", self.map, self.box, "answers",
-                     f"explained answer, p = {self.probability:.4f}")]
-        boxes = self.top_boxes
-        if boxes is None:  # built by hand without boxes: compute them once here
+    def __post_init__(self, map, box, top_answers, contrast_map, contrast_box, top_boxes
+                      ) -> None:
+        _set(self, _top=[(a, float(p)) for a, p, _ in top_answers])
+        if self.pixels is not None:
+            return
+        maps = [map] + [m for _, _, m in top_answers]
+        boxes: list[Box | None] | None = None
+        if top_boxes is None:  # built by hand without boxes: computed now, as before
             from mmcam.cam import localize
 
-            boxes = localize(torch.stack([m for _, _, m in self.top_answers]))
-        for (a, p, m), b in zip(self.top_answers, boxes):
-            out.append(Panel(f"{a} ({p:.2f})", m, b, "answers", f"p = {p:.4f}"))
-        if self.contrast is not None and self.contrast_map is not None:
-            out.append(Panel(f"{self.answer} rather than {self.contrast}", self.contrast_map,
-                             self.contrast_box, "contrast",
-                             "log p(answer) - log p(contrast)"))
+            top_boxes = localize(torch.stack(maps[1:])) if len(maps) > 1 else []
+        boxes = [box] + list(top_boxes)
+        if self.contrast is not None and contrast_map is not None:
+            maps.append(contrast_map)
+            boxes.append(contrast_box)
+        _set(self, pixels=_pixels(None, maps, boxes, "VQAExplanation"))
+
+    @property
+    def top_probabilities(self) -> list[tuple[str, float]]:
+        """(answer, probability) of the top answers, without their maps."""
+        return list(self._top)
+
+    def _n(self) -> int:
+        return 1 + len(self._top)
+
+    def _map(self) -> torch.Tensor:
+        """The explained answer's map (H,W)."""
+        return self.pixels[0].clone()
+
+    def _box(self) -> Box | None:
+        return self.pixels.boxes()[0]
+
+    def _top_answers(self) -> list[tuple[str, float, torch.Tensor]]:
+        """(answer, probability, map (H,W)) of the top answers (maps made now)."""
+        return [(a, p, self.pixels[1 + i].clone()) for i, (a, p) in enumerate(self._top)]
+
+    def _top_boxes(self) -> list[Box | None]:
+        return self.pixels.boxes()[1: self._n()]
+
+    def _has_contrast(self) -> bool:
+        return self.contrast is not None and len(self.pixels) > self._n()
+
+    def _contrast_map(self) -> torch.Tensor | None:
+        """The map of ``log p(answer) - log p(contrast)`` (H,W), if asked."""
+        return self.pixels[self._n()].clone() if self._has_contrast() else None
+
+    def _contrast_box(self) -> Box | None:
+        return self.pixels.boxes()[self._n()] if self._has_contrast() else None
+
+    def panels(self) -> list[Panel]:
+        out = [Panel(f"{self.answer}", self.pixels, 0, "answers",
+                     f"explained answer, p = {self.probability:.4f}")]
+        for i, (a, p) in enumerate(self._top):
+            out.append(Panel(f"{a} ({p:.2f})", self.pixels, 1 + i, "answers", f"p = {p:.4f}"))
+        if self._has_contrast():
+            out.append(Panel(f"{self.answer} rather than {self.contrast}", self.pixels,
+                             self._n(), "contrast", "log p(answer) - log p(contrast)"))
         return out
 
     def _headline(self) -> str:
@@ -582,44 +711,56 @@ class VQAExplanation(_Shows):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no pixel data)."""
+        top = self.pixels.maxima()
         d: dict[str, Any] = {
             "question": self.question,
             "unknown_words": self.unknown_words,
             "model_answer": self.model_answer,
             "answer": self.answer,
             "probability": self.probability,
-            "box": _box_list(self.box),
+            "box": _box_list(self._box()),
             "method": self.method,
             "layer": self.layer,
             "image_size": list(self.image.size),
             "top_answers": [
-                {"answer": a, "probability": p, "map_max": float(m.max())}
-                for a, p, m in self.top_answers
+                {"answer": a, "probability": p, "map_max": top[1 + i]}
+                for i, (a, p) in enumerate(self._top)
             ],
         }
         if self.contrast is not None:
-            d["contrast"] = {"answer": self.contrast, "box": _box_list(self.contrast_box)}
+            d["contrast"] = {"answer": self.contrast, "box": _box_list(self._contrast_box())}
         return d
 
     def save(self, out: str | Path, full_size: bool = False) -> Path:
         """Write grid.png, grid_per_map_scale.png, one PNG per map, result.json and
         index.html; overlays at the display size, or the image's own with ``full_size``."""
         out = Path(out)
-        names = ["answer.png"] + [f"top_{i}_{_slug(a)}.png" for i, (a, _, _) in
-                                  enumerate(self.top_answers)]
-        if self.contrast is not None:
+        names = ["answer.png"] + [f"top_{i}_{_slug(a)}.png" for i, (a, _) in
+                                  enumerate(self._top)]
+        if self._has_contrast():
             names.append("contrast.png")
         self._save_common(out, names, full_size)
         return out
+
+
+VQAExplanation.map = property(VQAExplanation._map)  # type: ignore[assignment]
+VQAExplanation.box = property(VQAExplanation._box)  # type: ignore[assignment]
+VQAExplanation.top_answers = property(VQAExplanation._top_answers)  # type: ignore[assignment]
+VQAExplanation.top_boxes = property(VQAExplanation._top_boxes)  # type: ignore[assignment]
+VQAExplanation.contrast_map = property(  # type: ignore[assignment]
+    VQAExplanation._contrast_map)
+VQAExplanation.contrast_box = property(  # type: ignore[assignment]
+    VQAExplanation._contrast_box)
 
 
 @dataclass(frozen=True)
 class ClassExplanation(_Shows):
     """Maps for the top (or chosen) classes of one image.
 
-    ``maps`` (k,H,W) are un-normalized and carried onto the image's own pixels;
-    ``layer_maps`` (k,h,w) are at the explained layer's grid; ``guided_gradcam``
-    (k,3,Hin,Win) is at the model input's resolution; ``boxes`` are 15%-of-max boxes.
+    ``maps`` (k,H,W) are un-normalized and carried onto the image's own pixels (made from
+    ``pixels``, :class:`PixelMaps`, when read); ``layer_maps`` (k,h,w) are at the explained
+    layer's grid; ``guided_gradcam`` (k,3,Hin,Win) is at the model input's resolution;
+    ``boxes`` are 15%-of-max boxes (computed once, on first use).
     """
 
     image: Image.Image
@@ -627,18 +768,31 @@ class ClassExplanation(_Shows):
     labels: list[str]
     scores: list[float]
     probabilities: list[float]
-    maps: torch.Tensor
+    maps: InitVar[torch.Tensor | None]
     layer_maps: torch.Tensor
-    boxes: list[Box | None]
+    boxes: InitVar[list[Box | None] | None]
     method: str
     layer: str
     guided_gradcam: torch.Tensor | None = field(default=None, repr=False)
+    pixels: PixelMaps | None = field(default=None, repr=False)
+
+    def __post_init__(self, maps, boxes) -> None:
+        _set(self, pixels=_pixels(self.pixels, list(maps if maps is not None else [None]),
+                                  boxes, "ClassExplanation"))
+
+    def _maps(self) -> torch.Tensor:
+        """The classes' maps (k,H,W), made now."""
+        return self.pixels.stack()
+
+    def _boxes(self) -> list[Box | None]:
+        return self.pixels.boxes()
 
     def panels(self) -> list[Panel]:
         return [
-            Panel(f"{lab} ({p:.2f})", m, b, "classes", f"class {c}: score {s:.4f}, p = {p:.4f}")
-            for c, lab, s, p, m, b in zip(self.classes, self.labels, self.scores,
-                                          self.probabilities, self.maps, self.boxes)
+            Panel(f"{lab} ({p:.2f})", self.pixels, i, "classes",
+                  f"class {c}: score {s:.4f}, p = {p:.4f}")
+            for i, (c, lab, s, p) in enumerate(zip(self.classes, self.labels, self.scores,
+                                                   self.probabilities))
         ]
 
     def _headline(self) -> str:
@@ -646,15 +800,16 @@ class ClassExplanation(_Shows):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no pixel data)."""
+        top, boxes = self.pixels.maxima(), self.pixels.boxes()
         return {
             "method": self.method,
             "layer": self.layer,
             "image_size": list(self.image.size),
             "classes": [
                 {"id": c, "label": lab, "score": s, "probability": p, "box": _box_list(b),
-                 "map_max": float(m.max())}
+                 "map_max": m}
                 for c, lab, s, p, b, m in zip(self.classes, self.labels, self.scores,
-                                              self.probabilities, self.boxes, self.maps)
+                                              self.probabilities, boxes, top)
             ],
         }
 
@@ -677,3 +832,7 @@ class ClassExplanation(_Shows):
         self._save_common(out, names, full_size, extra)
         return [out / n for n in ("grid.png", "grid_per_map_scale.png", "result.json",
                                   "index.html")] + [out / n for n in names + [e[0] for e in extra]]
+
+
+ClassExplanation.maps = property(ClassExplanation._maps)  # type: ignore[assignment]
+ClassExplanation.boxes = property(ClassExplanation._boxes)  # type: ignore[assignment]

@@ -217,17 +217,15 @@ class VQAExplainer:
         member = e.rows.coefs[:, :T]
         logp = (member * e.scores[:, -T:]).sum(dim=1)
         n = 1 + (len(texts) - 1 - (contrast is not None))
-        cmap = cbox = None
+        extra = None  # the contrast's map: the CAM of G_answer - G_contrast
         if contrast is not None:
-            cmap, cbox = e.extra_map(self.method, e.G[0] - e.G[-1])
+            extra = e.extra_layer_map(self.method, e.G[0] - e.G[-1])[None]
         return VQAExplanation(
             image=e.image, question=question, unknown_words=unknown, answer=texts[0],
-            probability=float(logp[0].exp()), map=e.maps[0], box=e.boxes[0],
-            top_answers=[(texts[r], float(logp[r].exp()), e.maps[r]) for r in range(1, n)],
-            top_boxes=e.boxes[1:n], method=self.method_name, model_answer=texts[1],
-            score=self.score,
-            contrast=contrast, contrast_map=cmap, contrast_box=cbox,
-            layer=pipe.layer_label)
+            probability=float(logp[0].exp()), map=None, box=None,
+            top_answers=[(texts[r], float(logp[r].exp()), None) for r in range(1, n)],
+            method=self.method_name, model_answer=texts[1], score=self.score,
+            contrast=contrast, layer=pipe.layer_label, pixels=e.pixel_maps(extra, rows=n))
 
     def explain_batch(
         self,
@@ -287,22 +285,19 @@ class VQAExplainer:
         question, unknown, lp, pick, top, model_answer, other = e.rows.info
         names = self.adapter.answers
         probs = lp.exp()
-        n = 1 + len(top)
         return VQAExplanation(
             image=e.image,
             question=question,
             unknown_words=unknown,
             answer=names[pick],
             probability=float(probs[pick]),
-            map=e.maps[0],
-            box=e.boxes[0],
-            top_answers=[(names[a], float(probs[a]), e.maps[1 + i]) for i, a in enumerate(top)],
-            top_boxes=e.boxes[1:n],
+            map=None,
+            box=None,
+            top_answers=[(names[a], float(probs[a]), None) for a in top],
             method=self.method_name,
             model_answer=names[model_answer],
             score=self.score,
             contrast=None if other is None else names[other],
-            contrast_map=None if other is None else e.maps[n],
-            contrast_box=None if other is None else e.boxes[n],
             layer=self.pipeline.layer_label,
+            pixels=e.pixels,  # the answer's map, the top answers', then the contrast's
         )

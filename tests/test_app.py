@@ -505,7 +505,8 @@ def test_a_session_gives_its_memory_back(models, scene_png, tmp_path):
                   False, False, api_name="/caption")
         held = [s for s in _sessions(app) if s.caption is not None]
         assert len(held) == 1
-        maps, folder = weakref.ref(held[0].caption.result.maps), held[0].folder
+        # the maps a result holds: its PixelMaps (layer maps; pixel maps are made on demand)
+        maps, folder = weakref.ref(held[0].caption.result.pixels), held[0].folder
         assert maps() is not None and folder.is_dir()
         del held
         deadline = time.monotonic() + 30

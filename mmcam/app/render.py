@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from mmcam.app.state import CaptionView, ClassView, VQAView
-from mmcam.cam import normalize
+from mmcam.app.state import CaptionView, ClassView, Guided, Heat, VQAView
 from mmcam.registry import method_label, method_value
-from mmcam.viz import draw_boxes, draw_text, guided_image, overlay
+from mmcam.viz import draw_boxes, draw_text, overlay
 
 BOX_COLOR, TRUTH_COLOR = "lime", "magenta"
 TILE = 160  # longest side of a tile in the grid of all words
@@ -38,11 +37,12 @@ def box_width(image: Image.Image) -> int:
     return max(1, min(image.size) // 128)
 
 
-def _peak(m: torch.Tensor, group: Any, whose: str, own: bool = False) -> str:
-    """How strong a map is next to its group: its peak as a share of the group's largest
-    (with a hint to use per-map scales when it is faint on the shared one)."""
-    top = max(float(g.max()) for g in group)
-    share = float(m.max()) / top if top > 0 else 0.0
+def _peak(m: float, group: list[float], whose: str, own: bool = False) -> str:
+    """How strong a map is (its max ``m``) next to its group (their maxima): its peak as a
+    share of the group's largest (with a hint to use per-map scales when it is faint on the
+    shared one)."""
+    top = max(group)
+    share = m / top if top > 0 else 0.0
     hint = " (faint on the shared scale: tick 'each map on its own color scale')" if (
         share < 0.2 and not own) else ""
     return f"; peak = {share:.0%} of {whose} largest{hint}"
@@ -63,11 +63,8 @@ def _scaled(box: Box | None, s: float) -> Box | None:
 
 def caption_view(result: Any, truth: Any = None) -> CaptionView:
     """Display maps (one scale per group, as ``result.heatmaps()``), boxes, guided images."""
-    guided = None
-    if result.guided is not None:
-        guided = [guided_image(g).resize(result.image.size) for g in result.guided]
-    return CaptionView(result, result.heatmaps(), [p.box for p in result.panels()], guided,
-                       truth)
+    guided = None if result.guided is None else Guided(result.guided, result.image.size)
+    return CaptionView(result, Heat(result), [p.box for p in result.panels()], guided, truth)
 
 
 def caption_image(view: CaptionView, i: int, alpha: float, box: bool, truth: bool,
@@ -97,7 +94,8 @@ def word_info(view: CaptionView, i: int, own: bool = False) -> str:
     if view.truth is not None:
         named = [o.name for o in view.truth.objects_named(r.words[i])]
         text += f"; names in this scene: {', '.join(named) if named else 'no object'}"
-    return text + _peak(r.maps[i], r.maps, "the words'", own)
+    top = r.pixels.maxima()[: len(r.words)]
+    return text + _peak(top[i], top, "the words'", own)
 
 
 def caption_status(view: CaptionView) -> str:
@@ -142,10 +140,9 @@ def grid_image(view: CaptionView, alpha: float, box: bool, truth: bool, own: boo
     scale = min(1.0, TILE / max(r.image.size))
     tw, th = max(1, round(r.image.width * scale)), max(1, round(r.image.height * scale))
     small = r.image if scale == 1.0 else r.image.resize((tw, th), Image.BILINEAR)
-    heat = torch.stack(view.display(own))
-    if scale != 1.0:
-        heat = F.interpolate(heat[:, None], size=(th, tw), mode="bilinear",
-                             align_corners=False, antialias=True)[:, 0]
+    heat = [h if scale == 1.0 else F.interpolate(
+        h[None, None], size=(th, tw), mode="bilinear", align_corners=False,
+        antialias=True)[0, 0] for h in view.display(own)]  # one map at a time
     labels = [f"{w}  {lp:.2f}" for w, lp in zip(r.words, r.logprobs)] + ["whole caption"]
     cols = max(1, min(cols, len(labels)))
     rows = (len(labels) + cols - 1) // cols
@@ -179,7 +176,7 @@ def compare_info(a: CaptionView, b: CaptionView, i: int, models: tuple[str, str]
     head = f"**{ra.words[i]}**: A = {_setting(ra, models[0])}; B = {_setting(rb, models[1])}."
     if j is None:
         return head + f" B reads the caption as other words ({' '.join(rb.words)}): no map."
-    share = cosine(ra.maps[i], rb.maps[j])
+    share = cosine(ra.pixels[i], rb.pixels[j])
     return head + (f" Each map on its own caption's scale; the two maps' cosine similarity "
                    f"is {share:.2f}.")
 
@@ -200,7 +197,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def vqa_view(result: Any, truth: Any = None) -> VQAView:
     """Display maps of [explained answer, top answers] on one shared scale, and boxes."""
-    return VQAView(result, result.heatmaps(), [p.box for p in result.panels()], truth)
+    return VQAView(result, Heat(result), [p.box for p in result.panels()], truth)
 
 
 def vqa_image(view: VQAView, i: int, alpha: float, box: bool, own: bool = False
@@ -226,7 +223,7 @@ def contrast_image(view: VQAView, alpha: float, box: bool) -> Image.Image | None
 
 def answer_choices(view: VQAView) -> list[tuple[str, int]]:
     """("answer  p%", index) radio choices."""
-    return [(f"{a}  {p:.1%}", i) for i, (a, p, _) in enumerate(view.result.top_answers)]
+    return [(f"{a}  {p:.1%}", i) for i, (a, p) in enumerate(view.result.top_probabilities)]
 
 
 def vqa_status(view: VQAView) -> str:
@@ -245,8 +242,8 @@ def vqa_status(view: VQAView) -> str:
 
 def answer_info(view: VQAView, i: int, own: bool = False) -> str:
     """The text under an answer's map."""
-    a, p, _ = view.result.top_answers[i]
-    maps = [m for _, _, m in view.result.top_answers]
+    a, p = view.result.top_probabilities[i]
+    maps = view.result.pixels.maxima()[1: 1 + len(view.result.top_probabilities)]
     score = view.result.score
     what = (f"log p({a})" if score == "logprob" else
             f"the logit of {a} minus the mean of its alternatives'"
@@ -265,10 +262,10 @@ def contrast_info(a: str, b: str) -> str:
 
 def class_view(result: Any, truth: Any = None) -> ClassView:
     """Display maps on one shared scale (as ``result.overlays()``) and guided images."""
-    guided = []
+    guided: Any = []
     if result.guided_gradcam is not None:
-        guided = [guided_image(g).resize(result.image.size) for g in result.guided_gradcam]
-    return ClassView(result, normalize(result.maps, shared=True), guided, truth)
+        guided = Guided(result.guided_gradcam, result.image.size)
+    return ClassView(result, Heat(result), guided, truth)
 
 
 def class_image(view: ClassView, i: int, alpha: float, box: bool, own: bool = False
@@ -291,7 +288,8 @@ def class_info(view: ClassView, i: int, own: bool = False) -> str:
     """The text under a class's map."""
     r = view.result
     return (f"**{r.labels[i]}**: p = {r.probabilities[i]:.3f}, score = {r.scores[i]:.3f}; "
-            f"{_where(r.boxes[i])}; layer {r.layer}" + _peak(r.maps[i], r.maps,
+            f"{_where(r.boxes[i])}; layer {r.layer}" + _peak(r.pixels.maxima()[i],
+                                                             r.pixels.maxima(),
                                                              "the classes'", own))
 
 

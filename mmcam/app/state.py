@@ -12,6 +12,7 @@ import tempfile
 import uuid
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,24 +20,59 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mmcam.cam import normalize
-
 KEEP_FILES = 4  # images kept per output in a session's folder (gradio has copied older ones)
 
 
+class Heat(Sequence):
+    """A result's display maps in [0,1] at the image's size, made one at a time when read:
+    ``heat[i]`` is ``result.heatmap(i, shared)`` (a view keeps no map of the image's size,
+    so a session's memory does not grow with the image's size and the number of words)."""
+
+    def __init__(self, result: Any, shared: bool = True) -> None:
+        self.result, self.shared = result, shared
+
+    def __len__(self) -> int:
+        return len(self.result.panels())
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if isinstance(i, bool) or not isinstance(i, int) or not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self.result.heatmap(i, self.shared)
+
+
+class Guided(Sequence):
+    """Guided images (3,Hin,Win each) drawn at ``size`` when read (none kept)."""
+
+    def __init__(self, grads: torch.Tensor, size: tuple[int, int]) -> None:
+        self.grads, self.size = grads, size
+
+    def __len__(self) -> int:
+        return len(self.grads)
+
+    def __getitem__(self, i: Any) -> Any:
+        from mmcam.viz import guided_image
+
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return guided_image(self.grads[i]).resize(self.size)
+
+
 class _Display:
-    """``display(own)``: the stored shared-scale maps, or each map on its own scale (cached)."""
+    """``display(own)``: the display maps on the group's shared scale, or each map on its own
+    scale (both made when read, :class:`Heat`)."""
 
     result: Any
-    heat: list[torch.Tensor]
-    own: list[torch.Tensor] | None
+    heat: Sequence[torch.Tensor]
+    own: Sequence[torch.Tensor] | None
 
-    def display(self, own: bool = False) -> list[torch.Tensor]:
+    def display(self, own: bool = False) -> Sequence[torch.Tensor]:
         """Display maps: the group's shared scale, or each map divided by its own max."""
         if not own:
             return self.heat
         if self.own is None:
-            self.own = self.result.heatmaps(shared=False)
+            self.own = Heat(self.result, shared=False)
         return self.own
 
 
@@ -45,12 +81,12 @@ class CaptionView(_Display):
     """A caption result and what is needed to re-draw it without recomputing maps."""
 
     result: Any  # CaptionExplanation
-    heat: list[torch.Tensor]  # display maps in [0,1]: one per word, then the whole caption
+    heat: Sequence[torch.Tensor]  # display maps in [0,1]: one per word, then the whole caption
     boxes: list[tuple[int, int, int, int] | None]  # localization box per panel
-    guided: list[Image.Image] | None  # Guided Grad-CAM image per word (guided method only)
+    guided: Sequence[Image.Image] | None  # Guided Grad-CAM image per word (guided method only)
     truth: Any = None  # the Scene when the image is a scene sample, else None
     selected: int = 0
-    own: list[torch.Tensor] | None = None  # each map on its own scale (made on first use)
+    own: Sequence[torch.Tensor] | None = None  # each map on its own scale
     model: str = ""  # the model's name in the app
     layer: str = ""  # the layer picked ("" : the model's default)
 
@@ -60,13 +96,13 @@ class VQAView(_Display):
     """A VQA result: panels are [explained answer, top-1 .. top-k]; ``contrast`` if asked."""
 
     result: Any  # VQAExplanation
-    heat: list[torch.Tensor]
+    heat: Sequence[torch.Tensor]
     boxes: list[tuple[int, int, int, int] | None]
     truth: Any = None
     selected: int = 0
     contrast: Any = None  # VQAExplanation with .contrast set
     contrast_heat: torch.Tensor | None = None
-    own: list[torch.Tensor] | None = None
+    own: Sequence[torch.Tensor] | None = None
     model: str = ""
     layer: str = ""
 
@@ -76,14 +112,14 @@ class ClassView:
     """A classification result with display maps (one shared scale) and guided images."""
 
     result: Any  # ClassExplanation
-    heat: torch.Tensor
-    guided: list[Image.Image]
+    heat: Sequence[torch.Tensor]
+    guided: Sequence[Image.Image]
     truth: Any = None
     selected: int = 0
 
-    def display(self, own: bool = False) -> torch.Tensor:
+    def display(self, own: bool = False) -> Sequence[torch.Tensor]:
         """Display maps: one scale shared by the classes, or each map its own."""
-        return normalize(self.result.maps, shared=False) if own else self.heat
+        return Heat(self.result, shared=False) if own else self.heat
 
 
 @dataclass

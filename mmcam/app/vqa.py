@@ -71,8 +71,8 @@ class VQATab(Tab):
             image, question.strip(), top_k=TOP_ANSWERS)
         view = session.vqa = render.vqa_view(result, scene)
         view.model, view.layer = model or self.models.names(self.kind)[0], layer or ""
-        second = next((a for a, _, _ in result.top_answers if a != result.answer), None)
-        answers = getattr(adapter, "answers", None) or [a for a, _, _ in result.top_answers]
+        second = next((a for a, _ in result.top_probabilities if a != result.answer), None)
+        answers = getattr(adapter, "answers", None) or [a for a, _ in result.top_probabilities]
         return {self.status: render.vqa_status(view),
                 self.selector: gr.update(choices=render.answer_choices(view), value=0),
                 self.other: gr.update(choices=list(answers), value=second),
@@ -95,7 +95,7 @@ class VQATab(Tab):
         view = session.vqa
         if view is None:
             raise MMCamError(self.first)
-        a = view.result.top_answers[view.selected][0]
+        a = view.result.top_probabilities[view.selected][0]
         if not other:
             raise MMCamError("pick an answer B to compare with")
         check_contrast(a, other)  # the message the library and the CLI give
@@ -104,12 +104,12 @@ class VQATab(Tab):
         c = VQAExplainer(adapter, method=method_score(method)[0],
                          **explainer_layer(adapter, view.layer)).explain(
             r.image, r.question, answer=a, contrast=other, top_k=TOP_ANSWERS)
-        view.contrast, view.contrast_heat = c, c.heatmaps()[-1]
+        view.contrast, view.contrast_heat = c, c.heatmap(-1)
         return {self.cmap: session.png(render.contrast_image(view, alpha, box), "contrast"),
                 self.cinfo: render.contrast_info(a, c.contrast)}
 
     def count(self, view: VQAView) -> int:
-        return len(view.result.top_answers)
+        return len(view.result.top_probabilities)
 
     def on_scene(self, scene: Any) -> dict:
         qs = [q for q, _ in scene.questions] if scene is not None else []
