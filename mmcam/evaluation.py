@@ -105,6 +105,16 @@ def blurred(pixels: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch
     return x[0]
 
 
+def mean_fill(pixels: torch.Tensor) -> torch.Tensor:
+    """The image's mean color at every pixel of pixels (3,H,W): the "absent" image of a
+    deletion that removes color as well as shape (a blur keeps an object's color)."""
+    return pixels.mean(dim=(1, 2), keepdim=True).expand_as(pixels).clone()
+
+
+FILLS = {"mean": mean_fill, "blur": blurred}
+"""How a removed pixel is filled: the image's mean color, or a Gaussian blur of the image."""
+
+
 def ranking(map_: torch.Tensor) -> torch.Tensor:
     """Pixel indices (row-major) from the most to the least important; ties in index order."""
     flat = map_.detach().double().reshape(-1)

@@ -12,7 +12,8 @@ map is scored with :mod:`mmcam.evaluation` against the object(s) the word names:
   within ``slack`` px of the mask), energy ratios in the mask and the box, the paper's
   localization (15% box, IoU >= 0.5 with the box);
 - deletion on the first ``n_deletion`` scenes: the word's log-probability (the answer's for
-  VQA) after the map's top 10% of input pixels are replaced by a blurred copy, against a
+  VQA) after the map's top 10% of input pixels are replaced (``fill``: by the image's mean
+  color, the default, or by a blurred copy, which keeps an object's color), against a
   random map's and a centre blob's top 10%, and the deletion curve's area;
 - the cascading randomization sanity check per method and score (layer maps of the first
   ``n_sanity`` scenes' words; stages are the model's top-level children, randomized from the
@@ -116,13 +117,17 @@ def _input_maps(e: Explained, lmaps: torch.Tensor, align: str) -> torch.Tensor:
     return g.to_image(lmaps, e.cell if align == "receptive" else None)
 
 
+FILL_TEXT = {"mean": "the image's mean color", "blur": "a blurred copy"}
+
+
 def _deletion(scorer: _Scorer, e: Explained, maps: dict[Setting, torch.Tensor],
-              seed: int) -> dict[Any, list[float]]:
+              seed: int, fill: str = "mean") -> dict[Any, list[float]]:
     """Deletion curves (log p at :data:`FRACTIONS`) for each setting's input-space map and
-    for the random and centre-blob baselines, in one batch."""
+    for the random and centre-blob baselines, in one batch; removed pixels take
+    ``ev.FILLS[fill]``."""
     px = pixels_of(e.inputs)[0].detach().float().cpu()
     H, W = px.shape[-2:]
-    absent = ev.blurred(px)
+    absent = ev.FILLS[fill](px)
     named = dict(maps) | {"random": ev.random_map((H, W), seed), "centre": ev.centre_blob((H, W))}
     batch, keys = [], list(named)
     for k in keys:
@@ -156,10 +161,11 @@ def _score_maps(rec: dict, m: torch.Tensor, mask: np.ndarray, box: tuple, slack:
 
 def _records_for(rows: list[tuple[Explained, int, str, np.ndarray, tuple, float]],
                  score: str, methods: Sequence[str], aligns: Sequence[str], slack: int,
-                 deletion: bool, scorer_of: Any, seed: int, attention: Any = None
+                 deletion: str | None, scorer_of: Any, seed: int, attention: Any = None
                  ) -> list[dict]:
     """Records for explained rows ``(explained, row, kind, mask, box, chance)``: one per
-    setting (and per alignment of the attention map), plus attention correlations."""
+    setting (and per alignment of the attention map), plus attention correlations;
+    ``deletion``: the fill of the deletion curves (None: no curves)."""
     out = []
     for k, (e, row, kind, mask, box, chance) in enumerate(rows):
         base = {"kind": kind, "chance": chance, "score": score}
@@ -176,7 +182,7 @@ def _records_for(rows: list[tuple[Explained, int, str, np.ndarray, tuple, float]
                 mine.append(rec)
                 settings[(m, sc, a)] = _input_maps(e, grid[None], a)[0]
         if deletion:
-            curves = _deletion(scorer_of(e, row), e, settings, seed + k)
+            curves = _deletion(scorer_of(e, row), e, settings, seed + k, deletion)
             i10 = FRACTIONS.index(0.1)
             for rec in mine:
                 c = curves[(rec["method"], rec["score"], rec["align"])]
@@ -195,7 +201,8 @@ def _records_for(rows: list[tuple[Explained, int, str, np.ndarray, tuple, float]
 
 def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                     scores: Sequence[str], aligns: Sequence[str], slack: int = 4,
-                    n_deletion: int = 50, progress: bool = True) -> tuple[list[dict], list[str]]:
+                    n_deletion: int = 50, progress: bool = True, fill: str = "mean"
+                    ) -> tuple[list[dict], list[str]]:
     """Per-word records for the model's own captions (see module doc), and the captions."""
     captions: list[str] = []
     recs: list[dict] = []
@@ -234,7 +241,8 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
                 def att(e: Explained, row: int, tokens: torch.Tensor = tokens) -> torch.Tensor:
                     T = e.rows.ids.shape[1]
                     return (e.rows.coefs[row, :T, None, None] * tokens).sum(0)
-            new = _records_for(rows, score, methods, aligns, slack, i < n_deletion, scorer,
+            new = _records_for(rows, score, methods, aligns, slack,
+                               fill if i < n_deletion else None, scorer,
                                1000 * i, att)
             for rec in new:
                 rec.update(task="caption", scene=i)
@@ -244,7 +252,7 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
 
 def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                 scores: Sequence[str], aligns: Sequence[str], slack: int = 4,
-                n_deletion: int = 50, progress: bool = True) -> list[dict]:
+                n_deletion: int = 50, progress: bool = True, fill: str = "mean") -> list[dict]:
     """Per-answer records: per scene the first question of each type that refers to
     objects, the model's own answer (see module doc)."""
     recs: list[dict] = []
@@ -267,7 +275,8 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                     return _Scorer(ex, e, row, qids)
 
                 new = _records_for([(e, 0, qtype, mask, box, _chance(mask, slack))], score,
-                                   methods, aligns, slack, i < n_deletion, scorer,
+                                   methods, aligns, slack,
+                                   fill if i < n_deletion else None, scorer,
                                    1000 * i + qi)
                 for rec in new:
                     rec.update(task="vqa", scene=i, correct=answer.lower() == truth.lower())
@@ -378,7 +387,8 @@ def markdown(report: dict) -> str:
     """The report's tables as Markdown."""
     lines = [f"# Explanation evaluation: {report['model']}", "",
              f"{report['n']} fresh scenes (seed {report['seed']}), slack {report['slack']} px, "
-             f"deletion on {report['n_deletion']} scenes; {report['wall_s']:.0f} s.", ""]
+             f"deletion on {report['n_deletion']} scenes (removed pixels: "
+             f"{FILL_TEXT[report.get('deletion_fill', 'blur')]}); {report['wall_s']:.0f} s.", ""]
     rec = report.get("recommended")
     if rec:
         lines += [f"Recommended: **{rec['method']}**, score **{rec['score']}**, align "
@@ -478,24 +488,26 @@ def evaluate_explanations(
     scores: Sequence[str] = ("logprob", "contrast"),
     aligns: Sequence[str] = ("receptive", "bilinear"), slack: int = 4,
     n_deletion: int = 50, n_sanity: int = 10, out: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = True, fill: str = "mean",
 ) -> dict:
     """Run the suite (module doc) on ``n`` fresh scenes; write ``report.json``,
     ``report.md`` and ``report.html`` to ``out`` if given. Returns the report."""
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}")
+    if fill not in ev.FILLS:
+        raise ValueError(f"unknown deletion fill {fill!r}: use one of {', '.join(ev.FILLS)}")
     t0 = time.perf_counter()
     scenes = generate(n, seed=seed)
     is_vqa = callable(getattr(adapter, "tokenize_question", None))
     if is_vqa:
         recs = vqa_records(adapter, scenes, methods, scores, aligns, slack, n_deletion,
-                           progress)
+                           progress, fill)
         checks = sanity(adapter, scenes[:n_sanity], methods, scores, "vqa", progress=progress)
         captions: list[str] = []
     else:
         recs, captions = caption_records(adapter, scenes, methods, scores, aligns, slack,
-                                         n_deletion, progress)
+                                         n_deletion, progress, fill)
         checks = sanity(adapter, scenes[:n_sanity], methods, scores, "caption",
                         captions[:n_sanity], progress)
     table = summarize(recs)
@@ -507,7 +519,8 @@ def evaluate_explanations(
             att[r["method"]].append(r["vs_attention"])
     report = {
         "model": model_name, "n": n, "seed": seed, "slack": slack, "n_deletion":
-        min(n_deletion, n), "n_sanity": min(n_sanity, n), "methods": list(methods),
+        min(n_deletion, n), "deletion_fill": fill, "n_sanity": min(n_sanity, n),
+        "methods": list(methods),
         "scores": list(scores), "aligns": list(aligns), "table": table, "sanity": checks,
         "explained_stage": stage, "sanity_value": values,
         "recommended": recommend(table, values),

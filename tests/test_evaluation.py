@@ -56,6 +56,7 @@ from mmcam.evaluation import (
     curve_area,
     energy_ratio,
     localization_correct,
+    mean_fill,
     parameter_stages,
     perturbation_curve,
     pointing_hit,
@@ -274,6 +275,39 @@ def test_deletion_and_insertion_of_a_linear_score_by_hand():
     half = torch.full((3, 2, 2), 0.5)  # absent pixels worth half: deletion removes 3w/2
     _, d2 = perturbation_curve(linear_score(w), pixels, m, "deletion", fr, absent=half)
     assert d2 == pytest.approx([30, 27, 22.5, 16.5, 15])
+
+
+def test_mean_fill_by_hand():
+    px = torch.tensor([[[0.0, 1.0], [2.0, 3.0]], [[4.0, 4.0], [4.0, 4.0]],
+                       [[-1.0, 1.0], [0.0, 0.0]]])
+    f = mean_fill(px)
+    assert f.shape == px.shape
+    assert torch.equal(f[0], torch.full((2, 2), 1.5))
+    assert torch.equal(f[1], torch.full((2, 2), 4.0))
+    assert torch.equal(f[2], torch.zeros(2, 2))
+    f[0, 0, 0] = 9.0  # a copy, not a view of one value
+    assert f[0, 1, 1] == 1.5 and px[0, 0, 0] == 0.0
+
+
+def test_blur_keeps_an_objects_color_and_the_mean_fill_removes_it():
+    """Why the suite's deletion fills with the mean color: on a red 12x12 square on grey, a
+    'redness' score (mean of red minus green over the image) barely moves when the square's
+    pixels are replaced by the blurred image (the blur of a uniform square is red inside),
+    and drops to the background's value with the mean fill. Hand values: background 0.5,
+    square red (1, 0, 0) on a 32x32 image."""
+    px = torch.full((3, 32, 32), 0.5)
+    px[:, 10:22, 10:22] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    m = torch.zeros(32, 32)
+    m[10:22, 10:22] = 1.0
+    def redness(images):
+        return (images[:, 0] - images[:, 1]).mean(dim=(1, 2))
+    frac = [0.0, 144 / 1024]  # exactly the square's pixels
+    _, by_blur = perturbation_curve(redness, px, m, "deletion", frac)
+    _, by_mean = perturbation_curve(redness, px, m, "deletion", frac, absent=mean_fill(px))
+    assert by_blur[0] == pytest.approx(144 / 1024)  # the square's red, spread over the image
+    assert by_blur[1] > 0.5 * by_blur[0]  # the blur keeps most of it
+    # mean fill: each removed pixel takes the image mean of red - green = 144/1024
+    assert by_mean[1] == pytest.approx((144 / 1024) ** 2)
 
 
 def test_deletion_curve_matches_a_numpy_oracle():

@@ -66,16 +66,35 @@ def test_vqa_records_match_the_explainer_and_the_masks():
     assert checked >= 4
 
 
+def test_deletion_fill_reaches_the_curves():
+    """The same first scene's deletion curves with both fills: the unperturbed score agrees,
+    the curves differ (each fill is actually used), and an unknown fill is refused."""
+    ad = load_model("shapes-vqa")
+    scenes = generate(1, seed=31)
+    curves = {}
+    for fill in ("mean", "blur"):
+        recs = vqa_records(ad, scenes, ["hirescam"], ["logprob"], ["receptive"], slack=0,
+                           n_deletion=1, progress=False, fill=fill)
+        curves[fill] = [r["deletion_curve"] for r in recs]
+    assert len(curves["mean"]) == len(curves["blur"]) >= 2
+    assert all(c[0] == 0.0 for c in curves["mean"] + curves["blur"])
+    assert curves["mean"] != curves["blur"]
+    with pytest.raises(ValueError, match="deletion fill"):
+        evaluate_explanations(ad, "shapes-vqa", n=1, fill="zeros", progress=False)
+
+
 def test_report_files_and_cli(tmp_path, capsys):
     out = tmp_path / "ev"
     rc = main(["evaluate-explanations", "shapes-captioner", "--n", "2", "--n-deletion", "1",
                "--n-sanity", "1", "--methods", "gradcam", "hirescam", "--scores", "logprob",
-               "--aligns", "receptive", "--out", str(out)])
+               "--aligns", "receptive", "--deletion-fill", "blur", "--out", str(out)])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert {"table", "sanity", "sanity_value", "recommended", "attention_correlation"} <= set(
         report)
     assert report["explained_stage"] == "encoder"
+    assert report["deletion_fill"] == "blur"
+    assert "removed pixels: a blurred copy" in (out / "report.md").read_text()
     methods = {r["method"] for r in report["table"]}
     assert methods == {"gradcam", "hirescam", "attention"}  # the captioner's own attention
     for r in report["table"]:
