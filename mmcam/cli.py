@@ -165,7 +165,8 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
     report = evaluate_explanations(
         load_model(args.model, **_placement(args)), args.model, n=args.n, seed=args.seed,
         methods=args.methods, scores=args.scores, aligns=args.aligns, slack=args.slack,
-        n_deletion=args.n_deletion, n_sanity=args.n_sanity, out=args.out)
+        n_deletion=args.n_deletion, n_sanity=args.n_sanity, out=args.out,
+        fill=args.deletion_fill)
     rec = report["recommended"]
     if rec:
         print(f"recommended: method {rec['method']}, score {rec['score']}, align "
@@ -335,6 +336,8 @@ def _add_model_commands(sub: Any) -> None:
                    choices=["receptive", "bilinear"])
     c.add_argument("--slack", type=int, default=4, help="pointing slack in pixels")
     c.add_argument("--n-deletion", type=int, default=50, help="scenes with deletion curves")
+    c.add_argument("--deletion-fill", choices=("mean", "blur"), default="mean",
+                   help="what removed pixels become: the image's mean color or a blurred copy")
     c.add_argument("--n-sanity", type=int, default=10, help="scenes for the sanity check")
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
