@@ -113,3 +113,57 @@ def test_version_is_printed(capsys):
         cli_main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"mmcam {mmcam.__version__}"
+
+
+
+@pytest.mark.parametrize("argv, code, last", [
+    (["caption", "scene.png", "--out", "o"], 0, "wrote o/index.html"),
+    (["vqa", "scene.png", "what color is the circle?", "--out", "o"], 0, "wrote o/index.html"),
+    (["classify", "scene.png", "--model", "shapes-classifier", "--out", "o"], 0,
+     "wrote 13 files to o"),
+    (["caption", "scene.png", "--beam", "0", "--out", "o"], 2, ""),
+])
+def test_program_ends_at_once_with_its_output_complete(tmp_path, monkeypatch, capsys, argv,
+                                                       code, last):
+    """Run as the program, a one-shot command ends with os._exit: its piped stdout and
+    stderr, its files and its exit code are those of ``main(argv)`` run in this process."""
+    from mmcam import scenes
+
+    scenes.generate(1, seed=3)[0].image.save(tmp_path / "scene.png")
+    env = {k: v for k, v in os.environ.items()  # block-buffered output, no coverage
+           if not k.startswith("COV") and k != "PYTHONUNBUFFERED"}
+    r = subprocess.run([sys.executable, "-m", "mmcam", *argv], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    (tmp_path / "here" / "scene.png").write_bytes((tmp_path / "scene.png").read_bytes())
+    assert main(argv) == code == r.returncode
+    here = capsys.readouterr()
+    assert (r.stdout, r.stderr) == (here.out, here.err)
+    assert r.stdout.rstrip("\n").endswith(last)
+    if code == 2:
+        assert r.stdout == "" and r.stderr.count("\n") == 1
+        return
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "here" / "o").iterdir())
+    for name in names:
+        assert (tmp_path / "o" / name).stat().st_size > 0
+        if name.endswith(".json"):  # equal (floats to 1e-5: torch's sums in another process)
+            _same(json.loads((tmp_path / "o" / name).read_text()),
+                  json.loads((tmp_path / "here" / "o" / name).read_text()))
+
+
+def _same(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _same(a[k], b[k])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-9)
+    else:
+        assert a == b
