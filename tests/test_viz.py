@@ -60,3 +60,42 @@ def test_fast_path_draws_what_the_font_list_draws(monkeypatch, text):
     assert fast[0] == slow[0]
     assert np.array_equal(fast[1], slow[1])
     assert (fast[1] < 128).any()  # something was drawn
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 7, 3), (9, 1, 3), (37, 53, 3), (5, 5),
+                                   (64, 33)])
+def test_png_bytes_decode_to_the_same_pixels(shape):
+    """The PNG writer's files, read back by PIL (which checks each chunk's CRC), hold the
+    pixels given; random pixels exercise every byte value of the row differences."""
+    import io
+
+    a = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    image = Image.fromarray(a)
+    data = viz.png_bytes(image)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"  # written here
+    back = Image.open(io.BytesIO(data))
+    back.load()
+    assert back.mode == image.mode and back.size == image.size
+    assert np.array_equal(np.asarray(back), a)
+
+
+def test_png_bytes_keep_what_pil_would_write():
+    """Images with an ICC profile, transparency or another mode go through PIL, which
+    keeps them (an RGBA image, a gray image with a transparent value, an RGB with a
+    profile)."""
+    import io
+
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = Image.new("RGB", (4, 3), (10, 200, 30))
+    rgb.info["icc_profile"] = profile
+    gray = Image.new("L", (4, 3), 7)
+    gray.info["transparency"] = 7
+    for image in (Image.new("RGBA", (4, 3), (1, 2, 3, 4)), gray, rgb):
+        back = Image.open(io.BytesIO(viz.png_bytes(image)))
+        back.load()
+        assert back.mode == image.mode
+        assert np.array_equal(np.asarray(back), np.asarray(image))
+    assert back.info.get("icc_profile") == profile
+    assert Image.open(io.BytesIO(viz.png_bytes(gray))).info.get("transparency") == 7
