@@ -166,11 +166,11 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
         load_model(args.model, **_placement(args)), args.model, n=args.n, seed=args.seed,
         methods=args.methods, scores=args.scores, aligns=args.aligns, slack=args.slack,
         n_deletion=args.n_deletion, n_sanity=args.n_sanity, out=args.out,
-        fill=args.deletion_fill)
+        fill=args.deletion_fill, layers=args.layers)
     rec = report["recommended"]
     if rec:
         print(f"recommended: method {rec['method']}, score {rec['score']}, align "
-              f"{rec['align']} (mean pointing {rec['mean_pointing']:.2f})")
+              f"{rec['align']}, layer {rec['layer']} (mean pointing {rec['mean_pointing']:.2f})")
     for k, v in report["sanity"].items():
         verdict = "passes" if report["sanity_value"][k] < SANITY_MAX else "FAILS"
         print(f"sanity check {k}: {' -> '.join(f'{r:.2f}' for _, r in v)} ({verdict})")
@@ -336,6 +336,8 @@ def _add_model_commands(sub: Any) -> None:
                    choices=["receptive", "bilinear"])
     c.add_argument("--slack", type=int, default=4, help="pointing slack in pixels")
     c.add_argument("--n-deletion", type=int, default=50, help="scenes with deletion curves")
+    c.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                   help="explained layers to compare (dotted paths; default: the model's own)")
     c.add_argument("--deletion-fill", choices=("mean", "blur"), default="mean",
                    help="what removed pixels become: the image's mean color or a blurred copy")
     c.add_argument("--n-sanity", type=int, default=10, help="scenes for the sanity check")
