@@ -24,8 +24,10 @@ map is scored with :mod:`mmcam.evaluation` against the object(s) the word names:
 - for models with their own attention (``adapter.attention``), the same metrics for the
   attention maps and their rank correlation with each method's maps per word.
 
-The recommended setting is the one with the highest pointing rate over the object words
-(color and shape words, answers) among those that pass the sanity check.
+Everything is done at the model's default layer, or at each of ``layers`` (a layer is then
+part of a setting, with its own sanity check). The recommended setting is the one with the
+highest pointing rate over the object words (color and shape words, answers) among those
+that pass the sanity check.
 """
 
 from __future__ import annotations
@@ -142,13 +144,14 @@ def _deletion(scorer: _Scorer, e: Explained, maps: dict[Setting, torch.Tensor],
     return {k: s[i * n:(i + 1) * n].tolist() for i, k in enumerate(keys)}
 
 
-def _explainer(cls: type, adapter: Any, score: str, methods: Sequence[str]) -> Any:
+def _explainer(cls: type, adapter: Any, score: str, methods: Sequence[str],
+               layer: str | None = None) -> Any:
     """An explainer whose gradients serve every method: the "auto" strategy, but full
     gradients ("vjp") instead of "readers" when a method needs more than
     :data:`mmcam.cam.REDUCIBLE` methods read."""
-    ex = cls(adapter, score=score)
+    ex = cls(adapter, score=score, layer=layer)
     if ex.pipeline.strategy == "readers" and any(m not in REDUCIBLE for m in methods):
-        ex = cls(adapter, score=score, strategy="vjp")
+        ex = cls(adapter, score=score, strategy="vjp", layer=layer)
     return ex
 
 
@@ -201,15 +204,15 @@ def _records_for(rows: list[tuple[Explained, int, str, np.ndarray, tuple, float]
 
 def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                     scores: Sequence[str], aligns: Sequence[str], slack: int = 4,
-                    n_deletion: int = 50, progress: bool = True, fill: str = "mean"
-                    ) -> tuple[list[dict], list[str]]:
+                    n_deletion: int = 50, progress: bool = True, fill: str = "mean",
+                    layer: str | None = None) -> tuple[list[dict], list[str]]:
     """Per-word records for the model's own captions (see module doc), and the captions."""
     captions: list[str] = []
     recs: list[dict] = []
     has_att = callable(getattr(adapter, "attention", None)) and callable(
         getattr(adapter, "encode", None))
     for s_i, score in enumerate(scores):
-        ex = _explainer(CaptionExplainer, adapter, score, methods)
+        ex = _explainer(CaptionExplainer, adapter, score, methods, layer)
         for i, scene in enumerate(tqdm(scenes, desc=f"captions, score {score}",
                                        disable=not progress)):
             text = captions[i] if s_i > 0 else None
@@ -252,12 +255,13 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
 
 def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                 scores: Sequence[str], aligns: Sequence[str], slack: int = 4,
-                n_deletion: int = 50, progress: bool = True, fill: str = "mean") -> list[dict]:
+                n_deletion: int = 50, progress: bool = True, fill: str = "mean",
+                layer: str | None = None) -> list[dict]:
     """Per-answer records: per scene the first question of each type that refers to
     objects, the model's own answer (see module doc)."""
     recs: list[dict] = []
     for score in scores:
-        ex = _explainer(VQAExplainer, adapter, score, methods)
+        ex = _explainer(VQAExplainer, adapter, score, methods, layer)
         for i, scene in enumerate(tqdm(scenes, desc=f"VQA, score {score}",
                                        disable=not progress)):
             seen: set[str] = set()
@@ -284,9 +288,11 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
     return recs
 
 
-def explained_stage(adapter: Any, stages: Sequence[str]) -> str | None:
-    """The stage (top-level child of the model) that holds the explained layer."""
-    layer = getattr(adapter, "layer", None)
+def explained_stage(adapter: Any, stages: Sequence[str], layer: str | None = None
+                    ) -> str | None:
+    """The stage (top-level child of the model) that holds the explained layer (``layer``,
+    default the adapter's)."""
+    layer = layer or getattr(adapter, "layer", None)
     head = str(layer).split(".")[0].split("[")[0] if isinstance(layer, str) else None
     return head if head in stages else None
 
@@ -302,7 +308,8 @@ def sanity_value(curve: list[tuple[str, float]], stage: str | None) -> float:
 
 def sanity(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
            scores: Sequence[str], task: str, captions: Sequence[str] | None = None,
-           progress: bool = True) -> dict[str, list[tuple[str, float]]]:
+           progress: bool = True, layer: str | None = None
+           ) -> dict[str, list[tuple[str, float]]]:
     """Cascading randomization per (method, score): ``"method/score" -> [(stage, rho)]``,
     stages randomized from the output back, one more per step."""
     model = module_of(adapter)
@@ -314,11 +321,11 @@ def sanity(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
             ad.model = m
             got: dict[str, list] = defaultdict(list)
             if task == "caption":
-                es = _explainer(CaptionExplainer, ad, score, methods).explained(
+                es = _explainer(CaptionExplainer, ad, score, methods, layer).explained(
                     [s.image for s in scenes], list(captions or []))
                 rows = [(e, slice(None)) for e in es]
             else:
-                ex = _explainer(VQAExplainer, ad, score, methods)
+                ex = _explainer(VQAExplainer, ad, score, methods, layer)
                 rows = [(ex.explained(s.image, s.questions[0][0], s.questions[0][1]),
                          slice(0, 1)) for s in scenes]
             for e, sel in rows:
@@ -338,17 +345,18 @@ def _mean(xs: list[float]) -> float:
 
 
 def summarize(recs: list[dict]) -> list[dict]:
-    """One row per (task, kind, method, score, align)."""
+    """One row per (task, kind, method, score, align, layer)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in recs:
         if "hit" in r:
-            groups[(r["task"], r["kind"], r["method"], r["score"], r["align"])].append(r)
+            groups[(r["task"], r["kind"], r["method"], r["score"], r["align"],
+                    r.get("layer", "-"))].append(r)
     rows = []
-    for (task, kind, method, score, align), rs in sorted(groups.items()):
+    for (task, kind, method, score, align, layer), rs in sorted(groups.items()):
         dels = [r for r in rs if "deletion_drop" in r]
         rows.append({
             "task": task, "kind": kind, "method": method, "score": score, "align": align,
-            "n": len(rs),
+            "layer": layer, "n": len(rs),
             "pointing": _mean([float(r["hit"]) for r in rs]),
             "chance": _mean([r["chance"] for r in rs]),
             "energy_mask": _mean([r["energy_mask"] for r in rs]),
@@ -366,21 +374,30 @@ def summarize(recs: list[dict]) -> list[dict]:
     return rows
 
 
-def recommend(rows: list[dict], values: dict[str, float]) -> dict | None:
+def sanity_key(method: str, score: str, layer: str | None = None,
+               default: str | None = None) -> str:
+    """``"method/score"``, with ``"@layer"`` for a layer other than the model's default."""
+    return f"{method}/{score}" + ("" if layer in (None, "-", default) else f"@{layer}")
+
+
+def recommend(rows: list[dict], values: dict[str, float], default: str | None = None
+              ) -> dict | None:
     """The setting with the best pointing over object words (color, shape; VQA answers)
-    among those whose method/score passes the sanity check (``values`` below
-    :data:`SANITY_MAX`)."""
+    among those whose method/score (at its layer) passes the sanity check (``values``
+    below :data:`SANITY_MAX`); ``default`` names the model's default layer."""
     passed = {k for k, v in values.items() if v < SANITY_MAX}
-    best: dict[Setting, list[float]] = defaultdict(list)
+    best: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
-        if r["method"] == "attention" or f"{r['method']}/{r['score']}" not in passed:
+        layer = r.get("layer", "-")
+        if r["method"] == "attention" or sanity_key(r["method"], r["score"], layer,
+                                                    default) not in passed:
             continue
         if r["task"] == "vqa" or r["kind"] in ("color", "shape"):
-            best[(r["method"], r["score"], r["align"])].append(r["pointing"])
+            best[(r["method"], r["score"], r["align"], layer)].append(r["pointing"])
     if not best:
         return None
-    (m, s, a), v = max(best.items(), key=lambda kv: _mean(kv[1]))
-    return {"method": m, "score": s, "align": a, "mean_pointing": _mean(v)}
+    (m, s, a, layer), v = max(best.items(), key=lambda kv: _mean(kv[1]))
+    return {"method": m, "score": s, "align": a, "layer": layer, "mean_pointing": _mean(v)}
 
 
 def markdown(report: dict) -> str:
@@ -392,19 +409,21 @@ def markdown(report: dict) -> str:
     rec = report.get("recommended")
     if rec:
         lines += [f"Recommended: **{rec['method']}**, score **{rec['score']}**, align "
-                  f"**{rec['align']}** (mean pointing {rec['mean_pointing']:.2f}).", ""]
-    lines += ["| task | kind | method | score | align | n | pointing | chance | energy in mask "
-              "| energy in box | loc. (IoU>=0.5) | deletion > random |",
-              "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"**{rec['align']}**, layer **{rec.get('layer', '-')}** (mean pointing "
+                  f"{rec['mean_pointing']:.2f}).", ""]
+    lines += ["| task | kind | method | score | align | layer | n | pointing | chance "
+              "| energy in mask | energy in box | loc. (IoU>=0.5) | deletion > random |",
+              "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["table"]:
         lines.append(
             f"| {r['task']} | {r['kind']} | {r['method']} | {r['score']} | {r['align']} | "
+            f"{r.get('layer', '-')} | "
             f"{r['n']} | {r['pointing']:.2f} | {r['chance']:.2f} | {r['energy_mask']:.2f} | "
             f"{r['energy_box']:.2f} | {r['localization']:.2f} | "
             f"{r['deletion_beats_random']:.2f} |")
     lines += ["", "Sanity check (cascading randomization from the output back, mean Spearman "
               "with the trained model's maps; passes when the value once every stage after "
-              f"the explained layer ({report['explained_stage']}) is randomized is < "
+              f"the explained layer's stage ({report['explained_stage']}) is randomized is < "
               f"{SANITY_MAX}):", "",
               "| method/score | " + " | ".join(f"after {s}" for s, _ in
                                                 next(iter(report["sanity"].values()), [])) + " |",
@@ -437,7 +456,8 @@ def html_page(report: dict, recs: list[dict]) -> str:
     obj = [r for r in report["table"] if r["task"] == "vqa" or r["kind"] in ("color", "shape")]
     if obj:
         fig, ax = plt.subplots(figsize=(10, 0.25 * len(obj) + 1))
-        labels = [f"{r['task']} {r['kind']}: {r['method']}/{r['score']}/{r['align']}" for r in obj]
+        labels = [f"{r['task']} {r['kind']}: {r['method']}/{r['score']}/{r['align']}"
+                  f"@{r.get('layer', '-')}" for r in obj]
         ax.barh(labels, [r["pointing"] for r in obj], color="tab:blue", label="pointing")
         ax.scatter([r["chance"] for r in obj], labels, color="k", marker="|", s=200,
                    label="chance", zorder=3)
@@ -449,7 +469,8 @@ def html_page(report: dict, recs: list[dict]) -> str:
     curves: dict[str, list] = defaultdict(list)
     for r in recs:
         if "deletion_curve" in r:
-            curves[f"{r['method']}/{r['score']}/{r['align']}"].append(r["deletion_curve"])
+            curves[f"{r['method']}/{r['score']}/{r['align']}@{r.get('layer', '-')}"].append(
+                r["deletion_curve"])
             curves["random"].append(r["random_curve"])
             curves["centre blob"].append(r["centre_curve"])
     if curves:
@@ -488,10 +509,11 @@ def evaluate_explanations(
     scores: Sequence[str] = ("logprob", "contrast"),
     aligns: Sequence[str] = ("receptive", "bilinear"), slack: int = 4,
     n_deletion: int = 50, n_sanity: int = 10, out: str | Path | None = None,
-    progress: bool = True, fill: str = "mean",
+    progress: bool = True, fill: str = "mean", layers: Sequence[str] | None = None,
 ) -> dict:
-    """Run the suite (module doc) on ``n`` fresh scenes; write ``report.json``,
-    ``report.md`` and ``report.html`` to ``out`` if given. Returns the report."""
+    """Run the suite (module doc) on ``n`` fresh scenes, at the model's default layer or at
+    each of ``layers``; write ``report.json``, ``report.md`` and ``report.html`` to ``out``
+    if given. Returns the report."""
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}")
@@ -500,19 +522,30 @@ def evaluate_explanations(
     t0 = time.perf_counter()
     scenes = generate(n, seed=seed)
     is_vqa = callable(getattr(adapter, "tokenize_question", None))
-    if is_vqa:
-        recs = vqa_records(adapter, scenes, methods, scores, aligns, slack, n_deletion,
-                           progress, fill)
-        checks = sanity(adapter, scenes[:n_sanity], methods, scores, "vqa", progress=progress)
-        captions: list[str] = []
-    else:
-        recs, captions = caption_records(adapter, scenes, methods, scores, aligns, slack,
-                                         n_deletion, progress, fill)
-        checks = sanity(adapter, scenes[:n_sanity], methods, scores, "caption",
-                        captions[:n_sanity], progress)
+    default = str(getattr(adapter, "layer", None) or "default")
+    stages = ev.parameter_stages(module_of(adapter))
+    recs: list[dict] = []
+    checks: dict[str, list] = {}
+    values: dict[str, float] = {}
+    captions: list[str] = []
+    for layer in list(layers or [None]):
+        label = str(layer or default)
+        if is_vqa:
+            new = vqa_records(adapter, scenes, methods, scores, aligns, slack, n_deletion,
+                              progress, fill, layer)
+            got = sanity(adapter, scenes[:n_sanity], methods, scores, "vqa",
+                         progress=progress, layer=layer)
+        else:
+            new, captions = caption_records(adapter, scenes, methods, scores, aligns, slack,
+                                            n_deletion, progress, fill, layer)
+            got = sanity(adapter, scenes[:n_sanity], methods, scores, "caption",
+                         captions[:n_sanity], progress, layer)
+        recs += [r | {"layer": label} for r in new]
+        stage = explained_stage(adapter, stages, layer)
+        for k, curve in got.items():
+            key = sanity_key(*k.split("/"), label, default)
+            checks[key], values[key] = curve, sanity_value(curve, stage)
     table = summarize(recs)
-    stage = explained_stage(adapter, ev.parameter_stages(module_of(adapter)))
-    values = {k: sanity_value(v, stage) for k, v in checks.items()}
     att = defaultdict(list)
     for r in recs:
         if "vs_attention" in r:
@@ -520,10 +553,11 @@ def evaluate_explanations(
     report = {
         "model": model_name, "n": n, "seed": seed, "slack": slack, "n_deletion":
         min(n_deletion, n), "deletion_fill": fill, "n_sanity": min(n_sanity, n),
-        "methods": list(methods),
+        "methods": list(methods), "default_layer": default,
+        "layers": [str(x) for x in layers] if layers else [default],
         "scores": list(scores), "aligns": list(aligns), "table": table, "sanity": checks,
-        "explained_stage": stage, "sanity_value": values,
-        "recommended": recommend(table, values),
+        "explained_stage": explained_stage(adapter, stages), "sanity_value": values,
+        "recommended": recommend(table, values, default),
         "attention_correlation": {k: _mean(v) for k, v in att.items()},
         "captions": captions[:20], "wall_s": time.perf_counter() - t0,
     }

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmcam import VQAExplainer, load_model
+from mmcam import CaptionExplainer, VQAExplainer, load_model
 from mmcam.cli import main
+from mmcam.evaluation import pointing_hit
 from mmcam.scenes import generate
 from mmcam.suite import _chance, evaluate_explanations, sanity_value, vqa_records, word_kind
 
@@ -81,6 +82,35 @@ def test_deletion_fill_reaches_the_curves():
     assert curves["mean"] != curves["blur"]
     with pytest.raises(ValueError, match="deletion fill"):
         evaluate_explanations(ad, "shapes-vqa", n=1, fill="zeros", progress=False)
+
+
+def test_layers_are_compared_with_their_own_maps_and_sanity_checks(tmp_path):
+    """Two layers of the captioner: each layer's records are its own explainer's maps (the
+    pointing of every word checked against CaptionExplainer(layer=...) by hand), the sanity
+    keys carry the non-default layer, and the recommendation names a layer."""
+    ad = load_model("shapes-captioner")
+    report = evaluate_explanations(ad, "shapes-captioner", n=2, methods=["hirescam"],
+                                   scores=["logprob"], aligns=["receptive"], n_deletion=0,
+                                   n_sanity=1, progress=False, layers=["encoder.14",
+                                                                       "encoder.11"])
+    assert report["default_layer"] == "encoder.14"
+    assert report["layers"] == ["encoder.14", "encoder.11"]
+    assert set(report["sanity"]) == {"hirescam/logprob", "hirescam/logprob@encoder.11"}
+    assert report["recommended"]["layer"] in ("encoder.14", "encoder.11")
+    scenes = generate(2, seed=report["seed"])
+    for layer in ("encoder.14", "encoder.11"):
+        ex = CaptionExplainer(ad, method="hirescam", layer=layer)
+        hits = []
+        for sc in scenes:
+            r = ex.explain(sc.image)
+            for i, w in enumerate(r.words):
+                if word_kind(w) != "color" or len(sc.objects_named(w)) != 1:
+                    continue
+                hits.append(pointing_hit(r.maps[i], sc.objects_named(w)[0].mask, 4))
+        row = next(t for t in report["table"] if t["kind"] == "color" and t["layer"] == layer
+                   and t["method"] == "hirescam")
+        assert row["n"] == len(hits) > 0
+        assert row["pointing"] == pytest.approx(np.mean(hits))
 
 
 def test_report_files_and_cli(tmp_path, capsys):
