@@ -250,9 +250,12 @@ class Pipeline:
 
     @property
     def layer_label(self) -> str:
-        """The explained layer's name (``"encode output"`` for a split model's default)."""
+        """The explained layer's name. A split model's default (``encode``'s output) is named
+        by the adapter's ``layer`` when it has one, as the app's layer picker names it (the
+        shipped models: ``encoder.14``, the encoder's last module), else ``"encode output"``."""
         if self.layer is None:
-            return "encode output"
+            own = getattr(self.adapter, "layer", None)
+            return own if isinstance(own, str) else "encode output"
         return layer_name(self.module, self.layer)
 
     def _choose(self, strategy: str, method: str | None, guided: bool) -> str:

@@ -115,6 +115,34 @@ def test_layer_choices_are_earlier_blocks_of_the_same_kind():
     assert registry.layer_choices(A()) == ["enc"]
 
 
+@pytest.mark.parametrize("name, task", [("shapes-captioner", "caption"), ("shapes-vqa", "vqa")])
+def test_status_and_picker_name_the_default_layer_alike(name, task):
+    """The explained layer's name in results and the app's status is the picker's default
+    (one source: the adapter's ``layer``), and that layer is what the default explains:
+    its maps equal the maps of the explicitly named layer."""
+    from mmcam.app.common import layer_options
+
+    adapter = mmcam.load_model(name)
+    image = scenes.generate(1, seed=7)[0].image
+    if task == "caption":
+        default = CaptionExplainer(adapter).explain(image)
+        named = CaptionExplainer(adapter, layer=adapter.layer).explain(image)
+        status = render.caption_status(render.caption_view(default))
+    else:
+        q = "what color is the circle?"
+        default = VQAExplainer(adapter).explain(image, q)
+        named = VQAExplainer(adapter, layer=adapter.layer).explain(image, q)
+        status = render.vqa_status(render.vqa_view(default))
+    picker = layer_options(registry.layer_choices(adapter))[0]
+    assert picker == (f"{default.layer} (default)", "")
+    assert default.layer == named.layer == "encoder.14"
+    assert f"layer {default.layer}" in status and "encode output" not in status
+    a, b = (default.layer_maps, named.layer_maps) if task == "caption" else (
+        default.map, named.map)
+    # the same tensor reached by another path (a hook inside encode): float32 rounding only
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+
+
 def test_shipped_names():
     from mmcam.models.hub import KNOWN_MODELS
 
