@@ -19,11 +19,11 @@ METHOD_CHOICES = cli_methods("classify")  # every CAM formula (mmcam.registry.ME
 
 
 def _classify(args: argparse.Namespace) -> int:
+    _at_least(1, top=args.top)  # flags first: a bad one is answered before torch loads
+    _check_out(args.out)
     from mmcam.classify import ClassExplainer
     from mmcam.images import load_image
 
-    _at_least(1, top=args.top)
-    _check_out(args.out)
     image = load_image(args.image)  # fail on a bad image before building a model
     from mmcam.models.hub import looks_like_path
 
@@ -44,7 +44,7 @@ def _classify(args: argparse.Namespace) -> int:
         raise MMCamError(f"--class {args.cls} is out of range: the model has {n} classes")
     classes = None if args.cls is None else [args.cls]
     result = explainer.explain(image, classes=classes, top=args.top, guided=True)
-    files = result.save(args.out)
+    files = _save(result, args.out)
     for c, lab, p, b in zip(result.classes, result.labels, result.probabilities, result.boxes):
         print(f"class {c} ({lab}): p={p:.4f} box={b}")
     print(f"wrote {len(files)} files to {args.out}")
@@ -52,15 +52,16 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from mmcam.caption import CaptionExplainer
-    from mmcam.images import load_image
     from mmcam.limits import check_words
-    from mmcam.models.hub import load_model
 
-    _at_least(1, beam=args.beam)
+    _at_least(1, beam=args.beam)  # flags first: a bad one is answered before torch loads
     _check_out(args.out)
     if args.caption is not None:
         check_words(args.caption, "caption")
+    from mmcam.caption import CaptionExplainer
+    from mmcam.images import load_image
+    from mmcam.models.hub import load_model
+
     image = load_image(args.image)
     if args.caption is not None and not args.caption.strip():
         raise MMCamError("the caption is empty: give some words or leave --caption out")
@@ -70,7 +71,7 @@ def _caption(args: argparse.Namespace) -> int:
                                  strategy=args.strategy, align=args.align, score=args.score,
                                  versus=_pairs(args.versus))
     result = explainer.explain(image, caption=args.caption, beam_size=args.beam)
-    result.save(args.out)
+    _save(result, args.out)
     print(f"caption: {result.caption}")
     if result.unknown_words:
         print(f"  {result.unknown_notice()}")
@@ -83,14 +84,15 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _vqa(args: argparse.Namespace) -> int:
-    from mmcam.images import load_image
     from mmcam.limits import check_words
+
+    _at_least(1, top=args.top)  # flags first: a bad one is answered before torch loads
+    _check_out(args.out)
+    check_words(args.question, "question")
+    from mmcam.images import load_image
     from mmcam.models.hub import load_model
     from mmcam.vqa import VQAExplainer, check_contrast
 
-    _at_least(1, top=args.top)
-    _check_out(args.out)
-    check_words(args.question, "question")
     image = load_image(args.image)
     if not args.question.strip():
         raise MMCamError("the question is empty: ask something about the image")
@@ -101,7 +103,7 @@ def _vqa(args: argparse.Namespace) -> int:
     result = explainer.explain(
         image, args.question, answer=args.answer, contrast=args.contrast, top_k=args.top
     )
-    result.save(args.out)
+    _save(result, args.out)
     print(f"question: {result.question}")
     if result.unknown_words:
         print(f"  words the model does not know (read as <unk>): {', '.join(result.unknown_words)}")
@@ -176,6 +178,15 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
         print(f"sanity check {k}: {' -> '.join(f'{r:.2f}' for _, r in v)} ({verdict})")
     print(f"wrote report.json, report.md and report.html to {args.out}")
     return 0
+
+
+def _save(result: Any, out: str) -> Any:
+    """``result.save(out)``; a folder the system refuses (a read-only or special file system
+    that :func:`_check_out` could not foresee) is one line, not a traceback."""
+    try:
+        return result.save(out)
+    except OSError as e:
+        raise MMCamError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
 def _at_least(low: int, **given: int) -> None:
@@ -419,12 +430,11 @@ def _end(code: int) -> None:
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; ``MMCamError`` becomes one line on stderr and code 2."""
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, ImageDownscaled):  # our notices: one line each
-            print(f"mmcam {args.command}: note: {message}", file=sys.stderr)
+        images = sys.modules.get("mmcam.images")  # imported by then if it warned
+        if images is not None and issubclass(category, images.ImageDownscaled):
+            print(f"mmcam {args.command}: note: {message}", file=sys.stderr)  # one line
         else:
             shown(message, category, filename, lineno, file, line)
-
-    from mmcam.images import ImageDownscaled
 
     try:
         with warnings.catch_warnings():

@@ -167,3 +167,37 @@ def _same(a, b):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-9)
     else:
         assert a == b
+
+
+@pytest.mark.parametrize("argv", [
+    ["caption", "scene.png", "--beam", "0", "--out", "o"],
+    ["caption", "scene.png", "--caption", " ".join(["red"] * 600), "--out", "o"],
+    ["vqa", "scene.png", "what?", "--top", "-1", "--out", "o"],
+    ["classify", "scene.png", "--top", "0", "--out", "o"],
+    ["caption", "scene.png", "--out", "scene.png"],
+])
+def test_bad_flags_are_answered_before_torch_loads(tmp_path, argv):
+    """A bad flag is one line and exit 2 without importing torch (a fraction of a second,
+    not the seconds torch takes)."""
+    (tmp_path / "scene.png").write_bytes(b"not read")
+    code = (f"import sys\nfrom mmcam.cli import main\nrc = main({argv!r})\n"
+            "print(rc, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.stdout.split() == ["2", "False"], r.stderr[-2000:]
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"mmcam {argv[0]}: error: ")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_out_where_the_system_refuses_a_folder(tmp_path):
+    """``--out`` under /proc (no folder can be made there, whatever the permissions say):
+    one line and exit 2, no traceback."""
+    from mmcam import scenes
+
+    scenes.generate(1, seed=3)[0].image.save(tmp_path / "scene.png")
+    r = subprocess.run([sys.executable, "-m", "mmcam", "caption", "scene.png", "--out",
+                        "/proc/mmcam-out"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.count("\n") == 1 and "--out /proc/mmcam-out" in r.stderr
