@@ -282,8 +282,10 @@ def eval_mode(model: nn.Module | None) -> Iterator[None]:
     with _EVAL_LOCK:
         count, flags = _EVAL_USERS.get(key, (0, []))
         if count == 0:
-            flags = [(m, m.training) for m in model.modules()]
-            model.eval()
+            # the modules in training mode (each restored after); none: nothing to switch
+            flags = [(m, True) for m in model.modules() if m.training]
+            if flags:
+                model.eval()
         _EVAL_USERS[key] = (count + 1, flags)
     try:
         yield
@@ -292,7 +294,7 @@ def eval_mode(model: nn.Module | None) -> Iterator[None]:
             count, flags = _EVAL_USERS[key]
             if count == 1:
                 del _EVAL_USERS[key]
-                for m, flag in flags:
+                for m, flag in flags:  # eval() set every flag False: restore the True ones
                     m.training = flag
             else:
                 _EVAL_USERS[key] = (count - 1, flags)

@@ -233,6 +233,7 @@ class Pipeline:
             layout = getattr(adapter, "layout", None)
         self.layout = None if layout is None else as_layout(layout)  # None: inferred
         self.requested = engine.check_strategy(strategy)
+        self._has_rnn: bool | None = None
 
     @property
     def strategy(self) -> str:
@@ -284,10 +285,16 @@ class Pipeline:
             return own
         # measured (benchmarks/bench_engine.py): on CPU copies win for recurrent decoders and
         # vjp for transformer decoders; on a CUDA GPU copies won for both
-        mods = self.module.modules() if self.module is not None else []
-        if cuda or any(isinstance(m, RECURRENT) for m in mods):
+        if cuda or self._recurrent():
             return "copies"
         return "vjp"
+
+    def _recurrent(self) -> bool:
+        """Whether the model has a recurrent module (looked up once per pipeline)."""
+        if self._has_rnn is None:
+            mods = self.module.modules() if self.module is not None else []
+            self._has_rnn = any(isinstance(m, RECURRENT) for m in mods)
+        return self._has_rnn
 
     # ------------------------------------------------------------------ preparation
 
@@ -575,6 +582,9 @@ class Pipeline:
 def _place(parts: list[tuple[torch.Tensor, Any]], N: int) -> torch.Tensor | Reduced:
     """Rows ``at`` of each part put together in row order (N rows)."""
     def put(items: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        if len(items) == 1 and items[0][1].shape[0] == N and \
+                torch.equal(items[0][0], torch.arange(N)):
+            return items[0][1]  # one part, rows already in order: no copy
         out = items[0][1].new_zeros(N, *items[0][1].shape[1:])
         for at, g in items:
             out[at] = g
