@@ -70,12 +70,22 @@ def colorize(heat: np.ndarray | torch.Tensor, cmap: str = "jet") -> np.ndarray:
     A table look-up equal to ``round(255 * colormap(clip(heat, 0, 1)))``: the value ``v``
     takes color ``min(floor(256 v), 255)`` of the 256, as matplotlib indexes (NaN reads 0).
     """
+    return np.asarray(colorize_image(heat, cmap))
+
+
+def colorize_image(heat: np.ndarray | torch.Tensor, cmap: str = "jet") -> Image.Image:
+    """:func:`colorize` as an RGB image: the color indices as a palette image, converted by
+    PIL (the same colors, several times faster than indexing the table in numpy)."""
     h = heat.detach().cpu().numpy() if isinstance(heat, torch.Tensor) else np.asarray(heat)
     if h.dtype.kind != "f":
         h = h.astype(np.float64)
-    h = np.nan_to_num(np.clip(h, 0.0, 1.0), nan=0.0)
-    idx = np.minimum((h * h.dtype.type(256)).astype(np.intp), 255)
-    return colormap_lut(cmap)[idx]
+    # 256 v is exact in floating point, so clipping it to [0, 255] and truncating gives
+    # min(floor(256 clip(v, 0, 1)), 255) for every v (huge ones overflow to inf: 255)
+    with np.errstate(over="ignore", invalid="ignore"):
+        idx = np.clip(np.nan_to_num(h, nan=0.0) * h.dtype.type(256), 0, 255).astype(np.uint8)
+    image = Image.fromarray(np.ascontiguousarray(idx), "P")
+    image.putpalette(colormap_lut(cmap).tobytes())
+    return image.convert("RGB")
 
 
 def overlay(
@@ -89,7 +99,7 @@ def overlay(
     The map is resized (bilinear) to the image if their sizes differ.
     """
     rgb = image.convert("RGB")
-    colored = Image.fromarray(colorize(heat, cmap))
+    colored = colorize_image(heat, cmap)
     if colored.size != rgb.size:
         colored = colored.resize(rgb.size, Image.BILINEAR)
     return Image.blend(rgb, colored, float(alpha))

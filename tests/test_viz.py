@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from mmcam import viz
@@ -99,3 +100,33 @@ def test_png_bytes_keep_what_pil_would_write():
         assert np.array_equal(np.asarray(back), np.asarray(image))
     assert back.info.get("icc_profile") == profile
     assert Image.open(io.BytesIO(viz.png_bytes(gray))).info.get("transparency") == 7
+
+
+def _colorize_by_table(h: np.ndarray) -> np.ndarray:
+    """The oracle: clip to [0,1], NaN to 0, index min(floor(256 v), 255) of the table."""
+    h = h.astype(np.float64) if h.dtype.kind != "f" else h
+    with np.errstate(all="ignore"):
+        v = np.nan_to_num(np.clip(h, 0.0, 1.0), nan=0.0)
+        idx = np.minimum(np.floor(v.astype(np.float64) * 256).astype(np.intp), 255)
+    return viz.colormap_lut()[idx]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+def test_colorize_is_the_table_lookup(dtype):
+    """Every value, the edges of the 256 bins, out of range, infinite and NaN ones."""
+    edges = np.arange(257) / 256
+    special = [np.nan, np.inf, -np.inf, -0.0, 1.0, 2.0, -3.0, 1e300, -1e300]
+    with np.errstate(all="ignore"):
+        values = np.concatenate([edges, np.nextafter(edges, -1), np.nextafter(edges, 2),
+                                 special, np.random.default_rng(0).random(1000) * 1.4 - 0.2])
+        h = (values * 3 if dtype is np.int64 else values).astype(dtype)
+    h = h[: len(h) // 20 * 20].reshape(20, -1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warnings from huge values
+        got = viz.colorize(h)
+        got_t = viz.colorize(torch.from_numpy(h.T.copy())) if dtype is not np.int64 else None
+    np.testing.assert_array_equal(got, _colorize_by_table(h))
+    if got_t is not None:
+        np.testing.assert_array_equal(got_t, _colorize_by_table(h.T))
