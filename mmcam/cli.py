@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import importlib
 import json
 import os
@@ -21,8 +23,9 @@ METHOD_CHOICES = cli_methods("classify")  # every CAM formula (mmcam.registry.ME
 def _classify(args: argparse.Namespace) -> int:
     _at_least(1, top=args.top)  # flags first: a bad one is answered before torch loads
     _check_out(args.out)
-    from mmcam.classify import ClassExplainer
-    from mmcam.images import load_image
+    with _importing():
+        from mmcam.classify import ClassExplainer
+        from mmcam.images import load_image
 
     image = load_image(args.image)  # fail on a bad image before building a model
     from mmcam.models.hub import looks_like_path
@@ -58,9 +61,10 @@ def _caption(args: argparse.Namespace) -> int:
     _check_out(args.out)
     if args.caption is not None:
         check_words(args.caption, "caption")
-    from mmcam.caption import CaptionExplainer
-    from mmcam.images import load_image
-    from mmcam.models.hub import load_model
+    with _importing():
+        from mmcam.caption import CaptionExplainer
+        from mmcam.images import load_image
+        from mmcam.models.hub import load_model
 
     image = load_image(args.image)
     if args.caption is not None and not args.caption.strip():
@@ -89,9 +93,10 @@ def _vqa(args: argparse.Namespace) -> int:
     _at_least(1, top=args.top)  # flags first: a bad one is answered before torch loads
     _check_out(args.out)
     check_words(args.question, "question")
-    from mmcam.images import load_image
-    from mmcam.models.hub import load_model
-    from mmcam.vqa import VQAExplainer, check_contrast
+    with _importing():
+        from mmcam.images import load_image
+        from mmcam.models.hub import load_model
+        from mmcam.vqa import VQAExplainer, check_contrast
 
     image = load_image(args.image)
     if not args.question.strip():
@@ -178,6 +183,26 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
         print(f"sanity check {k}: {' -> '.join(f'{r:.2f}' for _, r in v)} ({verdict})")
     print(f"wrote report.json, report.md and report.html to {args.out}")
     return 0
+
+
+_program = False  # set by main() when it runs as the program (see _importing)
+
+
+@contextlib.contextmanager
+def _importing() -> Any:
+    """Run as the program: the cyclic garbage collector paused while torch and mmcam's
+    modules are imported (some 285,000 objects; collecting through them again and again took
+    about 10% of importing torch), then those objects frozen (never scanned again: they live
+    until the process ends anyway). Called from a library (``main(argv)``), nothing changes."""
+    if not _program or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def _save(result: Any, out: str) -> Any:
@@ -400,14 +425,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     Run as the program (``argv`` None: the ``mmcam`` script, ``python -m mmcam``), the
     commands of :data:`ONE_SHOT` set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set (torch's
     idle threads sleep rather than spin: on a busy machine a small model's explain took
-    1.5-7 s with spinning threads, 0.25 s without), and end the process once their files
-    are written and stdout and stderr flushed (:func:`_end`), skipping the interpreter's
-    teardown of torch's modules (about 0.6 s).
+    1.5-7 s with spinning threads, 0.25 s without), import torch with the garbage collector
+    paused (:func:`_importing`), and end the process once their files are written and stdout
+    and stderr flushed (:func:`_end`), skipping the interpreter's teardown of torch's modules
+    (about 0.6 s).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if argv is None and args.command in ONE_SHOT and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
+        global _program
+        _program = True
     code = _run(args)
     if argv is None and args.command in ONE_SHOT:
         _end(code)

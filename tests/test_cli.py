@@ -201,3 +201,17 @@ def test_out_where_the_system_refuses_a_folder(tmp_path):
                        timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stderr.count("\n") == 1 and "--out /proc/mmcam-out" in r.stderr
+
+
+def test_main_called_from_python_leaves_the_garbage_collector_alone(tmp_path, monkeypatch):
+    """Only the program pauses and freezes the collector around its imports; ``main(argv)``
+    in someone's process (a notebook, these tests) freezes nothing and leaves it on."""
+    import gc
+
+    from mmcam import scenes
+
+    scenes.generate(1, seed=3)[0].image.save(tmp_path / "scene.png")
+    monkeypatch.chdir(tmp_path)
+    frozen = gc.get_freeze_count()
+    assert main(["caption", "scene.png", "--out", "o"]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
