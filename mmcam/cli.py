@@ -277,11 +277,17 @@ def _placement(args: argparse.Namespace) -> dict:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise MMCamError("--device cuda: no CUDA device is available here")
-    return {"device": args.device, "dtype": getattr(torch, args.dtype)}
+    out = {"device": args.device, "dtype": getattr(torch, args.dtype)}
+    if getattr(args, "trust_remote_code", False):
+        out["trust_remote_code"] = True
+    return out
 
 
 def _engine_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    c.add_argument("--trust-remote-code", action="store_true",
+                   help="let a Hugging Face checkpoint run the Python code it ships "
+                   "(auto_map); only for checkpoints you trust")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="the model's weights (scores are always taken in float32)")
     c.add_argument("--layer", default=None,
@@ -377,6 +383,8 @@ def _add_model_commands(sub: Any) -> None:
     c.add_argument("--deletion-fill", choices=("mean", "blur"), default="mean",
                    help="what removed pixels become: the image's mean color or a blurred copy")
     c.add_argument("--n-sanity", type=int, default=10, help="scenes for the sanity check")
+    c.add_argument("--trust-remote-code", action="store_true",
+                   help="let a Hugging Face checkpoint run the Python code it ships")
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     c.add_argument("--out", required=True)

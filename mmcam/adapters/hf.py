@@ -60,7 +60,7 @@ def _ved_family(model: nn.Module) -> Family:
 
 def family_of(model: nn.Module) -> Family:
     """The :class:`Family` of a transformers captioning model."""
-    name = type(model).__name__
+    name = arch(model)
     if name == "BlipForConditionalGeneration":
         return Family("vision_model.encoder.layers[-1]", Tokens(prefix=1), "input_ids")
     if name == "GitForCausalLM":
@@ -78,6 +78,18 @@ LLAVA = "LlavaForConditionalGeneration"
 PALIGEMMA = "PaliGemmaForConditionalGeneration"
 FLORENCE2 = "Florence2ForConditionalGeneration"
 PROMPTED = (LLAVA, PALIGEMMA, FLORENCE2)
+KNOWN = ("BlipForConditionalGeneration", "BlipForQuestionAnswering", "GitForCausalLM",
+         "VisionEncoderDecoderModel", "ViltForQuestionAnswering", *PROMPTED)
+
+
+def arch(model: nn.Module) -> str:
+    """The model's class name, or the first class mmcam knows that it derives from (a
+    checkpoint's own code, ``trust_remote_code``, subclassing e.g. BLIP is explained as
+    BLIP)."""
+    for c in type(model).__mro__:
+        if c.__name__ in KNOWN:
+            return c.__name__
+    return type(model).__name__
 
 
 def _llava_layer_index(config: Any, n_layers: int) -> int:
@@ -99,7 +111,7 @@ def _prompted_family(model: nn.Module) -> Family:
     """LLaVA: the tower block ``vision_feature_layer`` names, CLS dropped when the tower has
     one (CLIP; with the "full" strategy the LM also reads CLS, but it is no grid cell);
     PaliGemma: SigLIP's last block, no CLS; Florence-2: DaViT's last block, (B,C,h,w)."""
-    name = type(model).__name__
+    name = arch(model)
     if name == FLORENCE2:
         return Family("model.vision_tower.blocks[-1][-1]", Conv(), "decoder_input_ids")
     tower = model.model.vision_tower
@@ -229,7 +241,7 @@ class HFCaptioner:
         return None
 
     def _prefix(self) -> list[int]:
-        name = type(self.model).__name__
+        name = arch(self.model)
         if name == "BlipForConditionalGeneration":
             start = self._special("bos_token_id")
         elif name == "GitForCausalLM":
@@ -287,7 +299,7 @@ class HFCaptioner:
         dev = inputs["pixel_values"].device
         kw: dict[str, Any] = {"max_new_tokens": max_len, "num_beams": beam_size,
                               "do_sample": False, "min_new_tokens": min_len}
-        name = type(self.model).__name__
+        name = arch(self.model)
         if name == "BlipForConditionalGeneration":  # BLIP's generate drops a trailing [SEP]
             sep = self.tokenizer.sep_token_id
             kw["input_ids"] = torch.tensor([prefix + [sep if sep is not None else 0]], device=dev)
@@ -313,7 +325,7 @@ class HFCaptioner:
         ``enc_to_dec_proj`` or each decoder layer's cross-attention key/value projections
         (BERT-like or GPT-2). None for other families and layers (the "readers" strategy,
         :mod:`mmcam.engine`)."""
-        name = type(self.model).__name__
+        name = arch(self.model)
         if name in ("BlipForConditionalGeneration", "BlipForQuestionAnswering"):
             vm = self.model.vision_model
             if layer is not vm.encoder.layers[-1]:
@@ -405,7 +417,7 @@ class HFAnswerer(HFCaptioner):
     """
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
-        name = type(model).__name__
+        name = arch(model)
         if name not in ("BlipForQuestionAnswering", "GitForCausalLM"):
             raise MMCamError(f"{name} is not a generative VQA family mmcam knows")
         self.git = name == "GitForCausalLM"
@@ -519,7 +531,7 @@ class HFPromptedVLM(HFCaptioner):
                        FLORENCE2: "<CAPTION>"}
 
     def __init__(self, model: nn.Module, processor: Any, prompt: str | None = None) -> None:
-        name = type(model).__name__
+        name = arch(model)
         if name not in PROMPTED:
             raise MMCamError(f"{name} is not LLaVA, PaliGemma or Florence-2")
         super().__init__(model, processor, prompt=prompt or self.DEFAULT_PROMPTS[name],
@@ -810,6 +822,35 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+CUSTOM_CODE = ("{src} runs Python code shipped with the checkpoint (auto_map in its config): "
+               "load it with trust_remote_code=True (command line: --trust-remote-code) only "
+               "if you trust where it comes from")
+
+
+def _model_class(transformers: Any, config: Any, src: str, trust_remote_code: bool,
+                 get: Any) -> Any:
+    """The class to load: the first of the config's ``architectures`` that transformers has
+    and the checkpoint does not bring itself; else, with ``trust_remote_code``, the
+    checkpoint's own class named in its ``auto_map`` (``get(fn)`` reads from the folder or
+    the cache)."""
+    archs = list(getattr(config, "architectures", None) or [])
+    auto = dict(getattr(config, "auto_map", None) or {})
+    own = [a for a in archs if any(str(v).split(".")[-1] == a for v in auto.values())]
+    native = next((getattr(transformers, a) for a in archs
+                   if hasattr(transformers, a) and a not in own), None)
+    if native is not None:
+        return native
+    if own and not trust_remote_code:
+        raise MMCamError(CUSTOM_CODE.format(src=src))
+    if own:
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        ref = next(str(v) for v in auto.values() if str(v).split(".")[-1] == own[0])
+        return get(lambda path, **kw: get_class_from_dynamic_module(ref, path, **kw))
+    raise MMCamError(f"{src}: config.json names no transformers class mmcam can load "
+                     f"({archs or 'no architectures'})")
+
+
 def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
             device: str | torch.device | None = None, dtype: torch.dtype | None = None,
             trust_remote_code: bool = False, task: str | None = None) -> HFCaptioner:
@@ -849,14 +890,12 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
         config = get(transformers.AutoConfig.from_pretrained,
                      trust_remote_code=trust_remote_code)
     except (ValueError, KeyError) as e:
+        if not trust_remote_code and "trust_remote_code" in str(e):
+            raise MMCamError(CUSTOM_CODE.format(src=src)) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MMCamError(f"{src}: not a transformers checkpoint mmcam can read ({first})") \
             from None
-    archs = list(getattr(config, "architectures", None) or [])
-    cls = next((getattr(transformers, a) for a in archs if hasattr(transformers, a)), None)
-    if cls is None:
-        raise MMCamError(f"{src}: config.json names no transformers class mmcam can load "
-                         f"({archs or 'no architectures'})")
+    cls = _model_class(transformers, config, src, trust_remote_code, get)
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kw["dtype"] = dtype
@@ -872,7 +911,7 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
     model.eval()
     if device is not None:
         model.to(device)
-    name = type(model).__name__
+    name = arch(model)
     if task not in (None, "caption", "vqa"):
         raise MMCamError(f"unknown task {task!r}: use caption or vqa")
     if name == "ViltForQuestionAnswering":
