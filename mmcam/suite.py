@@ -195,9 +195,9 @@ def _records_for(rows: list[tuple[Explained, int, str, np.ndarray, tuple, float]
                 rec["deletion_curve"] = [v - c[0] for v in c]
                 rec["random_curve"] = [v - c[0] for v in curves["random"]]
                 rec["centre_curve"] = [v - c[0] for v in curves["centre"]]
-        if attention is not None:
+        if attention is not None:  # cell by cell: only on the attention's own grid
             mine += [base | {"method": m, "vs_attention": ev.spearman(lm[m], lm["attention"])}
-                     for m in methods]
+                     for m in methods if lm[m].shape == lm["attention"].shape]
         out += mine
     return out
 

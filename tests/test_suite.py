@@ -85,20 +85,23 @@ def test_deletion_fill_reaches_the_curves():
 
 
 def test_layers_are_compared_with_their_own_maps_and_sanity_checks(tmp_path):
-    """Two layers of the captioner: each layer's records are its own explainer's maps (the
-    pointing of every word checked against CaptionExplainer(layer=...) by hand), the sanity
+    """Two layers of the captioner (grids 16x16 and 32x32): each layer's records are its own
+    explainer's maps (the pointing of every word checked against CaptionExplainer(layer=...)
+    by hand), the sanity
     keys carry the non-default layer, and the recommendation names a layer."""
     ad = load_model("shapes-captioner")
     report = evaluate_explanations(ad, "shapes-captioner", n=2, methods=["hirescam"],
                                    scores=["logprob"], aligns=["receptive"], n_deletion=0,
                                    n_sanity=1, progress=False, layers=["encoder.14",
-                                                                       "encoder.11"])
+                                                                       "encoder.5"])
     assert report["default_layer"] == "encoder.14"
-    assert report["layers"] == ["encoder.14", "encoder.11"]
-    assert set(report["sanity"]) == {"hirescam/logprob", "hirescam/logprob@encoder.11"}
-    assert report["recommended"]["layer"] in ("encoder.14", "encoder.11")
+    assert report["layers"] == ["encoder.14", "encoder.5"]  # 16x16 and 32x32 grids
+    assert set(report["sanity"]) == {"hirescam/logprob", "hirescam/logprob@encoder.5"}
+    assert report["recommended"]["layer"] in ("encoder.14", "encoder.5")
+    # the attention (16x16) is compared cell by cell with the 16x16 layer only
+    assert "hirescam" in report["attention_correlation"]
     scenes = generate(2, seed=report["seed"])
-    for layer in ("encoder.14", "encoder.11"):
+    for layer in ("encoder.14", "encoder.5"):
         ex = CaptionExplainer(ad, method="hirescam", layer=layer)
         hits = []
         for sc in scenes:
