@@ -13,7 +13,8 @@ the code measured): the result is computed once, then ``save`` runs ``--repeats`
 fresh folders (median wall seconds; the first run, which imports what saving needs, is
 reported apart). ``--ref COMMIT`` measures that commit's ``mmcam/`` and ``models/`` too
 (extracted with ``git archive``), in the same way. ``--cli`` adds the wall time of the whole
-``mmcam caption`` command on the 512 px photo (one run per version).
+``mmcam caption`` command on the 512 px photo (one run per version; for several runs with
+min/median/max see bench_startup.py).
 """
 
 from __future__ import annotations
@@ -114,11 +115,11 @@ def run_case(code: Path, case: str, image: Path, repeats: int) -> dict:
 
 
 def cli_wall(code: Path, image: Path) -> float:
-    """Wall seconds of the whole ``mmcam caption IMAGE --out DIR`` command."""
+    """Wall seconds of the whole ``mmcam caption IMAGE --out DIR`` command, run as users run
+    it (``python -m mmcam``: the program's own start-up and exit)."""
     env = dict(os.environ, PYTHONPATH=str(code), MMCAM_MODELS=str(code / "models"))
     with tempfile.TemporaryDirectory() as scratch:
-        cmd = [sys.executable, "-c", "import sys; from mmcam.cli import main; "
-               "sys.exit(main(sys.argv[1:]))", "caption", str(image), "--out",
+        cmd = [sys.executable, "-m", "mmcam", "caption", str(image), "--out",
                str(Path(scratch) / "out")]
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, cwd=scratch, check=True, capture_output=True)

@@ -1,11 +1,15 @@
 """Wall time of whole ``mmcam`` commands, start-up included, as a user at a shell sees them.
 
-    python benchmarks/bench_startup.py [--runs 5] [--mmcam PATH] [--out benchmarks/results]
+    python benchmarks/bench_startup.py [--runs 5] [--mmcam PATH] [--only LABEL ...]
+        [--out benchmarks/results]
 
 Each command is started ``--runs`` times after one warm-up run that is not counted (it fills
-the disk cache), from a fresh temporary folder holding a generated scene: ``mmcam --help``,
-``mmcam --version``, ``python -c "import mmcam"``, ``mmcam caption``, ``mmcam vqa`` and
-``mmcam classify`` (shapes-classifier) on that scene, each writing its ``--out`` folder.
+the disk cache), from a fresh temporary folder holding a generated scene and a 512 px photo
+(scikit-image's astronaut, 512x512): ``mmcam --help``, ``mmcam --version``,
+``python -c "import mmcam"``, ``mmcam caption``, ``mmcam vqa`` and ``mmcam classify``
+(shapes-classifier) on the scene, and ``mmcam caption`` on the photo (issue 11's "caption
+with all outputs for a 512 px photo in <= 3 s"), each writing its ``--out`` folder.
+``--only`` runs the commands whose label contains one of the given strings.
 Per command: wall seconds (a monotonic clock around the child process) and CPU seconds
 (user + system of the finished child), as min / median / max over the runs, with the
 1-minute load average before and after. ``OMP_NUM_THREADS`` is left as the caller set it.
@@ -42,6 +46,7 @@ def commands(mmcam: str) -> dict[str, list[str]]:
             mmcam, "vqa", "scene.png", "what color is the circle?", "--out", "{out}"],
         "mmcam classify scene.png --model shapes-classifier": [
             mmcam, "classify", "scene.png", "--model", "shapes-classifier", "--out", "{out}"],
+        "mmcam caption photo512.png": [mmcam, "caption", "photo512.png", "--out", "{out}"],
     }
 
 
@@ -58,6 +63,14 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
     return wall, cpu
 
 
+def photo(path: Path) -> None:
+    """scikit-image's astronaut (512x512 RGB) written to ``path``."""
+    import skimage.data
+    from PIL import Image
+
+    Image.fromarray(skimage.data.astronaut()).save(path)
+
+
 def spread(xs: list[float]) -> dict[str, float]:
     return {"min": round(min(xs), 3), "median": round(statistics.median(xs), 3),
             "max": round(max(xs), 3)}
@@ -68,6 +81,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--mmcam", default=str(Path(sys.executable).parent / "mmcam"),
                    help="the mmcam console script (default: the one beside this Python)")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="run only the commands whose label contains one of these")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args()
     mmcam = shutil.which(args.mmcam) or args.mmcam
@@ -75,9 +90,12 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="mmcam-startup-"))
     scenes.generate(1, seed=31, start=5)[0].image.save(work / "scene.png")
+    photo(work / "photo512.png")
     rows = {}
+    todo = {k: v for k, v in commands(mmcam).items()
+            if not args.only or any(o in k for o in args.only)}
     try:
-        for label, argv in commands(mmcam).items():
+        for label, argv in todo.items():
             walls, cpus, load0 = [], [], os.getloadavg()[0]
             for i in range(args.runs + 1):
                 out = work / f"out{i}"
@@ -94,16 +112,24 @@ def main() -> None:
                   f"cpu {r['cpu_s']['median']:6.2f} s  load {r['load_1min']}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short",
+                             "HEAD"], capture_output=True, text=True).stdout.strip()
+    for r in rows.values():
+        r.update(commit=commit, when=time.strftime("%Y-%m-%d %H:%M:%S"), runs=args.runs)
     report = {
         "what": "whole-process wall and CPU seconds (user+system) of mmcam commands, "
-                f"{args.runs} runs after 1 warm-up, min/median/max",
+                "runs after 1 warm-up, min/median/max; each row says its commit, time, runs "
+                "and 1-minute load before/after",
         "mmcam": __version__, "command": " ".join([Path(sys.executable).name] + sys.argv),
         "python": platform.python_version(), "cpus": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "commands": rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "startup.json").write_text(json.dumps(report, indent=2) + "\n")
+    old = out / "startup.json"
+    if args.only and old.is_file():  # a subset: the other rows stay as they were
+        report["commands"] = {**json.loads(old.read_text())["commands"], **rows}
+    old.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out / 'startup.json'}")
 
 
