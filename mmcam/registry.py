@@ -145,7 +145,7 @@ def kinds_of(adapter: Any) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- layers
 
 
-def layer_choices(adapter: Any, n: int = 3) -> list[str]:
+def layer_choices(adapter: Any, n: int = 4) -> list[str]:
     """The adapter's default layer, then up to ``n`` earlier layers like it, nearest first:
     the siblings of the same type before it in the same container (the previous blocks of a
     ViT's ``encoder.layers``, the previous ReLUs of a conv stack). Written the way the
