@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.bench_result_memory import tensor_bytes
 from mmcam import pixelmaps
 from mmcam.cam import gradcam, localize
 from mmcam.caption import CaptionExplainer
@@ -103,29 +104,6 @@ def big():
     caption = " ".join(WORDS[k % len(WORDS)] for k in range(MAX_WORDS))
     ex = CaptionExplainer(ToyCaptioner())
     return ex, img, caption, ex.explain(img, caption)
-
-
-def tensor_bytes(obj, seen=None) -> int:
-    """Bytes of the distinct tensor storages reachable from ``obj`` (attributes, lists,
-    tuples, dicts)."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        st = obj.untyped_storage()
-        key = ("storage", st.data_ptr())
-        if key in seen:
-            return 0
-        seen.add(key)
-        return st.nbytes()
-    if isinstance(obj, (list, tuple, set)):
-        return sum(tensor_bytes(x, seen) for x in obj)
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(x, seen) for x in obj.values())
-    if hasattr(obj, "__dict__") and not isinstance(obj, (type, Image.Image)):
-        return sum(tensor_bytes(x, seen) for x in vars(obj).values())
-    return 0
 
 
 def test_a_big_result_holds_bounded_memory(big, tmp_path):
