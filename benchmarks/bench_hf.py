@@ -68,6 +68,15 @@ def timed(fn, repeats: int, sync=lambda: None) -> dict:
     return {"median": statistics.median(ts), "min": min(ts), "runs": ts}
 
 
+def word_logprobs(ad: HFCaptioner, x: torch.Tensor, full: torch.Tensor, ids: torch.Tensor,
+                  k: int) -> torch.Tensor:
+    """(1, n) log p of each caption token (ids) given the image x and the teacher-forced
+    prefix + caption ``full``, the caption starting at position k: the peers' model."""
+    logits = ad.model(pixel_values=x, input_ids=full, use_cache=False).logits
+    lp = logits[0, k - 1: k - 1 + len(ids)].float().log_softmax(-1)
+    return lp.gather(-1, ids[:, None].to(lp.device))[:, 0][None]
+
+
 def pgc_maps(ad: HFCaptioner, pv: torch.Tensor, full: torch.Tensor, ids: torch.Tensor,
              k: int) -> torch.Tensor:
     """pytorch-grad-cam's GradCAM, one target per word, with a reshape_transform from the
@@ -80,9 +89,7 @@ def pgc_maps(ad: HFCaptioner, pv: torch.Tensor, full: torch.Tensor, ids: torch.T
             self.model = ad.model
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            logits = self.model(pixel_values=x, input_ids=full, use_cache=False).logits
-            lp = logits[0, k - 1: k - 1 + len(ids)].float().log_softmax(-1)
-            return lp.gather(-1, ids[:, None].to(lp.device))[:, 0][None]
+            return word_logprobs(ad, x, full, ids, k)
 
     def tokens_to_grid(t: torch.Tensor) -> torch.Tensor:
         s = int((t.shape[1] - 1) ** 0.5)
@@ -112,9 +119,7 @@ def captum_maps(ad: HFCaptioner, pv: torch.Tensor, full: torch.Tensor, ids: torc
         return (t, *out[1:]) if isinstance(out, tuple) else t
 
     def words(x: torch.Tensor) -> torch.Tensor:
-        logits = ad.model(pixel_values=x, input_ids=full, use_cache=False).logits
-        lp = logits[0, k - 1: k - 1 + len(ids)].float().log_softmax(-1)
-        return lp.gather(-1, ids[:, None].to(lp.device))[:, 0][None]
+        return word_logprobs(ad, x, full, ids, k)
 
     h = resolve_layer(ad.model, ad.layer).register_forward_hook(as_grid)
     try:
