@@ -205,9 +205,13 @@ def _records_for(rows: list[tuple[Explained, int, str, np.ndarray, tuple, float]
 def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                     scores: Sequence[str], aligns: Sequence[str], slack: int = 4,
                     n_deletion: int = 50, progress: bool = True, fill: str = "mean",
-                    layer: str | None = None) -> tuple[list[dict], list[str]]:
-    """Per-word records for the model's own captions (see module doc), and the captions."""
-    captions: list[str] = []
+                    layer: str | None = None, captions: Sequence[str] | None = None
+                    ) -> tuple[list[dict], list[str]]:
+    """Per-word records for the model's own captions (see module doc), and the captions
+    (``captions``: the model's captions of ``scenes`` when already known, not generated
+    again)."""
+    known = captions is not None
+    captions = list(captions or [])
     recs: list[dict] = []
     has_att = callable(getattr(adapter, "attention", None)) and callable(
         getattr(adapter, "encode", None))
@@ -215,10 +219,10 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
         ex = _explainer(CaptionExplainer, adapter, score, methods, layer)
         for i, scene in enumerate(tqdm(scenes, desc=f"captions, score {score}",
                                        disable=not progress)):
-            text = captions[i] if s_i > 0 else None
+            text = captions[i] if s_i > 0 or known else None
             e = ex.explained([scene.image], None if text is None else [text])[0]
             words = e.rows.info[1]
-            if s_i == 0:
+            if text is None:
                 captions.append(" ".join(words))
             rows = []
             for r, w in enumerate(words):
@@ -537,7 +541,8 @@ def evaluate_explanations(
                          progress=progress, layer=layer)
         else:
             new, captions = caption_records(adapter, scenes, methods, scores, aligns, slack,
-                                            n_deletion, progress, fill, layer)
+                                            n_deletion, progress, fill, layer,
+                                            captions or None)
             got = sanity(adapter, scenes[:n_sanity], methods, scores, "caption",
                          captions[:n_sanity], progress, layer)
         recs += [r | {"layer": label} for r in new]
