@@ -160,8 +160,10 @@ def _largest_segments(masks: np.ndarray) -> list[Box | None]:
     padded = np.zeros((n, h + 1, m), dtype=np.int8)
     padded[:, :h, 1:-1] = masks
     d = np.diff(padded.reshape(n * (h + 1), m), axis=1)
-    rows, x0 = np.nonzero(d == 1)
-    _, x1 = np.nonzero(d == -1)  # exclusive ends, same (row, col) order as the starts
+    edges = np.flatnonzero(d)  # run starts (+1) and exclusive ends (-1), row-major
+    up = d.ravel()[edges] == 1
+    rows, x0 = np.divmod(edges[up], m - 1)
+    x1 = edges[~up] % (m - 1)  # same (row, col) order as the starts
     out: list[Box | None] = [None] * n
     r = rows.size
     if r == 0:

@@ -113,7 +113,7 @@ def _vqa(args: argparse.Namespace) -> int:
     if result.unknown_words:
         print(f"  words the model does not know (read as <unk>): {', '.join(result.unknown_words)}")
     print(f"answer: {result.answer}  box = {result.box}")
-    for a, p, _ in result.top_answers:
+    for a, p in result.top_probabilities:  # the maps are in the saved files
         print(f"  {a:>10s}  p = {p:.4f}")
     print(f"wrote {args.out}/index.html")
     return 0

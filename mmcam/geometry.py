@@ -95,13 +95,16 @@ class Geometry:
             content=(x0 + left, y0 + top, x1 + left, y1 + top),
         )
 
-    def sample_grid(
+    def sample_axes(
         self, grid: tuple[int, int], cell: tuple[tuple[float, float], tuple[float, float]] | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """For every original pixel: its grid position (H,W,2) as (u, v) normalized for
-        ``grid_sample(align_corners=True)``, and a (H,W) mask of pixels the model saw.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For every original pixel column and row: its grid position ``u`` (W,) and ``v``
+        (H,) in cells (float64, clamped to ``[0, w-1]`` and ``[0, h-1]``), and whether the
+        model saw that column (W,) and row (H,) (bool).
 
-        ``cell = ((c0x, sx), (c0y, sy))``: cell j is centred on input coordinate ``c0 + j s``.
+        ``cell = ((c0x, sx), (c0y, sy))``: cell j is centred on input coordinate ``c0 + j s``;
+        ``None``: on the centre of the input's j-th of w equal parts. Original pixel x is at
+        input coordinate ``scale * (x + 0.5) + offset``.
         """
         h, w = grid
         W, H = self.image_size
@@ -117,35 +120,52 @@ class Geometry:
         seen_y = (ys >= max(y0, 0.0)) & (ys < min(y1, Hin))
         u = ((xs - c0x) / stx).clamp(0, w - 1)
         v = ((ys - c0y) / sty).clamp(0, h - 1)
-        un = 2 * u / (w - 1) - 1 if w > 1 else torch.zeros_like(u)
-        vn = 2 * v / (h - 1) - 1 if h > 1 else torch.zeros_like(v)
-        pos = torch.stack(torch.broadcast_tensors(un[None, :], vn[:, None]), dim=-1)
-        return pos.float(), seen_y[:, None] & seen_x[None, :]
+        return u, v, seen_x, seen_y
 
     def to_image(
         self,
         maps: torch.Tensor,
         cell: tuple[tuple[float, float], tuple[float, float]] | None = None,
     ) -> torch.Tensor:
-        """Maps (N,h,w) on the layer grid -> (N,H,W) on the original image (see module doc)."""
+        """Maps (N,h,w) on the layer grid -> (N,H,W) on the original image (see module doc).
+
+        Bilinear between the four cells around each pixel's grid position (:meth:`sample_axes`;
+        beyond the outer cell centres, the outer cells' values), zero where the model saw
+        nothing. The interpolation is separable: ``out[n] = Wy @ maps[n] @ Wx.T`` with
+        :func:`interpolation_matrix` ``Wx`` (W,w) and ``Wy`` (H,h), the same numbers as
+        ``grid_sample(bilinear, border, align_corners=True)`` without its float32 coordinates.
+        """
         maps = maps.detach().float()
         n, h, w = maps.shape
         W, H = self.image_size
         if self._plain_resize(cell):
             return F.interpolate(maps[:, None], size=(H, W), mode="bilinear",
                                  align_corners=False)[:, 0]
-        pos, seen = self.sample_grid((h, w), cell)
-        out = F.grid_sample(maps[:, None], pos.to(maps.device)[None].expand(n, -1, -1, -1),
-                            mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
-        if not bool(seen.all()):
-            out = out * seen.to(out.device)
-        return out
+        u, v, seen_x, seen_y = self.sample_axes((h, w), cell)
+        wx = (interpolation_matrix(u, w) * seen_x[:, None]).to(maps)
+        wy = (interpolation_matrix(v, h) * seen_y[:, None]).to(maps)
+        return wy @ maps @ wx.T
 
     def _plain_resize(self, cell) -> bool:
         W, H = self.input_size
         return (cell is None and self.offset == (0.0, 0.0) and self._box() == (0.0, 0.0, W, H)
                 and abs(self.scale[0] * self.image_size[0] - W) < 1e-9
                 and abs(self.scale[1] * self.image_size[1] - H) < 1e-9)
+
+
+def interpolation_matrix(pos: torch.Tensor, n: int) -> torch.Tensor:
+    """(len(pos), n) linear interpolation weights: row i puts ``1 - f`` on cell ``k`` and
+    ``f`` on cell ``k + 1``, where ``pos[i] = k + f`` (``pos`` in ``[0, n-1]``, float64)."""
+    rows = torch.arange(pos.shape[0])
+    out = torch.zeros(pos.shape[0], n, dtype=torch.float64)
+    if n == 1:
+        out[:, 0] = 1.0
+        return out
+    k = pos.floor().long().clamp(0, n - 2)
+    f = pos - k
+    out[rows, k] = 1.0 - f
+    out[rows, k + 1] += f
+    return out
 
 
 def resized(image: Image.Image, size: tuple[int, int],

@@ -24,6 +24,29 @@ def test_plain_resize_equals_bilinear_upsampling_both_ways():
     torch.testing.assert_close(g.to_image(maps, cell=cells), want, rtol=1e-5, atol=1e-6)
 
 
+def test_separable_sampling_equals_grid_sample_in_float64():
+    """to_image (two interpolation matrices) against grid_sample run in float64 at each
+    original pixel's grid position, on a crop, a pad and odd receptive-field cells."""
+    torch.manual_seed(1)
+    maps = torch.rand(5, 7, 9, dtype=torch.float64)
+    g = Geometry.identity((130, 70)).resize_short(40).center_crop((40, 36)).pad(3, 2, 1, 4)
+    cell = ((1.5, 4.75), (2.25, 5.5))
+    W, H = g.image_size
+    xs = g.scale[0] * (torch.arange(W, dtype=torch.float64) + 0.5) + g.offset[0]
+    ys = g.scale[1] * (torch.arange(H, dtype=torch.float64) + 0.5) + g.offset[1]
+    u = ((xs - cell[0][0]) / cell[0][1]).clamp(0, 8) / 8 * 2 - 1
+    v = ((ys - cell[1][0]) / cell[1][1]).clamp(0, 6) / 6 * 2 - 1
+    pos = torch.stack(torch.broadcast_tensors(u[None, :], v[:, None]), dim=-1)
+    want = F.grid_sample(maps[:, None], pos[None].expand(5, -1, -1, -1), mode="bilinear",
+                         padding_mode="border", align_corners=True)[:, 0]
+    x0, y0, x1, y1 = g.content
+    seen = ((ys >= max(y0, 0)) & (ys < min(y1, g.input_size[1])))[:, None] & \
+        ((xs >= max(x0, 0)) & (xs < min(x1, g.input_size[0])))[None, :]
+    assert 0 < int(seen.sum()) < seen.numel()  # the crop and the pad both bite
+    torch.testing.assert_close(g.to_image(maps, cell).double(), want * seen,
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_geometry_composition_by_hand():
     # 96x48 -> shorter side 32 (64x32) -> centre crop 32x32 (left = 16) -> pad 2 left
     g = Geometry.identity((96, 48)).resize_short(32).center_crop((32, 32)).pad(2, 0, 0, 0)
