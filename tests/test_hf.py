@@ -295,8 +295,9 @@ def test_blip_trainer_is_deterministic_and_saves_a_loadable_checkpoint(tmp_path)
 
     from mmcam.models.train_blip import train_blip_captioner
 
+    hp = {"vision_steps": 2, "vision_batch": 2}  # the vision-only phase, kept tiny here
     runs = [train_blip_captioner(tmp_path / f"run{k}", seed=3, steps=3, n_train=12,
-                                 progress=False, n_eval=3) for k in range(2)]
+                                 progress=False, n_eval=3, hp=hp) for k in range(2)]
     a, b = (load_file(str(tmp_path / f"run{k}" / "model.safetensors")) for k in range(2))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert runs[0]["loss_history"] == runs[1]["loss_history"] and len(runs[0]["loss_history"]) == 3

@@ -8,6 +8,8 @@ same seed, and the plain transformers class loading what was saved.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -22,7 +24,7 @@ def test_blip_vqa_trainer_is_deterministic_and_ships_no_auxiliary_head(tmp_path)
     from mmcam.errors import MMCamError
     from mmcam.models.train_blip import VQA_DEFAULTS, train_blip_vqa
 
-    hp = {"batch": 3, "per_image": 4}
+    hp = {"batch": 3, "per_image": 4, "vision_steps": 2, "vision_batch": 2}
     assert VQA_DEFAULTS["aux"] > 0  # the recipe under test has the auxiliary loss
     runs = [train_blip_vqa(tmp_path / f"run{k}", seed=3, steps=3, n_train=10,
                            progress=False, n_eval=2, hp=hp) for k in range(2)]
@@ -30,6 +32,7 @@ def test_blip_vqa_trainer_is_deterministic_and_ships_no_auxiliary_head(tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert runs[0]["loss_history"] == runs[1]["loss_history"] and len(runs[0]["loss_history"]) == 3
     assert runs[0]["per_image"] == 4 and runs[0]["aux"] == VQA_DEFAULTS["aux"]
+    assert runs[0]["vision_steps"] == 2 and runs[0]["vision_final_loss"] > 0
     # a different seed trains differently (the runs above are not trivially equal)
     other = train_blip_vqa(tmp_path / "other", seed=4, steps=3, n_train=10, progress=False,
                            n_eval=1, hp=hp)
@@ -65,3 +68,43 @@ def test_attention_targets_by_hand():
     target = torch.stack([rel, torch.zeros_like(rel)])
     want = float(torch.log(torch.tensor(1.0 + GRID * GRID)))
     assert float(_attention_loss((att, att), target)) == pytest.approx(want, rel=1e-5)
+
+
+def test_object_shape_loss_by_hand():
+    """Each object's tokens pooled with its cell coverage as weights, then cross-entropy."""
+    from mmcam.models.train_blip import GRID, _object_loss
+
+    width = 3
+    patches = torch.zeros(1, GRID * GRID, width)
+    patches[0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    patches[0, 1] = torch.tensor([0.0, 3.0, 0.0])
+    patches[0, GRID + 1] = torch.tensor([0.0, 0.0, 2.0])
+    covers = torch.zeros(2, GRID, GRID)
+    covers[0, 0, 0], covers[0, 0, 1] = 1.0, 0.5  # object 0: cells 0 and 1
+    covers[1, 1, 1] = 0.25  # object 1: cell GRID + 1 only
+    head = torch.nn.Linear(width, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(3))
+    # pooled: object 0 = (1*[1,0,0] + 0.5*[0,3,0]) / 1.5 = [2/3, 1, 0]; object 1 = [0, 0, 2]
+    logits = [[2 / 3, 1.0, 0.0], [0.0, 0.0, 2.0]]
+    shapes = [0, 2]
+    want = sum(-lg[t] + math.log(sum(math.exp(v) for v in lg)) for lg, t in zip(logits, shapes))
+    got = _object_loss(head, patches, [covers], [torch.tensor(shapes)])
+    assert float(got) == pytest.approx(want / 2, rel=1e-6)
+
+
+def test_object_position_loss_by_hand():
+    """Each object's target is its cells' coverage-weighted centre, in image widths."""
+    from mmcam.models.train_blip import GRID, _position_loss
+
+    patches = torch.zeros(1, GRID * GRID, 2)
+    covers = torch.zeros(1, GRID, GRID)
+    covers[0, 2, 0], covers[0, 2, 1] = 1.0, 0.5  # row 2, columns 0 and 1
+    head = torch.nn.Linear(2, 2)  # pooled tokens are zero: the output is the bias
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([0.25, 0.5]))
+    x = (1.0 * 0.5 + 0.5 * 1.5) / 1.5 / GRID  # column centres 0.5 and 1.5 cells
+    y = 2.5 / GRID
+    want = ((0.25 - x) ** 2 + (0.5 - y) ** 2) / 2
+    got = _position_loss(head, patches, [covers])
+    assert float(got) == pytest.approx(want, rel=1e-6)
