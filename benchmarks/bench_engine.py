@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_caption import TokenLogProbs, WordTarget, minmax  # noqa: E402
 from demos.custom_captioner import ResNetLSTMCaptioner, default_vocab  # noqa: E402
 from mmcam.cam import gradcam  # noqa: E402
 from mmcam.caption import CaptionExplainer, word_membership  # noqa: E402
@@ -161,6 +162,42 @@ def loop_maps(module: nn.Module, layer: str, layout, y_of_word: Callable[[int], 
     return torch.cat(maps).cpu()
 
 
+def peer_maps(m: ResNetLSTMCaptioner, layer: str, px: torch.Tensor, ids: torch.Tensor,
+              peer: str) -> torch.Tensor:
+    """What users run today, one call per word at ``layer``: captum's ``LayerGradCam``
+    (layer-grid maps (n,h,w)) or pytorch-grad-cam's ``GradCAM`` (its min-max scaled maps
+    resized to the input, which call ``loss.backward()`` and so also fill every parameter's
+    ``.grad``; dropped afterwards)."""
+    forward = TokenLogProbs(m, ids[None])
+    module = resolve_layer(m, layer)
+    n = ids.shape[0]
+    with torch.backends.cudnn.flags(enabled=DEVICE.type != "cuda"):
+        if peer == "captum":
+            from captum.attr import LayerGradCam
+
+            cam = LayerGradCam(forward, module)
+            return torch.cat([cam.attribute(px, target=t, relu_attributions=True).detach()[0]
+                              for t in range(n)]).cpu()
+        from pytorch_grad_cam import GradCAM
+
+        with GradCAM(model=forward, target_layers=[module]) as cam:
+            maps = [torch.from_numpy(cam(input_tensor=px, targets=[WordTarget(t)])[0])
+                    for t in range(n)]
+    for q in m.parameters():
+        q.grad = None
+    return torch.stack(maps)
+
+
+def check_peer(got: torch.Tensor, ref: torch.Tensor, peer: str) -> float:
+    """Largest difference to the loop's layer maps ``ref``: relative for captum; for
+    pytorch-grad-cam, absolute against ``ref`` upsampled to 224 and min-max scaled."""
+    if peer == "captum":
+        return rel(got, ref)
+    up = torch.nn.functional.interpolate(ref[:, None], (224, 224), mode="bilinear",
+                                         align_corners=False)[:, 0]
+    return float((got - minmax(up)).abs().max())
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
@@ -196,6 +233,13 @@ def bench_lstm(repeats: int, bar: tqdm) -> dict:
         out[f"loop_{key}"] = timed(lambda y=y, layer=layer: loop_maps(
             m, layer, Conv(), y, len(ids)), max(1, repeats // 2))
         bar.update()
+        for peer in ("captum", "pytorch_gradcam"):
+            out[f"check_{key}_{peer}"] = check_peer(peer_maps(m, layer, px, ids, peer), ref,
+                                                    peer)
+            assert out[f"check_{key}_{peer}"] <= 1e-4, (key, peer, out[f"check_{key}_{peer}"])
+            out[f"{peer}_{key}"] = timed(lambda layer=layer, peer=peer: peer_maps(
+                m, layer, px, ids, peer), max(1, repeats // 2))
+            bar.update()
         for strategy in ("copies", "vjp"):
             ex = CaptionExplainer(m, layer=None if key == "layer4" else layer,
                                   strategy=strategy)
@@ -286,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     if DEVICE.type == "cuda":  # float32 means float32 on both sides of each comparison
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     results: dict = {"machine_before": machine()}
-    parts = {"lstm": (bench_lstm, 8), "transformer": (bench_transformer, 3),
+    parts = {"lstm": (bench_lstm, 12), "transformer": (bench_transformer, 3),
              "batch": (bench_batch, 2)}
     todo = [args.only] if args.only else list(parts)
     with tqdm(total=sum(parts[k][1] for k in todo), desc="bench_engine") as bar:
@@ -315,6 +359,12 @@ def report(r: dict) -> str:
                 t = x[f"explain_{key}_{s}"]["median"]
                 lines.append(f"  explain {key} {s:6s}    {t:.3f}  loop {loop:.3f} = "
                              f"{loop / t:.1f}x faster; max rel diff {x[f'check_{key}_{s}']:.1e}")
+            best = min(x[f"explain_{key}_{s}"]["median"] for s in ("copies", "vjp"))
+            for peer in ("captum", "pytorch_gradcam"):
+                if f"{peer}_{key}" in x:
+                    t = x[f"{peer}_{key}"]["median"]
+                    lines.append(f"  {peer} {key} per word {t:.3f} = {t / best:.1f}x mmcam's "
+                                 f"time; max diff {x[f'check_{key}_{peer}']:.1e}")
     if "transformer" in r:
         x = r["transformer"]
         loop = x["loop"]["median"]
