@@ -321,13 +321,7 @@ def _pretrain_vision(vision: Any, heads: torch.nn.ModuleDict, images: torch.Tens
         idx = torch.randint(len(images), (int(hp["vision_batch"]),), generator=gen).tolist()
         patches = vision(pixel_values=encoder.pixels_from_uint8(images[idx]))[0][:, 1:]
         loss = _attribute_loss(heads, patches, idx, cells, texts, float(hp["position"]))
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, sched)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # training our own model, not explaining a user's
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
+        losses.append(_step(opt, params, loss, _lr(step, steps, sched)))
         if step % 100 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.3f}")
     bar.close()
@@ -379,6 +373,34 @@ def _tokenized(task: str, texts: list, tok: Any) -> list:
         return [[words(c) for c in cs] for cs, *_ in texts]
     return [{t: [(words(q), words(a), refs) for q, a, refs in pairs]
              for t, pairs in by_type.items()} for _, by_type, *_ in texts]
+
+
+def _step(opt: torch.optim.Optimizer, params: list, loss: torch.Tensor, lr: float) -> float:
+    """One AdamW step at ``lr`` with the gradient norm clipped at 1; the loss as a float."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()  # training our own model, not explaining a user's
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.item()
+
+
+def _facts(task: str, steps: int, n_train: int, seed: int, hp: dict[str, Any], k: int,
+           att_weight: float, aux_weight: float, losses: list[float],
+           vision_losses: list[float], seconds: dict[str, int]) -> dict[str, Any]:
+    """What the model card and ``mmcam_training.json`` record about a run."""
+    facts = {**seconds, "task": task, "steps": steps, "n_train": n_train, "seed": seed,
+             "batch": hp["batch"], "lr": hp["lr"], "warmup": hp["warmup"],
+             "weight_decay": hp["weight_decay"], "init_from": hp.get("init_from"),
+             "vision_steps": int(hp["vision_steps"]), "vision_batch": int(hp["vision_batch"]),
+             "vision_lr": hp["vision_lr"], "aux": aux_weight, "position": hp["position"],
+             "vision_final_loss": float(np.mean(vision_losses[-100:])) if vision_losses else None,
+             "threads": torch.get_num_threads(),
+             "final_loss": float(np.mean(losses[-50:])), "arch": ARCH}
+    if task == "vqa":
+        facts.update(per_image=k, attention=att_weight)
+    return facts
 
 
 def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: bool,
@@ -444,13 +466,7 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
             loss = _vqa_loss(model, pixels, _pad(qs, pad), _pad(ans, pad), k,
                              (aux_weight, heads, idx, cells, texts, float(hp["position"])),
                              (att_weight, att))
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, hp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # training our own model, not explaining a user's
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
+        losses.append(_step(opt, params, loss, _lr(step, steps, hp)))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     bar.close()
@@ -458,18 +474,10 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    facts = {"task": task, "steps": steps, "n_train": n_train, "seed": seed,
-             "batch": hp["batch"], "lr": hp["lr"], "warmup": hp["warmup"],
-             "weight_decay": hp["weight_decay"], "init_from": hp.get("init_from"),
-             "vision_steps": int(hp["vision_steps"]), "vision_batch": int(hp["vision_batch"]),
-             "vision_lr": hp["vision_lr"], "aux": aux_weight, "position": hp["position"],
-             "vision_seconds": round(t_vision),
-             "vision_final_loss": float(np.mean(vision_losses[-100:])) if vision_losses else None,
-             "train_seconds": round(time.time() - t0), "data_seconds": round(t_data),
-             "threads": torch.get_num_threads(),
-             "final_loss": float(np.mean(losses[-50:])), "arch": ARCH}
-    if task == "vqa":
-        facts.update(per_image=k, attention=att_weight)
+    facts = _facts(task, steps, n_train, seed, hp, k, att_weight, aux_weight, losses,
+                   vision_losses, {"vision_seconds": round(t_vision),
+                                   "train_seconds": round(time.time() - t0),
+                                   "data_seconds": round(t_data)})
     return _evaluate_and_card(out, facts, n_eval, progress) | {"loss_history": losses}
 
 
