@@ -61,9 +61,17 @@ class ResNetLSTMCaptioner(nn.Module):
         return self.encoder(pixels)
 
     def _start(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """LSTM state after its first input, the average-pooled image feature."""
-        _, state = self.lstm(self.image_in(features.mean(dim=(2, 3)))[:, None])
-        return state
+        """LSTM state (h, c), each (1,B,hidden), after its first input x, the average-pooled
+        image feature, from the zero state: with z = W_ih x + b_ih + b_hh split into gates
+        (i, f, g, o), c = sigmoid(i) tanh(g) and h = sigmoid(o) tanh(c) (f multiplies c0 = 0).
+        The same as ``self.lstm(x[:, None])``'s state (to float rounding), written out
+        because nn.LSTM's fused CPU kernel costs more than this one matmul for one step."""
+        x = self.image_in(features.mean(dim=(2, 3)))
+        lstm = self.lstm
+        z = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, x, lstm.weight_ih_l0.t())
+        i, _, g, o = z.chunk(4, dim=1)
+        c = torch.sigmoid(i) * torch.tanh(g)
+        return (torch.sigmoid(o) * torch.tanh(c))[None], c[None]
 
     def score_tokens(self, features: torch.Tensor, token_ids: torch.Tensor,
                      last: torch.Tensor | None = None) -> torch.Tensor:

@@ -20,6 +20,21 @@ def captioner() -> ResNetLSTMCaptioner:
     return ResNetLSTMCaptioner(VOCAB, resnet="resnet18", embed=16, hidden=24, size=64).eval()
 
 
+def test_start_state_equals_nn_lstm_on_the_pooled_feature(captioner):
+    """``_start`` writes the LSTM's first step out; oracle: nn.LSTM run on that one input,
+    values and gradients with respect to the features."""
+    feats = torch.randn(3, 512, 2, 2, requires_grad=True)
+    x = captioner.image_in(feats.mean(dim=(2, 3)))[:, None]
+    _, (h_ref, c_ref) = captioner.lstm(x)
+    h, c = captioner._start(feats)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, c_ref, rtol=1e-5, atol=1e-6)
+    w = torch.randn_like(h)
+    got = torch.autograd.grad((h * w).sum() + c.sum(), feats)[0]
+    want = torch.autograd.grad((h_ref * w).sum() + c_ref.sum(), feats)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_batched_maps_equal_a_forward_and_backward_per_word(captioner):
     pil = image(0, size=(50, 40))
     res = CaptionExplainer(captioner, chunk_size=4, align="bilinear").explain(pil, CAPTION)
