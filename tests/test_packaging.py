@@ -66,7 +66,8 @@ def wheel_of(dist: Path) -> Path:
 
 def test_wheel_and_sdist_carry_every_shipped_model_file(dist):
     expected = repo_models()
-    assert {k.split("/")[0] for k in expected} >= set(KNOWN_MODELS) | {"shapes-blip"}
+    hf = {"shapes-blip", "shapes-blip-vqa"}
+    assert {k.split("/")[0] for k in expected} >= set(KNOWN_MODELS) | hf
     with zipfile.ZipFile(wheel_of(dist)) as z:
         prefix = "mmcam/_shipped/"
         got = {n[len(prefix):]: z.read(n) for n in z.namelist() if n.startswith(prefix)}

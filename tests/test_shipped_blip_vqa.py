@@ -1,21 +1,75 @@
-"""shapes-blip-vqa: the recipe that trains the small BlipForQuestionAnswering.
+"""shapes-blip-vqa: the shipped BlipForQuestionAnswering and the recipe that trains it.
 
-The model does not ship yet (held-out accuracy 0.775 < the 0.8 floor, see the notes in
-mmcam/models/train_blip.py); the tests of a shipped checkpoint (floor on fresh scenes, answer
-maps inside the named object, the app) come with it. Oracle here: a second training run of the
-same seed, and the plain transformers class loading what was saved.
+Oracles: the scenes' own ground truth (gold answers, the named object's pixel mask) and a
+second training run of the same seed; the app is checked against the library called directly.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
 import mmcam  # noqa: E402
+from mmcam.scenes import generate  # noqa: E402
+
+NAME = "shapes-blip-vqa"
+FLOOR = 0.8  # the issue's floor; the card: 0.806 on 500 held-out scenes, 0.804 on these 40
+
+
+def shipped():
+    from mmcam.models.hub import REPO_MODELS
+
+    if not (REPO_MODELS / NAME / "model.safetensors").is_file():
+        pytest.fail(f"models/{NAME} is missing: train it with `mmcam train blip-vqa` "
+                    "(see its card)")
+    return REPO_MODELS / NAME
+
+
+def test_shipped_blip_vqa_loads_as_a_plain_hf_checkpoint_and_meets_its_floor():
+    from mmcam.models.train_blip import evaluate_blip_vqa
+
+    folder = shipped()
+    plain = transformers.BlipForQuestionAnswering.from_pretrained(folder)
+    ad = mmcam.load_model(NAME)
+    assert type(ad.model).__name__ == "BlipForQuestionAnswering"
+    assert ad.layer == "vision_model.encoder.layers[-1]"
+    # nothing of the training-only head was saved: the same tensors as the plain class
+    mine, theirs = ad.model.state_dict(), plain.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    r = evaluate_blip_vqa(ad, n=40, seed=2_000_000)  # not the training or the card's seed
+    assert r["n_questions"] > 400
+    assert r["accuracy"] >= FLOOR  # chance (most frequent answer per type) is about 0.35
+    # relation questions are at chance (0.52 here, 0.54 on the card's 500 scenes): not floored
+    assert min(v for t, v in r["per_type"].items() if t != "relation") >= 0.7
+
+
+def test_shipped_blip_vqa_answer_maps_point_inside_the_named_object():
+    """For "what color is the X?" / "what shape is the C object?", the peak of the HiResCAM
+    map of the model's answer falls inside the named object's visible pixels far more often
+    than a uniformly random pixel would (chance = the object's area / the image's)."""
+    from mmcam.vqa import VQAExplainer
+
+    shipped()
+    ex = VQAExplainer(mmcam.load_model(NAME), method="hirescam")
+    hits, chance, n = 0, 0.0, 0
+    for s in generate(15, seed=2_000_001):
+        for (q, _), t, refs in zip(s.questions, s.question_types, s.question_objects):
+            if t not in ("color", "shape"):
+                continue
+            mask = s.objects[refs[0]].mask
+            m = ex.explain(s.image, q, top_k=1).map
+            assert m.shape == mask.shape
+            y, x = np.unravel_index(int(torch.argmax(m)), mask.shape)
+            hits += bool(mask[y, x]) and bool(m.max() > 0)
+            chance += mask.mean()
+            n += 1
+    assert n >= 30
+    assert hits / n > 3 * chance / n
 
 
 def test_blip_vqa_trainer_is_deterministic_and_ships_no_auxiliary_head(tmp_path):
@@ -91,6 +145,30 @@ def test_object_shape_loss_by_hand():
     want = sum(-lg[t] + math.log(sum(math.exp(v) for v in lg)) for lg, t in zip(logits, shapes))
     got = _object_loss(head, patches, [covers], [torch.tensor(shapes)])
     assert float(got) == pytest.approx(want / 2, rel=1e-6)
+
+
+def test_shipped_blip_vqa_answers_in_the_app_as_in_the_library(tmp_path):
+    pytest.importorskip("gradio")
+    from app_helpers import served, shipped_models_present
+    from gradio_client import Client, handle_file
+
+    from mmcam.vqa import VQAExplainer
+
+    shipped()
+    if not shipped_models_present():
+        pytest.fail("the app test needs the shipped models in models/")
+    scene = generate(1, seed=2_000_002)[0]
+    path = tmp_path / "scene.png"
+    scene.image.save(path)
+    question = scene.questions[0][0]
+    with served({}) as (url, _, _):
+        c = Client(url, verbose=False, download_files=str(tmp_path))
+        answer, top, *_ = c.predict(handle_file(str(path)), question, NAME, "gradcam", 0.5,
+                                    False, False, api_name="/vqa")
+    lib = VQAExplainer(mmcam.load_model(NAME)).explain(scene.image, question, top_k=5)
+    assert answer.startswith(f"**Answer: {lib.answer}** (p = {lib.probability:.3f})")
+    assert [label.split("  ")[0] for label, _ in top["choices"]] == \
+        [a for a, _, _ in lib.top_answers]
 
 
 def test_object_position_loss_by_hand():
