@@ -14,6 +14,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from test_hf import shipped  # noqa: E402
+
 import mmcam  # noqa: E402
 from mmcam.scenes import generate  # noqa: E402
 
@@ -21,21 +23,12 @@ NAME = "shapes-blip-vqa"
 FLOOR = 0.8  # the issue's floor; the card: 0.806 on 500 held-out scenes, 0.804 on these 40
 
 
-def shipped():
-    from mmcam.models.hub import REPO_MODELS
-
-    if not (REPO_MODELS / NAME / "model.safetensors").is_file():
-        pytest.fail(f"models/{NAME} is missing: train it with `mmcam train blip-vqa` "
-                    "(see its card)")
-    return REPO_MODELS / NAME
-
-
 def test_shipped_blip_vqa_loads_as_a_plain_hf_checkpoint_and_meets_its_floor():
+    from mmcam.models.hub import REPO_MODELS
     from mmcam.models.train_blip import evaluate_blip_vqa
 
-    folder = shipped()
-    plain = transformers.BlipForQuestionAnswering.from_pretrained(folder)
-    ad = mmcam.load_model(NAME)
+    ad = shipped(NAME)
+    plain = transformers.BlipForQuestionAnswering.from_pretrained(REPO_MODELS / NAME)
     assert type(ad.model).__name__ == "BlipForQuestionAnswering"
     assert ad.layer == "vision_model.encoder.layers[-1]"
     # nothing of the training-only head was saved: the same tensors as the plain class
@@ -54,8 +47,7 @@ def test_shipped_blip_vqa_answer_maps_point_inside_the_named_object():
     than a uniformly random pixel would (chance = the object's area / the image's)."""
     from mmcam.vqa import VQAExplainer
 
-    shipped()
-    ex = VQAExplainer(mmcam.load_model(NAME), method="hirescam")
+    ex = VQAExplainer(shipped(NAME), method="hirescam")
     hits, chance, n = 0, 0.0, 0
     for s in generate(15, seed=2_000_001):
         for (q, _), t, refs in zip(s.questions, s.question_types, s.question_objects):
@@ -154,7 +146,7 @@ def test_shipped_blip_vqa_answers_in_the_app_as_in_the_library(tmp_path):
 
     from mmcam.vqa import VQAExplainer
 
-    shipped()
+    ad = shipped(NAME)
     if not shipped_models_present():
         pytest.fail("the app test needs the shipped models in models/")
     scene = generate(1, seed=2_000_002)[0]
@@ -165,7 +157,7 @@ def test_shipped_blip_vqa_answers_in_the_app_as_in_the_library(tmp_path):
         c = Client(url, verbose=False, download_files=str(tmp_path))
         answer, top, *_ = c.predict(handle_file(str(path)), question, NAME, "gradcam", 0.5,
                                     False, False, api_name="/vqa")
-    lib = VQAExplainer(mmcam.load_model(NAME)).explain(scene.image, question, top_k=5)
+    lib = VQAExplainer(ad).explain(scene.image, question, top_k=5)
     assert answer.startswith(f"**Answer: {lib.answer}** (p = {lib.probability:.3f})")
     assert [label.split("  ")[0] for label, _ in top["choices"]] == \
         [a for a, _, _ in lib.top_answers]
