@@ -211,10 +211,19 @@ def localize(maps: torch.Tensor, threshold: float = 0.15) -> list[Box | None]:
     """
     if maps.dim() == 2:
         maps = maps.unsqueeze(0)
-    maps = maps.detach().to(torch.float64).cpu()
+    maps = maps.detach().cpu()
+    if maps.dtype != torch.float32:
+        maps = maps.to(torch.float64)
     peak = maps.amax(dim=(-2, -1), keepdim=True)
-    masks = ((maps >= threshold * peak) & (peak > 0)).numpy()
+    masks = ((maps >= _cut(threshold * peak.double(), maps.dtype)) & (peak > 0)).numpy()
     return _largest_segments(masks)
+
+
+def _cut(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The smallest value of ``dtype`` >= ``t`` (float64): ``x >= _cut(t)`` equals ``x >= t``
+    for every ``x`` of ``dtype``, compared without converting the maps to float64."""
+    c = t.to(dtype)
+    return torch.where(c.double() < t, torch.nextafter(c, torch.full_like(c, float("inf"))), c)
 
 
 def box_iou(a: Box, b: Box) -> float:

@@ -154,7 +154,7 @@ def _copies(run: Run, ids, coefs, image, n_images, chunk_size, causal):
         def feed(a: torch.Tensor, rows: torch.Tensor = rows, held=held) -> torch.Tensor:
             _check_batch(a, n_images, "copies")
             held["A"] = a.detach()
-            leaf = a.detach()[rows.to(a.device)].clone().requires_grad_(True)
+            leaf = a.detach()[rows.to(a.device)].requires_grad_(True)  # indexing copies
             held["leaf"] = leaf
             return leaf.clone()  # in-place ops after the layer must not touch the leaf
 

@@ -17,7 +17,9 @@ the original size.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -141,16 +143,24 @@ class Geometry:
         if self._plain_resize(cell):
             return F.interpolate(maps[:, None], size=(H, W), mode="bilinear",
                                  align_corners=False)[:, 0]
-        u, v, seen_x, seen_y = self.sample_axes((h, w), cell)
-        wx = (interpolation_matrix(u, w) * seen_x[:, None]).to(maps)
-        wy = (interpolation_matrix(v, h) * seen_y[:, None]).to(maps)
-        return wy @ maps @ wx.T
+        wy, wx = _weights(self, (h, w), cell)
+        return wy.to(maps) @ maps @ wx.to(maps).T
 
     def _plain_resize(self, cell) -> bool:
         W, H = self.input_size
         return (cell is None and self.offset == (0.0, 0.0) and self._box() == (0.0, 0.0, W, H)
                 and abs(self.scale[0] * self.image_size[0] - W) < 1e-9
                 and abs(self.scale[1] * self.image_size[1] - H) < 1e-9)
+
+
+@functools.lru_cache(maxsize=16)
+def _weights(geometry: Geometry, grid: tuple[int, int], cell: Any
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`Geometry.to_image`'s ``Wy`` (H,h) and ``Wx`` (W,w), float64, zero on rows and
+    columns the model did not see; cached (a result's maps are made in several calls)."""
+    u, v, seen_x, seen_y = geometry.sample_axes(grid, cell)
+    return (interpolation_matrix(v, grid[0]) * seen_y[:, None],
+            interpolation_matrix(u, grid[1]) * seen_x[:, None])
 
 
 def interpolation_matrix(pos: torch.Tensor, n: int) -> torch.Tensor:

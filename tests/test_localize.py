@@ -64,3 +64,23 @@ def test_u_shape_merges_into_one_segment():
     m[4, 1:6] = 1.0
     m[0, 3] = 1.0  # an isolated pixel between the arms
     assert localize(m) == [(1, 0, 6, 5)]
+
+
+def test_float32_maps_cut_exactly_as_in_float64():
+    """float32 maps are compared with the smallest float32 >= 0.15 * max instead of being
+    converted to float64: every mask pixel must be the float64 comparison's, also for values
+    one float32 step either side of the threshold."""
+    from mmcam.cam import _cut
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(64, 9, 11, generator=g)
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    t = 0.15 * peak.double()
+    near = t.float()
+    for k, v in enumerate((near, torch.nextafter(near, near + 1), torch.nextafter(near, near - 1))):
+        maps[:, k, 0] = v[:, 0, 0]
+    cut = _cut(t, torch.float32)
+    assert torch.equal(maps >= cut, maps.double() >= t)
+    assert ((maps >= cut) != (maps.double() >= 0)).any()  # the cut does remove pixels
+    boxes64 = [localize(m.double()[None])[0] for m in maps]  # float64 path, one map at a time
+    assert localize(maps) == boxes64
