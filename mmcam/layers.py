@@ -2,7 +2,8 @@
 
 A layer is any submodule, named by a dotted path whose parts may be indexed, with negative
 indices counted from the end: ``"vision_model.encoder.layers[-1]"``, ``"encoder.-1"``.
-Its output (a tensor, or a tuple whose element 0 is the explained tensor) is read as a
+Its output (a tensor, a tuple whose element 0 is the explained tensor, or a mapping such as
+transformers' ``ModelOutput`` whose first field is) is read as a
 (B,C,h,w) grid by a :class:`Layout`:
 
 - :class:`Conv` — (B,C,h,w) as it is;
@@ -22,7 +23,7 @@ import inspect
 import math
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -192,6 +193,8 @@ def as_layout(layout: Layout | str | Callable | None) -> Layout:
 
 
 def _tensor_of(output: Any, name: str) -> torch.Tensor:
+    if isinstance(output, Mapping) and output:  # a model output: its first field
+        return _tensor_of(next(iter(output.values())), name)
     t = output[0] if isinstance(output, (tuple, list)) and output else output
     if not isinstance(t, torch.Tensor):
         raise MMCamError(
@@ -203,7 +206,8 @@ def _tensor_of(output: Any, name: str) -> torch.Tensor:
 
 class Tap:
     """A forward hook on one module that hands its output to ``feed`` and continues with
-    what ``feed`` returns (element 0 of a tuple output is the explained tensor).
+    what ``feed`` returns (element 0 of a tuple output, or the first field of a mapping
+    output, is the explained tensor).
 
     The hook only acts in the thread that opened the tap, so two explanations running at
     once on one model each see only their own forward passes. ``runs`` counts calls.
@@ -229,6 +233,9 @@ class Tap:
             return (new, *output[1:])
         if isinstance(output, list):
             return [new, *output[1:]]
+        if isinstance(output, Mapping):  # e.g. transformers' ModelOutput: same type, field 0 new
+            first = next(iter(output))
+            return type(output)(**{**output, first: new})
         return new
 
     @contextmanager

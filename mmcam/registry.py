@@ -149,13 +149,23 @@ def layer_choices(adapter: Any, n: int = 4) -> list[str]:
     """The adapter's default layer, then up to ``n`` earlier layers like it, nearest first:
     the siblings of the same type before it in the same container (the previous blocks of a
     ViT's ``encoder.layers``, the previous ReLUs of a conv stack). Written the way the
-    default is (``layers[-2]`` after ``layers[-1]``; ``encoder.11`` after ``encoder.14``)."""
-    from mmcam.layers import resolve_layer
-
+    default is (``layers[-2]`` after ``layers[-1]``; ``encoder.11`` after ``encoder.14``).
+    A default that is a tower's output (``adapter.layer_before`` names the block it reads)
+    is followed by that block and the blocks before it."""
     default = getattr(adapter, "layer", None)
     module = getattr(adapter, "model", None)
     if not isinstance(default, str) or module is None:
         return [default] if isinstance(default, str) else []
+    before = getattr(adapter, "layer_before", None)  # a tower's output: its blocks next
+    if isinstance(before, str) and _split_last_index(before)[1] is not None:
+        return [default] + _siblings(module, before, n - 1)
+    return _siblings(module, default, n)
+
+
+def _siblings(module: Any, default: str, n: int) -> list[str]:
+    """``default`` and up to ``n`` earlier modules of its type in its container."""
+    from mmcam.layers import resolve_layer
+
     head, index, bracket = _split_last_index(default)
     if index is None:
         return [default]

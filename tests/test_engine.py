@@ -31,10 +31,17 @@ def hooks_left(model: nn.Module) -> int:
 
 
 def leaf_hook(held: dict):
-    """A forward hook that stores the layer's output (element 0 of a tuple) as a leaf
+    """A forward hook that stores the layer's output (element 0 of a tuple, field 0 of a
+    ModelOutput) as a leaf
     ``held["A"]`` and lets the model continue from a copy of it."""
 
     def hook(m, inp, o):
+        if isinstance(o, dict):  # a transformers ModelOutput: its first field
+            key = list(o.keys())[0]
+            held["A"] = o[key].detach().requires_grad_(True)
+            out = o.__class__(**o)
+            out[key] = held["A"] * 1
+            return out
         t = o[0] if isinstance(o, tuple) else o
         held["A"] = t.detach().requires_grad_(True)
         new = held["A"] * 1

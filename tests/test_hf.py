@@ -304,7 +304,7 @@ def test_blip_trainer_is_deterministic_and_saves_a_loadable_checkpoint(tmp_path)
     assert 0.0 <= runs[0]["bleu4"] <= 1.0 and runs[0]["n_scenes"] == 3
     ad = mmcam.load_model(tmp_path / "run0")
     assert type(ad.model).__name__ == "BlipForConditionalGeneration"
-    assert ad.layer == "vision_model.encoder.layers[-1]"
+    assert ad.layer == "vision_model"  # the tower's output: the post-LayerNorm tokens
     assert "BLEU-4" in (tmp_path / "run0" / "README.md").read_text()
     r = CaptionExplainer(ad).explain(image(2, (128, 128)), "a large red circle")
     assert r.layer_maps.shape == (4, 8, 8)  # the explained grid is 8x8

@@ -101,7 +101,11 @@ def blip(tmp_path_factory):
     return save_blip(tmp_path_factory.mktemp("blip"))
 
 
-def test_blip_captions_equal_a_float64_loop_and_dense_float32_hirescam_does_not(blip):
+@pytest.mark.parametrize("layer", [None, "vision_model.encoder.layers[-1]"])
+def test_blip_captions_equal_a_float64_loop(blip, layer):
+    """At BLIP's default layer (the vision tower's output: post-LayerNorm tokens, read by the
+    cross-attention key/value projections alone) and at the last block in front of that
+    LayerNorm."""
     ad32 = mmcam.load_model(blip)
     ad64 = mmcam.load_model(blip, dtype=torch.float64)
     caption = "a red circle left of the big square"
@@ -112,10 +116,11 @@ def test_blip_captions_equal_a_float64_loop_and_dense_float32_hirescam_does_not(
     prefix = ad64._prefix()
     full = torch.cat([torch.tensor(prefix), ids])[None]
     params = {n: p.detach().clone() for n, p in ad32.model.named_parameters()}
+    assert ad32.layer == "vision_model"
     alpha, hires = loop64(model, pv, full, len(prefix), ids.tolist(),
-                          resolve_layer(model, "vision_model.encoder.layers[-1]"))
+                          resolve_layer(model, layer or "vision_model"))
     for ad, tol in ((ad64, 1e-5), (ad32, 1e-4)):  # the adapter's logits are float32
-        ex = CaptionExplainer(ad, method="hirescam")
+        ex = CaptionExplainer(ad, method="hirescam", layer=layer)
         assert ex.strategy == "readers"
         e = ex.explained([pil], [caption])[0]
         assert e.rows.info[1] == caption.split()  # one token per word here
@@ -173,18 +178,23 @@ def test_shipped_shapes_blip_hirescam_is_rounding_noise_from_dense_float32_gradi
     prefix = ad._prefix()
     full = torch.cat([torch.tensor(prefix), ids])[None]
     pv = ad.prepare(pil)[0]["pixel_values"].double()
-    _, hires = loop64(model, pv, full, len(prefix), ids.tolist(),
-                      resolve_layer(model, "vision_model.encoder.layers[-1]"))
+    block = "vision_model.encoder.layers[-1]"  # in front of post_layernorm
+    _, hires = loop64(model, pv, full, len(prefix), ids.tolist(), resolve_layer(model, block))
 
-    def err(h: torch.Tensor) -> float:
-        return float((h.double() - hires).abs().max() / hires.abs().max())
+    def err(h: torch.Tensor, want: torch.Tensor) -> float:
+        return float((h.double() - want).abs().max() / want.abs().max())
 
-    fast = CaptionExplainer(ad, method="hirescam").explained([pil], [caption])[0]
-    dense = CaptionExplainer(ad, method="hirescam", strategy="vjp").explained(
+    fast = CaptionExplainer(ad, method="hirescam", layer=block).explained([pil], [caption])[0]
+    dense = CaptionExplainer(ad, method="hirescam", strategy="vjp", layer=block).explained(
         [pil], [caption])[0]
     assert len(fast.rows.info[1]) == len(ids)
-    assert err(fast.G.hires) < 1e-4
-    assert err((dense.G * dense.A).sum(1)) > 1e-2
+    assert err(fast.G.hires, hires) < 1e-4
+    assert err((dense.G * dense.A).sum(1), hires) > 1e-2
+    # the default layer, the LayerNorm's output: dense float32 gradients are fine there
+    _, out_hires = loop64(model, pv, full, len(prefix), ids.tolist(), model.vision_model)
+    at_out = CaptionExplainer(ad, method="hirescam", strategy="vjp").explained(
+        [pil], [caption])[0]
+    assert err((at_out.G * at_out.A).sum(1), out_hires) < 1e-4
 
 
 def test_readers_maps_and_sentence_map_equal_the_dense_path_for_gradcam(blip):

@@ -137,20 +137,21 @@ def test_hf_blip_contrast_equals_a_loop_against_the_hf_class():
     caption = "a small red circle"
     res = CaptionExplainer(ad, method="hirescam", score="contrast").explain(scene.image,
                                                                             caption)
-    # the oracle runs in float64: HiResCAM in front of BLIP's post_layernorm cancels to ~1e-5
-    # of its terms, so a float32 loop is mostly rounding error there (tests/test_readers.py)
+    # the oracle runs in float64 at the default layer, the vision tower's output (its
+    # post_layernorm tokens; a ModelOutput whose field 0 is the token states)
+    assert ad.layer == "vision_model"
     model = load_model("shapes-blip", dtype=torch.float64).model
     tok = ad.tokenizer
     ids = tok(caption, add_special_tokens=False)["input_ids"]
     full = torch.tensor([[model.config.text_config.bos_token_id] + ids])
     pv = ad.prepare(scene.image)[0]["pixel_values"].double()
-    layer = model.vision_model.encoder.layers[-1]
+    layer = model.vision_model
     groups = [list(COLORS), list(SHAPES), ["small", "large"]]
     for t, w in enumerate(caption.split()):
         held = {}
 
         def hook(m, i, o, held=held):
-            out = o[0] if isinstance(o, tuple) else o
+            out = o[0] if isinstance(o, (tuple, dict)) else o
             held["a"] = out
             out.retain_grad()
 

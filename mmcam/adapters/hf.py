@@ -6,8 +6,9 @@ the model reads ``prefix + caption`` once, and caption token j is predicted by t
 position ``shift + len(prefix) + j - 1`` where ``shift`` counts image tokens the model puts
 inside its text sequence (GIT). Families:
 
-- ``BlipForConditionalGeneration``: prefix ``[DEC] + prompt``; layer
-  ``vision_model.encoder.layers[-1]`` (CLS first). Not ``post_layernorm``: BLIP calls it twice.
+- ``BlipForConditionalGeneration``: prefix ``[DEC] + prompt``; layer ``vision_model``: the
+  tower's output, its ``post_layernorm`` tokens (CLS first) that the text reads (the norm
+  itself cannot be tapped: BLIP calls it twice, on the tokens and on the pooled CLS).
 - ``GitForCausalLM``: prefix ``[CLS] + prompt``; layer
   ``git.image_encoder.vision_model.encoder.layers[-1]`` (CLS first); image tokens come first
   in the language model's sequence.
@@ -46,6 +47,7 @@ class Family:
     layer: str
     layout: Layout
     text_kwarg: str  # the forward argument that takes the text ids
+    before: str | None = None  # the block the default layer reads (first of the earlier ones)
 
 
 def _ved_family(model: nn.Module) -> Family:
@@ -58,11 +60,17 @@ def _ved_family(model: nn.Module) -> Family:
     raise MMCamError(f"no default layer known for a {type(enc).__name__} encoder: pass layer=")
 
 
+# BLIP: the vision tower's output, the post-LayerNorm tokens (CLS first) that the text
+# reads. HiResCAM at the last block, in front of that LayerNorm, is only its eps term (README).
+BLIP_FAMILY = Family("vision_model", Tokens(prefix=1), "input_ids",
+                     "vision_model.encoder.layers[-1]")
+
+
 def family_of(model: nn.Module) -> Family:
     """The :class:`Family` of a transformers captioning model."""
     name = arch(model)
     if name == "BlipForConditionalGeneration":
-        return Family("vision_model.encoder.layers[-1]", Tokens(prefix=1), "input_ids")
+        return BLIP_FAMILY
     if name == "GitForCausalLM":
         return Family("git.image_encoder.vision_model.encoder.layers[-1]", Tokens(prefix=1),
                       "input_ids")
@@ -220,6 +228,7 @@ class HFCaptioner:
         self.tokenizer = getattr(processor, "tokenizer", None) or processor
         self.family = family or family_of(model)
         self.layer, self.layout = self.family.layer, self.family.layout
+        self.layer_before = self.family.before
         self.prompt = prompt or ""
         self._wordpiece = is_wordpiece(self.tokenizer)
 
@@ -319,21 +328,24 @@ class HFCaptioner:
         return torch.tensor([ids], dtype=torch.long)
 
     def readers(self, layer: nn.Module) -> Readers | None:
-        """The modules through which alone the default layer (the last vision block) reaches
-        the text: for BLIP, ``post_layernorm`` then each text layer's cross-attention key and
-        value projections; for VisionEncoderDecoder, the encoder's final ``layernorm`` then
-        ``enc_to_dec_proj`` or each decoder layer's cross-attention key/value projections
-        (BERT-like or GPT-2). None for other families and layers (the "readers" strategy,
-        :mod:`mmcam.engine`)."""
+        """The modules through which alone ``layer`` reaches the text: for BLIP's default
+        (the vision tower's output), each text layer's cross-attention key and value
+        projections; for BLIP's last vision block, ``post_layernorm`` then those; for
+        VisionEncoderDecoder's default (the last encoder block), the encoder's final
+        ``layernorm`` then ``enc_to_dec_proj`` or each decoder layer's cross-attention
+        key/value projections (BERT-like or GPT-2). None for other families and layers (the
+        "readers" strategy, :mod:`mmcam.engine`)."""
         name = arch(self.model)
         if name in ("BlipForConditionalGeneration", "BlipForQuestionAnswering"):
             vm = self.model.vision_model
-            if layer is not vm.encoder.layers[-1]:
+            if layer is not vm and layer is not vm.encoder.layers[-1]:
                 return None
             text = (self.model.text_decoder.bert if name == "BlipForConditionalGeneration"
                     else self.model.text_encoder)
             mods = _cross_readers(text)
-            return Readers(mods, vm.post_layernorm) if mods else None
+            if not mods:
+                return None
+            return Readers(mods, None if layer is vm else vm.post_layernorm)
         if name == "VisionEncoderDecoderModel":
             norm = getattr(self.model.encoder, "layernorm", None)
             if not isinstance(norm, nn.LayerNorm) or layer is not resolve_layer(
@@ -421,8 +433,8 @@ class HFAnswerer(HFCaptioner):
         if name not in ("BlipForQuestionAnswering", "GitForCausalLM"):
             raise MMCamError(f"{name} is not a generative VQA family mmcam knows")
         self.git = name == "GitForCausalLM"
-        super().__init__(model, processor, family=family_of(model) if self.git else Family(
-            "vision_model.encoder.layers[-1]", Tokens(prefix=1), "input_ids"))
+        super().__init__(model, processor,
+                         family=family_of(model) if self.git else BLIP_FAMILY)
 
     def tokenize_question(self, question: str) -> tuple[torch.Tensor, list[str]]:
         """BLIP ``[CLS] question [SEP]``, GIT ``[CLS] question`` ids, and the question words

@@ -5,9 +5,9 @@ WordPiece tokenizer built offline), so ``mmcam.load_model`` opens it through the
 path as a downloaded BLIP.
 
 Architecture (``ARCH``): ViT vision tower on 128x128 pixels with 16x16 patches (an 8x8 grid
-plus CLS, the explained layer ``vision_model.encoder.layers[-1]``; weights drawn with std 0.02:
-transformers' BLIP vision default, 1e-10, is meant for loading pretrained weights) and a
-BERT-style text decoder with cross-attention.
+plus CLS, explained by default at ``vision_model``, the tower's post-LayerNorm tokens;
+weights drawn with std 0.02: transformers' BLIP vision default, 1e-10, is meant for loading
+pretrained weights) and a BERT-style text decoder with cross-attention.
 
 Training has two phases (``DEFAULTS``, ``VQA_DEFAULTS``), one thread, deterministic for a seed
 on a given machine:
