@@ -113,6 +113,16 @@ def test_layer_choices_are_earlier_blocks_of_the_same_kind():
                                                         layers[0]]
     A.layer = "enc"  # not an indexed layer: only itself
     assert registry.layer_choices(A()) == ["enc"]
+    A.layer_before = "enc.layers[-1]"  # a tower's output: then the blocks it reads
+    assert registry.layer_choices(A()) == ["enc", "enc.layers[-1]", "enc.layers[-2]",
+                                           "enc.layers[-4]", "enc.layers[-5]"]
+
+
+def test_blip_picker_offers_the_tower_output_then_its_blocks():
+    ad = mmcam.load_model("shapes-blip")
+    got = registry.layer_choices(ad)
+    assert got == ["vision_model"] + [f"vision_model.encoder.layers[{i}]" for i in (-1, -2, -3, -4)]
+    assert resolve_layer(ad.model, got[0]) is ad.model.vision_model
 
 
 @pytest.mark.parametrize("name, task", [("shapes-captioner", "caption"), ("shapes-vqa", "vqa")])
