@@ -372,4 +372,5 @@ def layer_gradients(
     if fn is None:
         raise ValueError("resolve strategy 'auto' before calling layer_gradients")
     A, G, scores = fn(run, ids.long(), coefs.float(), image, n_images, chunk_size, causal)
-    return Gradients(A=A, G=G.float(), scores=scores, image=image)
+    return Gradients(A=A, G=G.to(torch.promote_types(G.dtype, torch.float32)), scores=scores,
+                     image=image)  # float32, or float64 for float64 models

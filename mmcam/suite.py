@@ -145,14 +145,16 @@ def _deletion(scorer: _Scorer, e: Explained, maps: dict[Setting, torch.Tensor],
 
 
 def _explainer(cls: type, adapter: Any, score: str, methods: Sequence[str],
-               layer: str | None = None) -> Any:
-    """An explainer whose gradients serve every method: the "auto" strategy, but full
-    gradients ("vjp") instead of "readers" when a method needs more than
-    :data:`mmcam.cam.REDUCIBLE` methods read."""
+               layer: str | None = None) -> tuple[Any, Any | None]:
+    """(explainer, full): the "auto" strategy's explainer, and when that is "readers" and a
+    method needs more than :data:`mmcam.cam.REDUCIBLE` methods read, a "vjp" one for those
+    methods (else None). The reducible methods keep the readers' exact maps: in front of a
+    LayerNorm, HiResCAM from dense float32 gradients is mostly rounding error (README)."""
     ex = cls(adapter, score=score, layer=layer)
+    full = None
     if ex.pipeline.strategy == "readers" and any(m not in REDUCIBLE for m in methods):
-        ex = cls(adapter, score=score, strategy="vjp", layer=layer)
-    return ex
+        full = cls(adapter, score=score, strategy="vjp", layer=layer)
+    return ex, full
 
 
 def _score_maps(rec: dict, m: torch.Tensor, mask: np.ndarray, box: tuple, slack: int) -> None:
@@ -164,15 +166,17 @@ def _score_maps(rec: dict, m: torch.Tensor, mask: np.ndarray, box: tuple, slack:
 
 def _records_for(rows: list[tuple[Explained, int, str, np.ndarray, tuple, float]],
                  score: str, methods: Sequence[str], aligns: Sequence[str], slack: int,
-                 deletion: str | None, scorer_of: Any, seed: int, attention: Any = None
-                 ) -> list[dict]:
+                 deletion: str | None, scorer_of: Any, seed: int, attention: Any = None,
+                 full: Explained | None = None) -> list[dict]:
     """Records for explained rows ``(explained, row, kind, mask, box, chance)``: one per
     setting (and per alignment of the attention map), plus attention correlations;
-    ``deletion``: the fill of the deletion curves (None: no curves)."""
+    ``deletion``: the fill of the deletion curves (None: no curves); ``full``: the same rows
+    with full gradients, for the methods the rows' reduced gradients cannot serve."""
     out = []
     for k, (e, row, kind, mask, box, chance) in enumerate(rows):
         base = {"kind": kind, "chance": chance, "score": score}
-        lm = {m: cam_of(m)(e.A[None], e.G[row: row + 1])[0] for m in methods}
+        src = {m: e if full is None or m in REDUCIBLE else full for m in methods}
+        lm = {m: cam_of(m)(src[m].A[None], src[m].G[row: row + 1])[0] for m in methods}
         if attention is not None:
             lm["attention"] = attention(e, row)
         mine, settings = [], {}
@@ -216,7 +220,7 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
     has_att = callable(getattr(adapter, "attention", None)) and callable(
         getattr(adapter, "encode", None))
     for s_i, score in enumerate(scores):
-        ex = _explainer(CaptionExplainer, adapter, score, methods, layer)
+        ex, ex_full = _explainer(CaptionExplainer, adapter, score, methods, layer)
         for i, scene in enumerate(tqdm(scenes, desc=f"captions, score {score}",
                                        disable=not progress)):
             text = captions[i] if s_i > 0 or known else None
@@ -224,6 +228,8 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
             words = e.rows.info[1]
             if text is None:
                 captions.append(" ".join(words))
+            full = None if ex_full is None else ex_full.explained(
+                [scene.image], [e.rows.info[0] or " ".join(words)])[0]
             rows = []
             for r, w in enumerate(words):
                 kind = word_kind(w)
@@ -250,7 +256,7 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
                     return (e.rows.coefs[row, :T, None, None] * tokens).sum(0)
             new = _records_for(rows, score, methods, aligns, slack,
                                fill if i < n_deletion else None, scorer,
-                               1000 * i, att)
+                               1000 * i, att, full)
             for rec in new:
                 rec.update(task="caption", scene=i)
             recs += new
@@ -265,7 +271,7 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
     objects, the model's own answer (see module doc)."""
     recs: list[dict] = []
     for score in scores:
-        ex = _explainer(VQAExplainer, adapter, score, methods, layer)
+        ex, ex_full = _explainer(VQAExplainer, adapter, score, methods, layer)
         for i, scene in enumerate(tqdm(scenes, desc=f"VQA, score {score}",
                                        disable=not progress)):
             seen: set[str] = set()
@@ -276,6 +282,7 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                 seen.add(qtype)
                 e = ex.explained(scene.image, q)
                 answer = e.rows.info[0]
+                full = None if ex_full is None else ex_full.explained(scene.image, q, answer)
                 mask, box = _union([scene.objects[j] for j in objs], scene.image.size)
                 qids = torch.as_tensor(adapter.tokenize_question(q)[0], dtype=torch.long)
 
@@ -285,7 +292,7 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                 new = _records_for([(e, 0, qtype, mask, box, _chance(mask, slack))], score,
                                    methods, aligns, slack,
                                    fill if i < n_deletion else None, scorer,
-                                   1000 * i + qi)
+                                   1000 * i + qi, full=full)
                 for rec in new:
                     rec.update(task="vqa", scene=i, correct=answer.lower() == truth.lower())
                 recs += new
@@ -324,17 +331,21 @@ def sanity(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
             ad = copy.copy(adapter)
             ad.model = m
             got: dict[str, list] = defaultdict(list)
-            if task == "caption":
-                es = _explainer(CaptionExplainer, ad, score, methods, layer).explained(
-                    [s.image for s in scenes], list(captions or []))
-                rows = [(e, slice(None)) for e in es]
-            else:
-                ex = _explainer(VQAExplainer, ad, score, methods, layer)
-                rows = [(ex.explained(s.image, s.questions[0][0], s.questions[0][1]),
+
+            def rows_of(ex: Any) -> list[tuple[Explained, slice]]:
+                if task == "caption":
+                    es = ex.explained([s.image for s in scenes], list(captions or []))
+                    return [(e, slice(None)) for e in es]
+                return [(ex.explained(s.image, s.questions[0][0], s.questions[0][1]),
                          slice(0, 1)) for s in scenes]
-            for e, sel in rows:
-                G = e.G[sel]
-                for meth in methods:
+
+            ex, full = _explainer(CaptionExplainer if task == "caption" else VQAExplainer,
+                                  ad, score, methods, layer)
+            reduced = rows_of(ex)
+            dense = reduced if full is None else rows_of(full)
+            for meth in methods:
+                for e, sel in (reduced if meth in REDUCIBLE else dense):
+                    G = e.G[sel]
                     got[meth] += list(cam_of(meth)(e.A[None].expand(len(G), -1, -1, -1), G))
             return {meth: torch.stack(got[meth]) for meth in methods}
 

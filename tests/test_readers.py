@@ -129,6 +129,12 @@ def test_blip_captions_equal_a_float64_loop(blip, layer):
         torch.testing.assert_close(e.G.hires.double(), hires, rtol=tol,
                                    atol=tol * float(hires.abs().max()))
         assert hooks_left(ad.model) == 0
+    # dense float64 gradients (vjp) stay float64 through the pipeline: exact there too
+    dense = CaptionExplainer(ad64, method="hirescam", strategy="vjp", layer=layer).explained(
+        [pil], [caption])[0]
+    assert dense.G.dtype == dense.A.dtype == torch.float64
+    torch.testing.assert_close((dense.G * dense.A).sum(1), hires, rtol=1e-6,
+                               atol=1e-6 * float(hires.abs().max()))
     for n, p in ad32.model.named_parameters():  # parameters and their gradients untouched
         assert p.grad is None and torch.equal(p, params[n])
     assert not ad32.model.training

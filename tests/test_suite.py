@@ -147,3 +147,33 @@ def test_cli_refuses_bad_n(capsys):
 def test_evaluate_explanations_refuses_unknown_methods():
     with pytest.raises(ValueError, match="unknown method"):
         evaluate_explanations(load_model("shapes-vqa"), "x", n=1, methods=["nope"])
+
+
+def test_reducible_methods_keep_the_readers_exact_maps(tmp_path):
+    """In front of BLIP's post_layernorm the suite's Grad-CAM and HiResCAM come from the
+    "readers" strategy (exact), and only Grad-CAM++ from full "vjp" gradients."""
+    from test_hf import save_blip
+    from toys import image
+
+    from mmcam import evaluation as ev
+    from mmcam import suite
+    from mmcam.pipeline import cam_of
+
+    ad = load_model(save_blip(tmp_path / "blip"))
+    layer = "vision_model.encoder.layers[-1]"
+    methods = ["gradcam", "hirescam", "gradcam++"]
+    ex, full = suite._explainer(CaptionExplainer, ad, "logprob", methods, layer)
+    assert ex.pipeline.strategy == "readers" and full.pipeline.strategy == "vjp"
+    assert suite._explainer(CaptionExplainer, ad, "logprob", methods[:2], layer)[1] is None
+    pil, caption = image(3, (40, 40)), "a red circle"
+    e, f = (x.explained([pil], [caption])[0] for x in (ex, full))
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[4:20, 6:24] = True
+    recs = suite._records_for([(e, 1, "color", mask, (6, 4, 24, 20), 0.2)], "logprob",
+                              methods, ["bilinear"], 4, None, None, 0, full=f)
+    assert sorted(r["method"] for r in recs) == sorted(methods)
+    for rec in recs:
+        src = f if rec["method"] == "gradcam++" else e
+        m = cam_of(rec["method"])(src.A[None], src.G[1:2])[0]
+        want = ev.energy_ratio(e.geometry.to_image(m[None], None)[0], mask)
+        assert rec["energy_mask"] == pytest.approx(want, rel=1e-6)
