@@ -264,9 +264,9 @@ class Pipeline:
         if strategy == "readers":
             if self.readers() is None:
                 raise MMCamError("strategy 'readers' needs a model that declares the modules "
-                                 "reading the explained layer (BLIP, VisionEncoderDecoder at "
-                                 "their default layer): "
-                                 "use 'vjp'")
+                                 "reading the explained layer (BLIP, GIT and PaliGemma at their "
+                                 "tower's output or last block, VisionEncoderDecoder at its "
+                                 "default layer): use 'vjp'")
             if not reducible:
                 raise MMCamError(f"strategy 'readers' serves gradcam, hirescam and "
                                  f"counterfactual, not {'guided-gradcam' if guided else method}"

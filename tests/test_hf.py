@@ -335,7 +335,8 @@ def test_git_vqa_answers_as_text_equal_a_loop(tmp_path, strategy):
                                                     contrast="blue", top_k=2)
     pv = ad.prepare(pil)[0]["pixel_values"]
     q = bert_tokenizer()("the big circle?")["input_ids"][:-1]  # [CLS] question, no [SEP]
-    layer = resolve_layer(model, "git.image_encoder.vision_model.encoder.layers[-1]")
+    layer = resolve_layer(model, ad.layer)
+    assert ad.layer == "git.image_encoder"  # its output: the post_layernorm tokens
 
     def grads(answer):  # log p(answer + [SEP] | [CLS] question, image) on the HF class
         full = torch.tensor([q + answer])

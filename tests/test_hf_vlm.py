@@ -283,7 +283,7 @@ def test_layers_layouts_and_loading(saved):
     ad = mmcam.load_model(path)
     assert isinstance(ad, HFPromptedVLM)
     want = {"llava": ("model.vision_tower.encoder.layers[-2]", 1),
-            "paligemma": ("model.vision_tower.encoder.layers[-1]", 0),
+            "paligemma": ("model.vision_tower", 0),
             "florence2": ("model.vision_tower.blocks[-1][-1]", None)}[name]
     assert ad.layer == want[0]
     assert getattr(ad.layout, "prefix", None) == want[1]
@@ -459,3 +459,28 @@ def test_paligemma_needs_its_token_types(tmp_path):
     want = typed[0, n - 1:-1].log_softmax(-1).gather(1, enc["input_ids"][0, n:, None])[:, 0]
     torch.testing.assert_close(lp[0], want, rtol=1e-5, atol=1e-6)
     assert (typed[0, n - 1:] - causal[0, n - 1:]).abs().max() > 1e-3
+
+
+def test_paligemma_default_layer_is_the_tower_output_where_float32_hirescam_is_exact(tmp_path):
+    """SigLIP's last block feeds only post_layernorm: there HiResCAM cancels to ~eps of its
+    terms and dense float32 gradients give rounding noise; at the tower's output (the default)
+    they agree with float64."""
+    path = save_paligemma(tmp_path / "pg")
+    ad32 = mmcam.load_model(path)
+    ad64 = mmcam.load_model(path, dtype=torch.float64)
+    assert ad32.layer == "model.vision_tower" and ad32.layer_before.endswith("layers[-1]")
+    pil = image(4, (50, 40))
+
+    def hires(ad, layer):
+        e = CaptionExplainer(ad, method="hirescam", strategy="vjp", layer=layer).explained(
+            [pil], ["a red circle"])[0]
+        return (e.G * e.A).sum(1).double()
+
+    for layer, exact in ((None, True), (ad32.layer_before, False)):
+        want = hires(ad64, layer)
+        err = float((hires(ad32, layer) - want).abs().max() / want.abs().max())
+        assert (err < 1e-3) if exact else (err > 1e-2), (layer, err)
+        ex = CaptionExplainer(ad32, method="hirescam", layer=layer)  # auto: readers, exact
+        assert ex.strategy == "readers"
+        got = ex.explained([pil], ["a red circle"])[0].G.hires.double()
+        assert float((got - want).abs().max() / want.abs().max()) < 1e-3

@@ -265,8 +265,48 @@ def test_readers_refuses_what_it_cannot_do(blip, tmp_path):
     other = CaptionExplainer(ad, layer="vision_model.encoder.layers[0]")
     assert other.strategy == "vjp"  # the first block is read by the second, not by readers
     git = mmcam.load_model(save_git(tmp_path / "git"))
-    with pytest.raises(MMCamError, match="declares the modules"):
-        CaptionExplainer(git, strategy="readers").explain(pil, "a red circle")
+    with pytest.raises(MMCamError, match="declares the modules"):  # a block the next one reads
+        CaptionExplainer(git, strategy="readers",
+                         layer="git.image_encoder.vision_model.encoder.layers[0]").explain(
+            pil, "a red circle")
     e = CaptionExplainer(ad).explained([pil], ["a red circle"])[0]
     with pytest.raises(MMCamError, match="full gradients"):
         gradcam_plus_plus(e.A[None], e.G[0:1])
+
+
+@pytest.mark.parametrize("layer", [None, "git.image_encoder.vision_model.encoder.layers[-1]"])
+def test_git_readers_equal_a_float64_loop(tmp_path, layer):
+    """GIT: its default, the image encoder's output (post_layernorm tokens read by
+    visual_projection's first linear layer), and its last vision block in front of that norm;
+    Grad-CAM's weights and HiResCAM's cells against a float64 per-token loop. At the block,
+    dense float32 HiResCAM is rounding noise (the reason for the default)."""
+    from test_hf import loop_grads
+
+    path = save_git(tmp_path / "git")
+    ad = mmcam.load_model(path)
+    ad64 = mmcam.load_model(path, dtype=torch.float64)
+    assert ad.layer == "git.image_encoder"
+    caption = "a red circle left of the big square"
+    pil = image(4, (50, 40))
+    ex = CaptionExplainer(ad, method="hirescam", layer=layer)
+    assert ex.strategy == "readers"
+    e = ex.explained([pil], [caption])[0]
+    ids = ad.tokenize(caption)
+    prefix = ad._prefix()
+    full = torch.cat([torch.tensor(prefix), ids])[None]
+    pv = ad64.prepare(pil)[0]["pixel_values"]
+    k = len(prefix)
+    pairs = loop_grads(ad64.model, resolve_layer(ad64.model, layer or ad.layer), pv, full,
+                       "input_ids", [k - 1 + j for j in range(len(ids))], ids.tolist())
+    alpha = torch.stack([g[0, 1:].mean(0) for _, g in pairs])
+    s = int((pairs[0][0].shape[1] - 1) ** 0.5)
+    hires = torch.stack([(g[0, 1:] * a[0, 1:]).sum(-1).reshape(s, s) for a, g in pairs])
+    torch.testing.assert_close(e.G.alpha.double(), alpha, rtol=1e-4,
+                               atol=1e-4 * float(alpha.abs().max()))
+    torch.testing.assert_close(e.G.hires.double(), hires, rtol=1e-4,
+                               atol=1e-4 * float(hires.abs().max()))
+    dense = CaptionExplainer(ad, method="hirescam", strategy="vjp", layer=layer).explained(
+        [pil], [caption])[0]
+    err = float(((dense.G * dense.A).sum(1).double() - hires).abs().max() / hires.abs().max())
+    assert (err > 1e-2) if layer else (err < 1e-3)
+    assert hooks_left(ad.model) == 0

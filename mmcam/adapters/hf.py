@@ -9,9 +9,9 @@ inside its text sequence (GIT). Families:
 - ``BlipForConditionalGeneration``: prefix ``[DEC] + prompt``; layer ``vision_model``: the
   tower's output, its ``post_layernorm`` tokens (CLS first) that the text reads (the norm
   itself cannot be tapped: BLIP calls it twice, on the tokens and on the pooled CLS).
-- ``GitForCausalLM``: prefix ``[CLS] + prompt``; layer
-  ``git.image_encoder.vision_model.encoder.layers[-1]`` (CLS first); image tokens come first
-  in the language model's sequence.
+- ``GitForCausalLM``: prefix ``[CLS] + prompt``; layer ``git.image_encoder``: its output,
+  the ``post_layernorm`` tokens (CLS first) that ``visual_projection`` reads; image tokens
+  come first in the language model's sequence.
 - ``VisionEncoderDecoderModel`` (ViT + GPT-2 and similar): prefix ``[decoder start]``; layer
   ``encoder.layers[-1]`` (ViT, CLS first) or the last Swin stage (no CLS).
 - ``LlavaForConditionalGeneration``, ``PaliGemmaForConditionalGeneration``,
@@ -64,6 +64,9 @@ def _ved_family(model: nn.Module) -> Family:
 # reads. HiResCAM at the last block, in front of that LayerNorm, is only its eps term (README).
 BLIP_FAMILY = Family("vision_model", Tokens(prefix=1), "input_ids",
                      "vision_model.encoder.layers[-1]")
+# GIT: the same, the image encoder's output (its post_layernorm tokens, CLS first).
+GIT_FAMILY = Family("git.image_encoder", Tokens(prefix=1), "input_ids",
+                    "git.image_encoder.vision_model.encoder.layers[-1]")
 
 
 def family_of(model: nn.Module) -> Family:
@@ -72,8 +75,7 @@ def family_of(model: nn.Module) -> Family:
     if name == "BlipForConditionalGeneration":
         return BLIP_FAMILY
     if name == "GitForCausalLM":
-        return Family("git.image_encoder.vision_model.encoder.layers[-1]", Tokens(prefix=1),
-                      "input_ids")
+        return GIT_FAMILY
     if name == "VisionEncoderDecoderModel":
         return _ved_family(model)
     if name in PROMPTED:
@@ -118,7 +120,9 @@ def _llava_layer_index(config: Any, n_layers: int) -> int:
 def _prompted_family(model: nn.Module) -> Family:
     """LLaVA: the tower block ``vision_feature_layer`` names, CLS dropped when the tower has
     one (CLIP; with the "full" strategy the LM also reads CLS, but it is no grid cell);
-    PaliGemma: SigLIP's last block, no CLS; Florence-2: DaViT's last block, (B,C,h,w)."""
+    PaliGemma: the SigLIP tower's output, its post_layernorm tokens, no CLS (its last block
+    feeds only that norm, where HiResCAM from float32 gradients is rounding noise);
+    Florence-2: DaViT's last block, (B,C,h,w)."""
     name = arch(model)
     if name == FLORENCE2:
         return Family("model.vision_tower.blocks[-1][-1]", Conv(), "decoder_input_ids")
@@ -127,7 +131,10 @@ def _prompted_family(model: nn.Module) -> Family:
     vm = getattr(tower, "vision_model", tower)
     n = len(vm.encoder.layers)
     prefix = 1 if hasattr(vm.embeddings, "class_embedding") else 0
-    index = -1 if name == PALIGEMMA else _llava_layer_index(model.config, n)
+    if name == PALIGEMMA:  # the tower's output: SigLIP's post_layernorm tokens (as BLIP)
+        return Family("model.vision_tower", Tokens(prefix=prefix), "input_ids",
+                      f"model.vision_tower{inner}.encoder.layers[-1]")
+    index = _llava_layer_index(model.config, n)
     return Family(f"model.vision_tower{inner}.encoder.layers[{index}]", Tokens(prefix=prefix),
                   "input_ids")
 
@@ -328,13 +335,16 @@ class HFCaptioner:
         return torch.tensor([ids], dtype=torch.long)
 
     def readers(self, layer: nn.Module) -> Readers | None:
-        """The modules through which alone ``layer`` reaches the text: for BLIP's default
-        (the vision tower's output), each text layer's cross-attention key and value
-        projections; for BLIP's last vision block, ``post_layernorm`` then those; for
-        VisionEncoderDecoder's default (the last encoder block), the encoder's final
-        ``layernorm`` then ``enc_to_dec_proj`` or each decoder layer's cross-attention
-        key/value projections (BERT-like or GPT-2). None for other families and layers (the
-        "readers" strategy, :mod:`mmcam.engine`)."""
+        """The modules through which alone ``layer`` reaches the text (the "readers"
+        strategy, :mod:`mmcam.engine`): for BLIP's default (the vision tower's output), each
+        text layer's cross-attention key and value projections, and for its last vision block
+        ``post_layernorm`` then those; for GIT's default (the image encoder's output), the
+        first linear layer of ``visual_projection``, and for its last vision block
+        ``post_layernorm`` then that; the same for PaliGemma with its projector's linear
+        layer; for VisionEncoderDecoder's default (the last encoder
+        block), the encoder's final ``layernorm`` then ``enc_to_dec_proj`` or each decoder
+        layer's cross-attention key/value projections (BERT-like or GPT-2). None for other
+        families and layers."""
         name = arch(self.model)
         if name in ("BlipForConditionalGeneration", "BlipForQuestionAnswering"):
             vm = self.model.vision_model
@@ -346,6 +356,23 @@ class HFCaptioner:
             if not mods:
                 return None
             return Readers(mods, None if layer is vm else vm.post_layernorm)
+        if name == PALIGEMMA:
+            tower = self.model.model.vision_tower
+            vm = getattr(tower, "vision_model", tower)
+            proj = self.model.model.multi_modal_projector.linear
+            if layer is tower:
+                return Readers((proj,), None)
+            if layer is vm.encoder.layers[-1]:
+                return Readers((proj,), vm.post_layernorm)
+            return None
+        if name == "GitForCausalLM":
+            enc = self.model.git.image_encoder
+            proj = self.model.git.visual_projection.visual_projection[0]
+            if layer is enc:
+                return Readers((proj,), None)
+            if layer is enc.vision_model.encoder.layers[-1]:
+                return Readers((proj,), enc.vision_model.post_layernorm)
+            return None
         if name == "VisionEncoderDecoderModel":
             norm = getattr(self.model.encoder, "layernorm", None)
             if not isinstance(norm, nn.LayerNorm) or layer is not resolve_layer(
