@@ -146,6 +146,8 @@ def loop_maps(module: nn.Module, layer: str, layout, y_of_word: Callable[[int], 
         held = {}
 
         def hook(m, inp, out, held=held):
+            if isinstance(out, dict):  # a transformers ModelOutput: its first field
+                out = next(iter(out.values()))
             held["A"] = out
             out.retain_grad()
 

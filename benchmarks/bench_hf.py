@@ -4,7 +4,9 @@ caption, explain all its words with both strategies, and the per-word loop.
     python benchmarks/bench_hf.py [--words 16] [--repeats 3] [--device cpu|cuda] [--out ...]
 
 Median wall seconds; the maps of every strategy (readers, vjp, copies), of pytorch-grad-cam
-and of captum are checked against the loop first; then time against caption length.
+and of captum are checked against the loop first; then time against caption length. All at
+the last vision block (``LAYER``), which the peers can hook; BLIP's default layer, the tower's
+output, is a ``ModelOutput`` they cannot.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.bench_engine import loop_maps, machine, photo, rel  # noqa: E402
 from mmcam.adapters.hf import HFCaptioner  # noqa: E402
+
+LAYER = "vision_model.encoder.layers[-1]"
 from mmcam.caption import CaptionExplainer  # noqa: E402
 from mmcam.layers import resolve_layer  # noqa: E402
 
@@ -53,7 +57,11 @@ def blip_base(tiny: bool = False) -> HFCaptioner:
         image_processor=transformers.BlipImageProcessor(size={
             "height": cfg.vision_config.image_size, "width": cfg.vision_config.image_size}),
         tokenizer=tok)
-    return HFCaptioner(model, proc)
+    ad = HFCaptioner(model, proc)
+    # explained at the last vision block, the layer whose output is a tensor that the peers
+    # (pytorch-grad-cam, captum) can hook; BLIP's default is the tower's output, a ModelOutput
+    ad.layer = LAYER
+    return ad
 
 
 def timed(fn, repeats: int, sync=lambda: None) -> dict:
