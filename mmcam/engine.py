@@ -78,6 +78,12 @@ class Readers:
     grid: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
+def at_least_float32(x: torch.Tensor, like: torch.dtype | None = None) -> torch.Tensor:
+    """``x`` in float32, or float64 when its dtype (``like`` if given) is float64: fp16/bf16
+    values are worked with in float32, a float64 model's stay exact."""
+    return x.to(torch.promote_types(like or x.dtype, torch.float32))
+
+
 def check_strategy(strategy: str) -> str:
     """Return ``strategy`` if known, else raise a one-line error."""
     if strategy not in STRATEGIES:
@@ -232,7 +238,7 @@ def _affine_parts(module: nn.Module, D: int, like: torch.Tensor, gamma, beta):
     the offset ``W beta + b`` and the column ``W gamma`` (float32 or better)."""
     x = torch.stack([beta, gamma, torch.zeros_like(gamma)]).to(like)[:, None, :]
     with torch.no_grad():
-        o = module(x)[:, 0].to(torch.promote_types(like.dtype, torch.float32))
+        o = at_least_float32(module(x)[:, 0], like.dtype)
     return o[0], o[1] - o[2]
 
 
@@ -242,7 +248,7 @@ def _transpose_apply(module: nn.Module, D: int, e: torch.Tensor, like: torch.Ten
     with torch.enable_grad():
         out = module(x)
         g = batched_vjp(out, x, e.to(out.dtype)[:, None, None, :])
-    return g[:, 0, 0].to(torch.promote_types(like.dtype, torch.float32))
+    return at_least_float32(g[:, 0, 0], like.dtype)
 
 
 @dataclass(frozen=True)
@@ -299,7 +305,7 @@ def _readers(run: Run, ids, coefs, image, n_images, chunk_size, causal, readers:
     D = A.shape[-1]
     grid = readers.grid(A).to(A.device)  # (h,w) token index per cell
     cells = grid.reshape(-1)
-    x = A.to(torch.promote_types(A.dtype, torch.float32))  # float32 or better throughout
+    x = at_least_float32(A)  # float32 or better throughout
     nt = _norm_of(x, readers.norm, cells)
     parts = [_affine_parts(m, D, A, nt.gamma, nt.beta) for m in readers.modules]
     Z = [leaf.detach().to(x) - off for leaf, (off, _) in zip(leaves, parts)]  # W (Y-beta)
@@ -372,5 +378,4 @@ def layer_gradients(
     if fn is None:
         raise ValueError("resolve strategy 'auto' before calling layer_gradients")
     A, G, scores = fn(run, ids.long(), coefs.float(), image, n_images, chunk_size, causal)
-    return Gradients(A=A, G=G.to(torch.promote_types(G.dtype, torch.float32)), scores=scores,
-                     image=image)  # float32, or float64 for float64 models
+    return Gradients(A=A, G=at_least_float32(G), scores=scores, image=image)

@@ -478,7 +478,7 @@ class Pipeline:
             cot = torch.zeros(n, *feats.shape, device=feats.device)
             cot[torch.arange(n), image[sl]] = G_point[sl].to(cot.device)
             g = engine.batched_vjp(feats, leaf, cot)
-            out.append(_at_least_float32(g[torch.arange(n), image[sl]]))
+            out.append(engine.at_least_float32(g[torch.arange(n), image[sl]]))
         return torch.cat(out)
 
     def _explain_whole(self, images, prepared, rows_fn, index, cam, guided, strategy
@@ -553,8 +553,9 @@ class Pipeline:
                 to_layer) -> list[Explained]:
         layout = self.layout or infer_layout(A_raw)
         own = prepared[0][0] if len(prepared) == 1 else None  # inputs, for layouts that read them
-        A = _at_least_float32(layout.to_grid(A_raw, own))
-        G = G_raw if isinstance(G_raw, Reduced) else _at_least_float32(layout.to_grid(G_raw, own))
+        wide = engine.at_least_float32  # a float64 model's grids stay float64 (exact HiResCAM)
+        A = wide(layout.to_grid(A_raw, own))
+        G = G_raw if isinstance(G_raw, Reduced) else wide(layout.to_grid(G_raw, own))
         scores = scores.cpu()
         out, start = [], 0
         for b, (im, (inputs, geom), r) in enumerate(zip(images, prepared, rows)):
@@ -577,12 +578,6 @@ class Pipeline:
                                  PixelMaps(lmaps, geom, cell), scores[sel, : r.coefs.shape[1]],
                                  gg, cell))
         return out
-
-
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> float32; float32 and float64 kept (a float64 model's grids stay exact:
-    HiResCAM in front of a LayerNorm cancels to ~eps of its terms, README)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _place(parts: list[tuple[torch.Tensor, Any]], N: int) -> torch.Tensor | Reduced:

@@ -206,6 +206,20 @@ def gather_logprobs(logits: torch.Tensor, ids: torch.Tensor,
     return lp
 
 
+def _tower_readers(layer: nn.Module, tower: nn.Module, vm: nn.Module,
+                   mods: tuple[nn.Module, ...]) -> Readers | None:
+    """Readers of a vision tower whose last block ``vm.encoder.layers[-1]`` feeds only
+    ``vm.post_layernorm``, whose output (the tower's, ``tower``) only ``mods`` read: at the
+    tower's output no norm term, at the last block that norm; None at any other layer."""
+    if not mods:
+        return None
+    if layer is tower:
+        return Readers(tuple(mods), None)
+    if layer is vm.encoder.layers[-1]:
+        return Readers(tuple(mods), vm.post_layernorm)
+    return None
+
+
 def _cross_readers(text: nn.Module) -> tuple[nn.Module, ...]:
     """The key/value projections of every cross-attention of a BERT-like (``crossattention.
     self.key/value``) or GPT-2 (``crossattention.c_attn``) text model, in layer order."""
@@ -347,32 +361,18 @@ class HFCaptioner:
         families and layers."""
         name = arch(self.model)
         if name in ("BlipForConditionalGeneration", "BlipForQuestionAnswering"):
-            vm = self.model.vision_model
-            if layer is not vm and layer is not vm.encoder.layers[-1]:
-                return None
             text = (self.model.text_decoder.bert if name == "BlipForConditionalGeneration"
                     else self.model.text_encoder)
-            mods = _cross_readers(text)
-            if not mods:
-                return None
-            return Readers(mods, None if layer is vm else vm.post_layernorm)
+            vm = self.model.vision_model
+            return _tower_readers(layer, vm, vm, _cross_readers(text))
         if name == PALIGEMMA:
             tower = self.model.model.vision_tower
-            vm = getattr(tower, "vision_model", tower)
-            proj = self.model.model.multi_modal_projector.linear
-            if layer is tower:
-                return Readers((proj,), None)
-            if layer is vm.encoder.layers[-1]:
-                return Readers((proj,), vm.post_layernorm)
-            return None
+            return _tower_readers(layer, tower, getattr(tower, "vision_model", tower),
+                                  (self.model.model.multi_modal_projector.linear,))
         if name == "GitForCausalLM":
             enc = self.model.git.image_encoder
-            proj = self.model.git.visual_projection.visual_projection[0]
-            if layer is enc:
-                return Readers((proj,), None)
-            if layer is enc.vision_model.encoder.layers[-1]:
-                return Readers((proj,), enc.vision_model.post_layernorm)
-            return None
+            return _tower_readers(layer, enc, enc.vision_model,
+                                  (self.model.git.visual_projection.visual_projection[0],))
         if name == "VisionEncoderDecoderModel":
             norm = getattr(self.model.encoder, "layernorm", None)
             if not isinstance(norm, nn.LayerNorm) or layer is not resolve_layer(

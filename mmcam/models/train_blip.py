@@ -37,9 +37,9 @@ joint steps (``VQA_DEFAULTS``, shipped as shapes-blip-vqa) 0.806 (color 0.903, c
 exists 0.918, relation 0.538, shape 0.879). Relation questions stay at chance: asking about
 relations more often (a relation question 40% of the time instead of 20%) gave 0.786 overall
 and 0.495 on relations. shapes-blip (``DEFAULTS``: 7000 + 2000 steps, 1302 s): BLEU-4 0.748
-(was 0.613 jointly from the start); with HiResCAM and the contrast score its shape words point
-at the named object 0.82 (was 0.27) and its color words 0.94 (``mmcam evaluate-explanations
-shapes-blip``, 200 scenes).
+(was 0.613 jointly from the start); with HiResCAM and the contrast score at its default layer
+its shape words point at the named object 0.84 (was 0.27) and its color words 0.95 (``mmcam
+evaluate-explanations shapes-blip``, 200 scenes).
 """
 
 from __future__ import annotations
