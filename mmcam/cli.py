@@ -119,6 +119,20 @@ def _vqa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hyper(pairs: list[str]) -> dict[str, float]:
+    """``["lr=7e-4", "vision_steps=0"]`` -> ``{"lr": 0.0007, "vision_steps": 0}``."""
+    hp: dict[str, float] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        try:
+            hp[name.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise MMCamError(f"--set {pair!r}: use NAME=NUMBER, e.g. --set lr=7e-4") from None
+        if not eq or not name.strip():
+            raise MMCamError(f"--set {pair!r}: use NAME=NUMBER, e.g. --set lr=7e-4")
+    return hp
+
+
 def _train(args: argparse.Namespace) -> int:
     _check_out(args.out)
     if args.kind in ("blip-captioner", "blip-vqa"):
@@ -127,8 +141,10 @@ def _train(args: argparse.Namespace) -> int:
 
         task = "caption" if args.kind == "blip-captioner" else "vqa"
         metrics = train_blip(task, args.out, seed=args.seed, steps=args.steps,
-                             init_from=args.init_from)
+                             init_from=args.init_from, hp=_hyper(args.set))
     else:
+        if args.set:
+            raise MMCamError("--set is for blip-captioner and blip-vqa")
         from mmcam.models.train import train
 
         metrics = train(args.kind, args.out, seed=args.seed, steps=args.steps)
@@ -362,7 +378,9 @@ def _add_model_commands(sub: Any) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--steps", type=int, default=None)
     c.add_argument("--init-from", default=None,
-                   help="blip-vqa: start from a shapes-blip folder's weights")
+                   help="blip-*: start from a shapes-blip(-vqa) folder's weights")
+    c.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="blip-*: replace a training hyper-parameter (e.g. --set lr=7e-4)")
     c.set_defaults(func=_train)
 
     c = sub.add_parser("evaluate-explanations",

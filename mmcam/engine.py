@@ -160,8 +160,11 @@ def _copies(run: Run, ids, coefs, image, n_images, chunk_size, causal):
         def feed(a: torch.Tensor, rows: torch.Tensor = rows, held=held) -> torch.Tensor:
             _check_batch(a, n_images, "copies")
             held["A"] = a.detach()
-            leaf = a.detach()[rows.to(a.device)].requires_grad_(True)  # indexing copies
-            held["leaf"] = leaf
+            if n_images == 1:  # a view: the clone below is the only copy
+                leaf = a.detach().expand(rows.shape[0], *a.shape[1:])
+            else:
+                leaf = a.detach()[rows.to(a.device)]  # indexing copies
+            held["leaf"] = leaf.requires_grad_(True)
             return leaf.clone()  # in-place ops after the layer must not touch the leaf
 
         with torch.enable_grad():

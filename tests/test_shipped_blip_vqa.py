@@ -178,3 +178,40 @@ def test_object_position_loss_by_hand():
     want = ((0.25 - x) ** 2 + (0.5 - y) ** 2) / 2
     got = _position_loss(head, patches, [covers])
     assert float(got) == pytest.approx(want, rel=1e-6)
+
+
+def test_warm_start_from_a_vqa_folder_keeps_its_text_encoder(tmp_path):
+    """Continuing a VQA model: every tensor is copied under its own name (the text encoder
+    from ``text_encoder``, not from ``text_decoder.bert``, which has the same shapes)."""
+    from safetensors.torch import load_file
+
+    from mmcam.models.train_blip import VQA_DEFAULTS, _warm_start, build_model
+
+    src = mmcam.load_model("shapes-blip-vqa").model
+    ids = {"[DEC]": src.config.text_config.bos_token_id, "[PAD]": 0,
+           "[SEP]": src.config.text_config.sep_token_id}
+    src.save_pretrained(tmp_path / "src")
+    torch.manual_seed(1)
+    fresh = build_model(src.config.text_config.vocab_size, ids, "vqa")
+    assert VQA_DEFAULTS["attention"] > 0
+    n = _warm_start(fresh, tmp_path / "src")
+    theirs = src.state_dict()
+    mine = fresh.state_dict()
+    saved = load_file(str(tmp_path / "src" / "model.safetensors"))
+    assert n == len(saved) >= len(mine) - 2  # tied copies are saved once
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    # the encoder's and the decoder's blocks differ, so a wrong mapping would show
+    k = "text_encoder.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(theirs[k], theirs["text_decoder.bert." + k[len("text_encoder."):]])
+
+
+def test_cli_set_parses_hyper_parameters():
+    from mmcam.cli import _hyper
+    from mmcam.errors import MMCamError
+
+    assert _hyper(["lr=7e-4", "vision_steps=0", "batch=16"]) == {
+        "lr": 7e-4, "vision_steps": 0, "batch": 16}
+    assert isinstance(_hyper(["batch=16"])["batch"], int)
+    for bad in ("lr", "=3", "lr=fast"):
+        with pytest.raises(MMCamError, match="NAME=NUMBER"):
+            _hyper([bad])

@@ -208,8 +208,9 @@ def _render(n: int, seed: int, progress: bool
 
 
 def _warm_start(model: Any, folder: Path) -> int:
-    """Copy every tensor of ``folder``'s model.safetensors whose name and shape match (the
-    VQA text encoder reads the captioner's ``text_decoder.bert``); return how many."""
+    """Copy every tensor of ``folder``'s model.safetensors whose name and shape match (a VQA
+    model's text encoder reads a captioner's ``text_decoder.bert`` when ``folder`` has no
+    ``text_encoder``, i.e. holds a shapes-blip captioner); return how many."""
     from safetensors.torch import load_file
 
     src = load_file(str(folder / "model.safetensors"))
@@ -217,8 +218,9 @@ def _warm_start(model: Any, folder: Path) -> int:
     copied = 0
     with torch.no_grad():
         for name, t in state.items():
-            key = "text_decoder.bert." + name[len("text_encoder."):] \
-                if name.startswith("text_encoder.") else name
+            key = name
+            if name not in src and name.startswith("text_encoder."):
+                key = "text_decoder.bert." + name[len("text_encoder."):]
             if key in src and src[key].shape == t.shape:
                 t.copy_(src[key])
                 copied += 1
