@@ -9,7 +9,9 @@
 alone: generate, generate + explain (result returned: its pixel maps and boxes are made on
 first use) and generate + explain + every map and box made (``result.maps``, ``.boxes``,
 ``.sentence_map``, ``.sentence_box``), in ``--repeats`` rounds of alternating order; CPU
-seconds with 1 torch thread, then wall seconds with 2; medians of the per-round ratios.
+seconds with 1 torch thread, then wall seconds with 2; medians of the per-round ratios. The
+same rounds time the encoder alone and explaining the given caption (:data:`PARTS`): their
+difference is the explaining work, printed per thread count.
 
 The captioner is ``demos/custom_captioner.py`` (random weights, seed 0, 1003-token vocabulary)
 on scikit-image's ``chelsea.png`` resized to 224x224, so every method's maps are 224x224.
@@ -404,36 +406,50 @@ def table(results: dict) -> str:
 
 
 TARGET = ("generate", "generate_explain", "generate_explain_drawn")
+# timed in the same rounds, to split the time: the encoder alone, and explaining a given
+# caption (encoder + the explaining work, no generation)
+PARTS = ("encode", "explain")
+
+
+def run_encode(s: Setup, n: int) -> None:
+    """The encoder pass alone (prepare + encode)."""
+    with torch.no_grad():
+        s.model.encode(s.model.prepare(s.image))
 
 
 def target_phase(s: Setup, n: int, rounds: int, threads: int, bar: tqdm) -> dict[str, Any]:
-    """The :data:`TARGET` jobs at ``n`` words with ``threads`` torch threads: ``rounds``
-    rounds after two warm-up runs of each, the order rotated every round; per job the wall
-    and CPU seconds, per explain job the quartiles of its per-round ratios to generate."""
+    """The :data:`TARGET` and :data:`PARTS` jobs at ``n`` words with ``threads`` torch
+    threads: ``rounds`` rounds after two warm-up runs of each, the order rotated every
+    round; per job the wall and CPU seconds, per explain job of :data:`TARGET` the quartiles
+    of its per-round ratios to generate."""
     torch.set_num_threads(threads)
+    jobs = {name: METHODS[name][1] for name in TARGET} | {"encode": run_encode}
+    jobs["explain"] = METHODS["explain"][1]
+    assert tuple(jobs)[len(TARGET):] == PARTS
+    order = list(jobs)
     for _ in range(2):
-        for name in TARGET:
-            METHODS[name][1](s, n)
-    runs: dict[str, dict[str, list[float]]] = {j: {"wall": [], "cpu": []} for j in TARGET}
+        for fn in jobs.values():
+            fn(s, n)
+    runs: dict[str, dict[str, list[float]]] = {j: {"wall": [], "cpu": []} for j in jobs}
     loads = []
     for r in range(rounds):
-        k = r % len(TARGET)
-        for name in TARGET[k:] + TARGET[:k]:
+        k = r % len(order)
+        for name in order[k:] + order[:k]:
             gc.collect()
             w0, c0 = time.perf_counter(), time.process_time()
-            METHODS[name][1](s, n)
+            jobs[name](s, n)
             runs[name]["wall"].append(time.perf_counter() - w0)
             runs[name]["cpu"].append(time.process_time() - c0)
         loads.append(os.getloadavg()[0])
         bar.update(1)
     out: dict[str, Any] = {"threads": threads, "rounds": rounds,
                            "load_avg_1min_after_each_round": loads}
-    for name in TARGET:
+    for name in jobs:
         v = runs[name]
         out[name] = {"wall_median_s": statistics.median(v["wall"]),
                      "cpu_median_s": statistics.median(v["cpu"]),
                      "wall_s": v["wall"], "cpu_s": v["cpu"]}
-        if name != "generate":
+        if name in TARGET[1:]:
             for kind in ("cpu", "wall"):
                 ratios = [a / b for a, b in zip(v[kind], runs["generate"][kind])]
                 out[name][f"{kind}_over_generate"] = quartiles(ratios)
@@ -482,6 +498,11 @@ def target(args: argparse.Namespace) -> None:
           f"2 threads)\n  generate alone: {one['generate']['cpu_median_s']:.3f} CPU s "
           f"(1 thread); load average before {load_before[0]:.2f}, after "
           f"{r['load_avg_after'][0]:.2f}; wrote {out}")
+    for ph in phases:  # the explaining work = explain(given caption) - encoder, medians
+        med = {j: ph[j]["wall_median_s"] * 1e3 for j in ("encode", "explain", "generate")}
+        print(f"  {ph['threads']} thread(s), wall medians: encoder {med['encode']:.0f} ms, "
+              f"generate {med['generate']:.0f} ms, explain a given caption "
+              f"{med['explain']:.0f} ms (explaining work {med['explain'] - med['encode']:.0f} ms)")
 
 
 def main(argv: list[str] | None = None) -> None:
