@@ -215,3 +215,21 @@ def test_main_called_from_python_leaves_the_garbage_collector_alone(tmp_path, mo
     frozen = gc.get_freeze_count()
     assert main(["caption", "scene.png", "--out", "o"]) == 0
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["captioner", "--set", "lr=1"], "--set is for blip-captioner and blip-vqa"),
+        (["blip-vqa", "--set", "lr"], "use NAME=NUMBER"),
+        (["blip-vqa", "--set", "lr=fast"], "use NAME=NUMBER"),
+        (["blip-vqa", "--set", "lrr=3", "--steps", "1"], "unknown hyper-parameter(s) ['lrr']"),
+    ],
+)
+def test_train_bad_hyper_parameters_exit_2_with_one_line(tmp_path, capsys, args, message):
+    rc = main(["train", *args, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "o").exists()
