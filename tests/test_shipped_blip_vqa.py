@@ -116,6 +116,32 @@ def test_attention_targets_by_hand():
     assert float(_attention_loss((att, att), target)) == pytest.approx(want, rel=1e-5)
 
 
+def test_attention_supervision_of_more_heads_and_every_token_by_hand():
+    from mmcam.models.train_blip import GRID, _attention_loss, _attention_target
+
+    covers = torch.zeros(2, GRID, GRID)
+    covers[0, 0, 0] = 1.0
+    covers[1, 1, 1] = 1.0
+    rel = _attention_target(covers, (0, 1), "relation", heads=4)
+    assert rel.shape == (4, 1 + GRID * GRID)
+    assert rel[0, 1] == 1.0 and rel[1, 1 + GRID + 1] == 1.0  # subject, reference
+    assert rel[2, 1] == rel[2, 1 + GRID + 1] == 0.5 and torch.equal(rel[2], rel[3])  # both
+    color = _attention_target(covers, (1,), "color", heads=3)
+    assert all(color[j, 1 + GRID + 1] == 1.0 for j in range(3))
+    # one question, head 0 supervised onto cell 5; three query tokens, the last one padding
+    K = 1 + GRID * GRID
+    target = torch.zeros(1, 1, K)
+    target[0, 0, 5] = 1.0
+    att = torch.full((1, 2, 3, K), 0.01)
+    att[0, 0, 0, 5], att[0, 0, 1, 5], att[0, 0, 2, 5] = 0.5, 0.25, 0.125
+    att[0, 1] = 0.9  # head 1 is not supervised: it must not count
+    tokens = torch.tensor([[1, 1, 0]])
+    log2 = float(torch.log(torch.tensor(2.0)))
+    every = float(_attention_loss((att, att), target, tokens))
+    assert every == pytest.approx((1 * log2 + 2 * log2) / 2, rel=1e-5)  # tokens 0 and 1
+    assert float(_attention_loss((att,), target)) == pytest.approx(log2, rel=1e-5)  # CLS
+
+
 def test_object_shape_loss_by_hand():
     """Each object's tokens pooled with its cell coverage as weights, then cross-entropy."""
     from mmcam.models.train_blip import GRID, _object_loss
@@ -215,3 +241,17 @@ def test_cli_set_parses_hyper_parameters():
     for bad in ("lr", "=3", "lr=fast"):
         with pytest.raises(MMCamError, match="NAME=NUMBER"):
             _hyper([bad])
+
+
+def test_trainer_with_every_token_supervised_records_it(tmp_path):
+    from mmcam.models.train_blip import train_blip_vqa
+
+    hp = {"batch": 2, "per_image": 3, "vision_steps": 1, "vision_batch": 2,
+          "att_heads": 4, "att_tokens": 1}
+    run = train_blip_vqa(tmp_path / "m", seed=5, steps=2, n_train=6, progress=False,
+                         n_eval=1, hp=hp)
+    assert run["att_heads"] == 4 and run["att_tokens"] == 1 and run["set"] == hp
+    assert all(np.isfinite(run["loss_history"]))
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "heads 0-3 of every question token's cross-attention" in card
+    assert "--set att_heads=4 --set att_tokens=1" in card and "--steps 2" in card

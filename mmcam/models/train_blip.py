@@ -81,8 +81,11 @@ DEFAULTS = {"steps": 2000, "n_train": 8000, "batch": 32, "lr": 7e-4, "warmup": 1
 # ``aux`` weighs the training-only per-cell attribute loss (see :func:`_aux_loss`),
 # ``attention`` the cross-attention supervision (see :func:`_attention_loss`).
 # ``position``: the per-object position term (:func:`_position_loss`) in both phases.
+# ``att_heads``: how many heads (0..att_heads-1) the attention term supervises;
+# ``att_tokens``: 0 = the question's ``[CLS]`` query only, 1 = every question token.
 VQA_DEFAULTS = {**DEFAULTS, "steps": 2000, "batch": 16, "per_image": 8, "lr": 1.5e-3,
-                "warmup": 100, "aux": 1.0, "attention": 1.0, "position": 1.0}
+                "warmup": 100, "aux": 1.0, "attention": 1.0, "position": 1.0,
+                "att_heads": 2, "att_tokens": 0}
 GRID = ARCH["vision"]["image_size"] // ARCH["vision"]["patch_size"]
 AUX_CLASSES = (len(COLORS) + 1, len(SHAPES) + 1, 3)  # color, shape, size; 0 = background
 
@@ -168,6 +171,7 @@ def train_blip(task: str, out: str | os.PathLike, seed: int = 0, steps: int | No
     unknown = set(hp or {}) - set(base)
     if unknown:
         raise MMCamError(f"unknown hyper-parameter(s) {sorted(unknown)}: use {sorted(base)}")
+    set_by_user = {k: v for k, v in (hp or {}).items() if k != "steps"}
     hp = {**base, **(hp or {})}
     steps = int(hp["steps"] if steps is None else steps)
     n_train = int(hp["n_train"] if n_train is None else n_train)
@@ -177,7 +181,8 @@ def train_blip(task: str, out: str | os.PathLike, seed: int = 0, steps: int | No
     torch.set_num_threads(1)
     try:
         return _train(task, Path(out), seed, steps, n_train, progress, n_eval,
-                      {**hp, "init_from": None if init_from is None else str(init_from)})
+                      {**hp, "init_from": None if init_from is None else str(init_from),
+                       "set": dict(set_by_user)})
     finally:
         torch.set_num_threads(threads)
 
@@ -337,31 +342,42 @@ def _pretrain_vision(vision: Any, heads: torch.nn.ModuleDict, images: torch.Tens
 SUPERVISED_HEADS = 2
 
 
-def _attention_target(covers: torch.Tensor, refs: tuple[int, ...], qtype: str) -> torch.Tensor:
-    """(SUPERVISED_HEADS, 1 + GRID*GRID) target cross-attention of the question's ``[CLS]``
-    token: the referred objects' cell coverage made a distribution, CLS key 0 (relation: head 0
-    on the subject, head 1 on the reference object; other types: both heads on all the
-    referred objects); all zeros (no loss) when the question refers to no object."""
-    out = torch.zeros(SUPERVISED_HEADS, 1 + GRID * GRID)
+def _attention_target(covers: torch.Tensor, refs: tuple[int, ...], qtype: str,
+                      heads: int = SUPERVISED_HEADS) -> torch.Tensor:
+    """(heads, 1 + GRID*GRID) target cross-attention of a question token: the referred
+    objects' cell coverage made a distribution, CLS key 0 (relation: head 0 on the subject,
+    head 1 on the reference object, further heads on both; other types: every head on all
+    the referred objects); all zeros (no loss) when the question refers to no object."""
+    out = torch.zeros(heads, 1 + GRID * GRID)
     if not refs:
         return out
-    groups = [(r,) for r in refs] if qtype == "relation" else [refs] * SUPERVISED_HEADS
-    for j in range(SUPERVISED_HEADS):
-        m = covers[list(groups[min(j, len(groups) - 1)])].sum(0).flatten()
+    groups = [(r,) for r in refs] if qtype == "relation" else []
+    groups += [tuple(refs)] * (heads - len(groups))
+    for j in range(heads):
+        m = covers[list(groups[j])].sum(0).flatten()
         out[j, 1:] = m / m.sum()
     return out
 
 
-def _attention_loss(cross: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy between the ``[CLS]`` query's cross-attention over the image tokens in
-    heads 0..SUPERVISED_HEADS-1 of every text-encoder layer (``cross``: per layer
-    (N, heads, T, 1 + GRID*GRID)) and ``target`` (N, SUPERVISED_HEADS, 1 + GRID*GRID), over the
-    questions that refer to an object; the other heads and tokens are free."""
-    has = target.sum(-1) > 0  # (N, SUPERVISED_HEADS)
+def _attention_loss(cross: tuple[torch.Tensor, ...], target: torch.Tensor,
+                    tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy between the cross-attention over the image tokens in heads 0..H-1 of
+    every text-encoder layer (``cross``: per layer (N, heads, T, 1 + GRID*GRID)) and
+    ``target`` (N, H, 1 + GRID*GRID), over the questions that refer to an object: of the
+    ``[CLS]`` query alone (``tokens`` None), else of every query whose ``tokens`` (N, T) entry
+    is 1 (the question's non-padding tokens), averaged over them; the other heads (and
+    tokens) are free. The mean over layers."""
+    H = target.shape[1]
+    has = target.sum(-1) > 0  # (N, H)
     total = target.new_zeros(())
     for a in cross:
-        ce = -(target * torch.log(a[:, :SUPERVISED_HEADS, 0] + 1e-8)).sum(-1)
-        total = total + ce[has].sum() / has.sum().clamp(min=1)
+        if tokens is None:
+            ce = -(target * torch.log(a[:, :H, 0] + 1e-8)).sum(-1)
+            total = total + ce[has].sum() / has.sum().clamp(min=1)
+        else:
+            ce = -(target[:, :, None] * torch.log(a[:, :H] + 1e-8)).sum(-1)  # (N, H, T)
+            valid = has[:, :, None] & tokens[:, None, :].bool()
+            total = total + ce[valid].sum() / valid.sum().clamp(min=1)
     return total / len(cross)
 
 
@@ -399,13 +415,15 @@ def _facts(task: str, steps: int, n_train: int, seed: int, hp: dict[str, Any], k
     facts = {**seconds, "task": task, "steps": steps, "n_train": n_train, "seed": seed,
              "batch": hp["batch"], "lr": hp["lr"], "warmup": hp["warmup"],
              "weight_decay": hp["weight_decay"], "init_from": hp.get("init_from"),
+             "set": hp.get("set", {}),
              "vision_steps": int(hp["vision_steps"]), "vision_batch": int(hp["vision_batch"]),
              "vision_lr": hp["vision_lr"], "aux": aux_weight, "position": hp["position"],
              "vision_final_loss": float(np.mean(vision_losses[-100:])) if vision_losses else None,
              "threads": torch.get_num_threads(),
              "final_loss": float(np.mean(losses[-50:])), "arch": ARCH}
     if task == "vqa":
-        facts.update(per_image=k, attention=att_weight)
+        facts.update(per_image=k, attention=att_weight, att_heads=int(hp["att_heads"]),
+                     att_tokens=int(hp["att_tokens"]))
     return facts
 
 
@@ -468,10 +486,11 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
                     qs.append([tok.cls_token_id] + q + [sep])
                     ans.append([dec] + a + [sep])
                     if att_weight:
-                        att.append(_attention_target(texts[i][2], refs, t))
+                        att.append(_attention_target(texts[i][2], refs, t,
+                                                     int(hp["att_heads"])))
             loss = _vqa_loss(model, pixels, _pad(qs, pad), _pad(ans, pad), k,
                              (aux_weight, heads, idx, cells, texts, float(hp["position"])),
-                             (att_weight, att))
+                             (att_weight, att, bool(hp["att_tokens"])))
         losses.append(_step(opt, params, loss, _lr(step, steps, hp)))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
@@ -500,7 +519,7 @@ def _evaluate_and_card(out: Path, facts: dict[str, Any], n_eval: int, progress: 
 
 def _vqa_loss(model: Any, pixels: torch.Tensor, questions: tuple, answers: tuple, k: int,
               aux: tuple[float, Any, list[int], torch.Tensor, list[Any], float],
-              attention: tuple[float, list]) -> torch.Tensor:
+              attention: tuple[float, list, bool]) -> torch.Tensor:
     """One VQA step's loss: the answer tokens given ``[DEC]``, the decoder reading the text
     encoder's question states over one vision forward per scene (``k`` questions each), plus
     the training-only attribute (``aux``: weight, heads or None, the scenes' indices, cell
@@ -517,8 +536,8 @@ def _vqa_loss(model: Any, pixels: torch.Tensor, questions: tuple, answers: tuple
     if aux[1] is not None:  # the patch tokens the text side reads
         loss = loss + aux[0] * _attribute_loss(aux[1], vis[0][:, 1:], *aux[2:])
     if attention[0]:
-        loss = loss + attention[0] * _attention_loss(enc.cross_attentions,
-                                                     torch.stack(attention[1]))
+        loss = loss + attention[0] * _attention_loss(
+            enc.cross_attentions, torch.stack(attention[1]), q_mask if attention[2] else None)
     return loss
 
 
@@ -601,13 +620,20 @@ def _vqa_card_text(metrics: dict[str, Any], facts: dict[str, Any], command: str,
     vision = _vision_card_text(facts, cls)
     aux = ""
     if facts.get("attention"):
+        heads = int(facts.get("att_heads", SUPERVISED_HEADS))
+        every = bool(facts.get("att_tokens"))
         aux += (f"\n- Attention supervision during training (weight {facts['attention']}): "
-                f"in every text-encoder layer, heads 0-{SUPERVISED_HEADS - 1} of the "
-                "question's `[CLS]` cross-attention over the image tokens are pulled "
+                f"in every text-encoder layer, heads 0-{heads - 1} of "
+                + ("every question token's" if every else "the question's `[CLS]`")
+                + " cross-attention over the image tokens are pulled "
                 "(cross-entropy) towards the cell coverage of the object(s) the question "
                 "refers to (`Scene.question_objects`; relation: head 0 on the subject, head 1 "
-                "on the reference object; questions naming no object: no term). The other "
-                "heads and tokens are free. So the model is grounded partly by construction.")
+                "on the reference object"
+                + (", the others on both" if heads > 2 else "")
+                + "; questions naming no object: no term). "
+                + ("The other heads are free." if every else
+                   "The other heads and tokens are free.")
+                + " So the model is grounded partly by construction.")
     recipe = (
         f"Trained with `{command}`:\n\n"
         f"- Data: `mmcam.scenes.generate({facts['n_train']}, seed={facts['seed']})`."
@@ -627,9 +653,19 @@ def _vqa_card_text(metrics: dict[str, Any], facts: dict[str, Any], command: str,
         + (" (answer loss plus the training-only terms above)."
            if facts.get("aux") or facts.get("attention") else "."))
     if facts.get("init_from"):
-        recipe += ("\n- The vision tower and text blocks started from shapes-blip's weights "
-                   "(same world, same architecture); vocabulary-sized layers at random.")
+        recipe += (f"\n- Every tensor started from {_init_name(facts)}'s of the same name and "
+                   "shape (same world, same architecture; a captioner's decoder blocks start "
+                   "the text encoder); the others at random.")
     return result, recipe
+
+
+def _init_name(facts: dict[str, Any]) -> str | None:
+    """The ``--init-from`` folder as the card names it: ``models/NAME`` for a shipped one."""
+    init = facts.get("init_from")
+    if not init:
+        return None
+    path = Path(init)
+    return f"models/{path.name}" if path.parent.name == "models" else str(path)
 
 
 def write_card(out: Path, metrics: dict[str, Any], facts: dict[str, Any]) -> None:
@@ -639,10 +675,12 @@ def write_card(out: Path, metrics: dict[str, Any], facts: dict[str, Any]) -> Non
     name = "shapes-blip" if caption else "shapes-blip-vqa"
     cls = "BlipForConditionalGeneration" if caption else "BlipForQuestionAnswering"
     kind = "blip-captioner" if caption else "blip-vqa"
-    init = " --init-from models/shapes-blip" if facts.get("init_from") else ""
+    start = _init_name(facts)
+    init = f" --init-from {start}" if start else ""
     command = f"mmcam train {kind} --out models/{name} --seed {facts['seed']}{init}"
     if facts["steps"] != (DEFAULTS if caption else VQA_DEFAULTS)["steps"]:
         command += f" --steps {facts['steps']}"
+    command += "".join(f" --set {k}={v}" for k, v in sorted(facts.get("set", {}).items()))
     if caption:
         ex = "\n".join(f"- {e}" for e in metrics["examples"])
         result = (f"BLEU-4 **{metrics['bleu4']:.3f}**, exact match {metrics['exact']:.3f} "
@@ -660,10 +698,10 @@ def write_card(out: Path, metrics: dict[str, Any], facts: dict[str, Any]) -> Non
                   f"loss {facts['final_loss']:.3f}.")
     else:
         result, recipe = _vqa_card_text(metrics, facts, command, cls)
-    if caption and facts.get("init_from"):
-        result += ("\n\nThe vision tower and text blocks started from shapes-blip's weights "
+    if caption and start:
+        result += (f"\n\nThe vision tower and text blocks started from {start}'s weights "
                    "(same world, same architecture); vocabulary-sized layers started at random.")
-    origin = ("from shapes-blip's weights" if facts.get("init_from") else "from scratch")
+    origin = f"from {start}'s weights" if start else "from scratch"
     (out / "README.md").write_text(f"""---
 library_name: transformers
 pipeline_tag: {"image-to-text" if caption else "visual-question-answering"}
