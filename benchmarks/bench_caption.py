@@ -406,9 +406,6 @@ def table(results: dict) -> str:
 
 
 TARGET = ("generate", "generate_explain", "generate_explain_drawn")
-# timed in the same rounds, to split the time: the encoder alone, and explaining a given
-# caption (encoder + the explaining work, no generation)
-PARTS = ("encode", "explain")
 
 
 def run_encode(s: Setup, n: int) -> None:
@@ -417,15 +414,18 @@ def run_encode(s: Setup, n: int) -> None:
         s.model.encode(s.model.prepare(s.image))
 
 
+# timed in the same rounds, to split the time: the encoder alone, and explaining a given
+# caption (encoder + the explaining work, no generation)
+PARTS = {"encode": run_encode, "explain": run_explain}
+
+
 def target_phase(s: Setup, n: int, rounds: int, threads: int, bar: tqdm) -> dict[str, Any]:
     """The :data:`TARGET` and :data:`PARTS` jobs at ``n`` words with ``threads`` torch
     threads: ``rounds`` rounds after two warm-up runs of each, the order rotated every
     round; per job the wall and CPU seconds, per explain job of :data:`TARGET` the quartiles
     of its per-round ratios to generate."""
     torch.set_num_threads(threads)
-    jobs = {name: METHODS[name][1] for name in TARGET} | {"encode": run_encode}
-    jobs["explain"] = METHODS["explain"][1]
-    assert tuple(jobs)[len(TARGET):] == PARTS
+    jobs = {name: METHODS[name][1] for name in TARGET} | PARTS
     order = list(jobs)
     for _ in range(2):
         for fn in jobs.values():

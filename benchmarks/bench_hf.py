@@ -30,10 +30,10 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.bench_engine import loop_maps, machine, photo, rel  # noqa: E402
 from mmcam.adapters.hf import HFCaptioner  # noqa: E402
-
-LAYER = "vision_model.encoder.layers[-1]"
 from mmcam.caption import CaptionExplainer  # noqa: E402
 from mmcam.layers import resolve_layer  # noqa: E402
+
+LAYER = "vision_model.encoder.layers[-1]"
 
 
 def blip_base(tiny: bool = False) -> HFCaptioner:

@@ -28,7 +28,7 @@ import mmcam  # noqa: E402
 from mmcam import evaluation as ev  # noqa: E402
 from mmcam.pipeline import cam_of  # noqa: E402
 from mmcam.scenes import generate  # noqa: E402
-from mmcam.suite import SEED, _union  # noqa: E402
+from mmcam.suite import SEED, _union, vqa_questions  # noqa: E402
 from mmcam.vqa import VQAExplainer  # noqa: E402
 
 SLACK = 4
@@ -39,15 +39,8 @@ def misses(model: str, n: int, seed: int) -> dict:
     ex = VQAExplainer(mmcam.load_model(model), score="contrast", method="hirescam")
     by: dict[str, list[tuple[bool, int, bool]]] = {}
     for scene in tqdm(generate(n, seed), desc=f"VQA maps of {model}"):
-        seen: set[str] = set()
-        every = np.zeros(scene.image.size[::-1], dtype=bool)
-        for o in scene.objects:
-            every |= np.asarray(o.mask)
-        for (q, _), qtype, objs in zip(scene.questions, scene.question_types,
-                                       scene.question_objects):
-            if not objs or qtype in seen:  # the suite's choice: first question per type
-                continue
-            seen.add(qtype)
+        every, _ = _union(scene.objects, scene.image.size)
+        for _, q, _, qtype, objs in vqa_questions(scene):
             e = ex.explained(scene.image, q)
             grid = cam_of("hirescam")(e.A[None], e.G[0:1])[0]
             m = e.geometry.to_image(grid[None], None)[0]

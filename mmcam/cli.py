@@ -124,12 +124,13 @@ def _hyper(pairs: list[str]) -> dict[str, float]:
     hp: dict[str, float] = {}
     for pair in pairs:
         name, eq, value = pair.partition("=")
+        bad = MMCamError(f"--set {pair!r}: use NAME=NUMBER, e.g. --set lr=7e-4")
+        if not eq or not name.strip():
+            raise bad
         try:
             hp[name.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
         except ValueError:
-            raise MMCamError(f"--set {pair!r}: use NAME=NUMBER, e.g. --set lr=7e-4") from None
-        if not eq or not name.strip():
-            raise MMCamError(f"--set {pair!r}: use NAME=NUMBER, e.g. --set lr=7e-4")
+            raise bad from None
     return hp
 
 

@@ -263,6 +263,18 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
     return recs, captions
 
 
+def vqa_questions(scene: Scene) -> list[tuple[int, str, str, str, tuple[int, ...]]]:
+    """The questions the suite explains on ``scene``: per question type, the first one that
+    refers to objects, as (index, question, answer, type, referred objects)."""
+    out, seen = [], set()
+    for qi, ((q, truth), qtype, objs) in enumerate(zip(
+            scene.questions, scene.question_types, scene.question_objects)):
+        if objs and qtype not in seen:
+            seen.add(qtype)
+            out.append((qi, q, truth, qtype, objs))
+    return out
+
+
 def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                 scores: Sequence[str], aligns: Sequence[str], slack: int = 4,
                 n_deletion: int = 50, progress: bool = True, fill: str = "mean",
@@ -274,12 +286,7 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
         ex, ex_full = _explainer(VQAExplainer, adapter, score, methods, layer)
         for i, scene in enumerate(tqdm(scenes, desc=f"VQA, score {score}",
                                        disable=not progress)):
-            seen: set[str] = set()
-            for qi, ((q, truth), qtype, objs) in enumerate(zip(
-                    scene.questions, scene.question_types, scene.question_objects)):
-                if not objs or qtype in seen:
-                    continue
-                seen.add(qtype)
+            for qi, q, truth, qtype, objs in vqa_questions(scene):
                 e = ex.explained(scene.image, q)
                 answer = e.rows.info[0]
                 full = None if ex_full is None else ex_full.explained(scene.image, q, answer)

@@ -363,21 +363,20 @@ def _attention_loss(cross: tuple[torch.Tensor, ...], target: torch.Tensor,
                     tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy between the cross-attention over the image tokens in heads 0..H-1 of
     every text-encoder layer (``cross``: per layer (N, heads, T, 1 + GRID*GRID)) and
-    ``target`` (N, H, 1 + GRID*GRID), over the questions that refer to an object: of the
-    ``[CLS]`` query alone (``tokens`` None), else of every query whose ``tokens`` (N, T) entry
-    is 1 (the question's non-padding tokens), averaged over them; the other heads (and
-    tokens) are free. The mean over layers."""
+    ``target`` (N, H, 1 + GRID*GRID), over the questions that refer to an object, of every
+    query whose ``tokens`` (N, T) entry is 1 (the question's non-padding tokens; None: the
+    ``[CLS]`` query alone), averaged over them; the other heads (and tokens) are free. The
+    mean over layers."""
     H = target.shape[1]
-    has = target.sum(-1) > 0  # (N, H)
+    T = cross[0].shape[2]
+    if tokens is None:
+        tokens = torch.zeros(target.shape[0], T, dtype=torch.bool, device=target.device)
+        tokens[:, 0] = True
+    valid = (target.sum(-1) > 0)[:, :, None] & tokens[:, None, :].bool()  # (N, H, T)
     total = target.new_zeros(())
     for a in cross:
-        if tokens is None:
-            ce = -(target * torch.log(a[:, :H, 0] + 1e-8)).sum(-1)
-            total = total + ce[has].sum() / has.sum().clamp(min=1)
-        else:
-            ce = -(target[:, :, None] * torch.log(a[:, :H] + 1e-8)).sum(-1)  # (N, H, T)
-            valid = has[:, :, None] & tokens[:, None, :].bool()
-            total = total + ce[valid].sum() / valid.sum().clamp(min=1)
+        ce = -(target[:, :, None] * torch.log(a[:, :H] + 1e-8)).sum(-1)  # (N, H, T)
+        total = total + ce[valid].sum() / valid.sum().clamp(min=1)
     return total / len(cross)
 
 
