@@ -185,6 +185,9 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise MMCamError("--n must be at least 1")
+    for flag in ("n_deletion", "n_sanity"):
+        if getattr(args, flag) < 0:
+            raise MMCamError(f"--{flag.replace('_', '-')} must be 0 or more")
     _check_out(args.out)
     report = evaluate_explanations(
         load_model(args.model, **_placement(args)), args.model, n=args.n, seed=args.seed,
@@ -401,7 +404,8 @@ def _add_model_commands(sub: Any) -> None:
                    help="explained layers to compare (dotted paths; default: the model's own)")
     c.add_argument("--deletion-fill", choices=("mean", "blur"), default="mean",
                    help="what removed pixels become: the image's mean color or a blurred copy")
-    c.add_argument("--n-sanity", type=int, default=10, help="scenes for the sanity check")
+    c.add_argument("--n-sanity", type=int, default=10,
+                   help="scenes for the sanity check (0: skip it, and the recommendation)")
     c.add_argument("--trust-remote-code", action="store_true",
                    help="let a Hugging Face checkpoint run the Python code it ships")
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -433,6 +433,9 @@ def markdown(report: dict) -> str:
         lines += [f"Recommended: **{rec['method']}**, score **{rec['score']}**, align "
                   f"**{rec['align']}**, layer **{rec.get('layer', '-')}** (mean pointing "
                   f"{rec['mean_pointing']:.2f}).", ""]
+    elif not report["sanity"]:
+        lines += ["Sanity check skipped (0 scenes), so nothing is recommended: only a "
+                  "setting that passes it can be.", ""]
     lines += ["| task | kind | method | score | align | layer | n | pointing | chance "
               "| energy in mask | energy in box | loc. (IoU>=0.5) | deletion > random |",
               "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -535,7 +538,8 @@ def evaluate_explanations(
 ) -> dict:
     """Run the suite (module doc) on ``n`` fresh scenes, at the model's default layer or at
     each of ``layers``; write ``report.json``, ``report.md`` and ``report.html`` to ``out``
-    if given. Returns the report."""
+    if given. Returns the report. ``n_sanity=0`` skips the sanity check, and with it the
+    recommendation (only settings that pass it are recommended)."""
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}")
@@ -556,13 +560,13 @@ def evaluate_explanations(
             new = vqa_records(adapter, scenes, methods, scores, aligns, slack, n_deletion,
                               progress, fill, layer)
             got = sanity(adapter, scenes[:n_sanity], methods, scores, "vqa",
-                         progress=progress, layer=layer)
+                         progress=progress, layer=layer) if n_sanity > 0 else {}
         else:
             new, captions = caption_records(adapter, scenes, methods, scores, aligns, slack,
                                             n_deletion, progress, fill, layer,
                                             captions or None)
             got = sanity(adapter, scenes[:n_sanity], methods, scores, "caption",
-                         captions[:n_sanity], progress, layer)
+                         captions[:n_sanity], progress, layer) if n_sanity > 0 else {}
         recs += [r | {"layer": label} for r in new]
         stage = explained_stage(adapter, stages, layer)
         for k, curve in got.items():

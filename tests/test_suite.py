@@ -144,6 +144,24 @@ def test_cli_refuses_bad_n(capsys):
     assert "--n must be at least 1" in capsys.readouterr().err
 
 
+def test_no_sanity_scenes_skips_the_check_and_the_recommendation(tmp_path, capsys):
+    """``--n-sanity 0`` (a traceback once): the table is made, no sanity curves, nothing
+    recommended (only a setting that passes the check can be), and the report says so."""
+    out = tmp_path / "ev"
+    assert main(["evaluate-explanations", "shapes-vqa", "--n", "2", "--n-deletion", "0",
+                 "--n-sanity", "0", "--methods", "hirescam", "--scores", "contrast",
+                 "--aligns", "receptive", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["sanity"] == {} and report["recommended"] is None
+    assert report["table"] and {r["method"] for r in report["table"]} == {"hirescam"}
+    assert "Sanity check skipped" in (out / "report.md").read_text()
+    assert "recommended" not in capsys.readouterr().out
+    for flag in ("--n-sanity", "--n-deletion"):
+        assert main(["evaluate-explanations", "shapes-vqa", "--n", "1", flag, "-1",
+                     "--out", str(tmp_path / "x")]) == 2
+        assert f"{flag} must be 0 or more" in capsys.readouterr().err
+
+
 def test_evaluate_explanations_refuses_unknown_methods():
     with pytest.raises(ValueError, match="unknown method"):
         evaluate_explanations(load_model("shapes-vqa"), "x", n=1, methods=["nope"])
