@@ -1,6 +1,8 @@
 """Is a map right? Metrics against ground truth and against the model itself.
 
-Maps are (H,W) non-negative tensors on the image's pixels; masks are bool (H,W).
+Maps are (H,W) non-negative tensors (or numpy arrays) on the image's pixels; masks are bool
+(H,W). A map that is empty, not finite, or of another shape than its mask or image is refused
+with :class:`~mmcam.errors.MMCamError`.
 
 - :func:`pointing_hit`: the map's peak lies in the object (within ``slack`` pixels).
 - :func:`energy_ratio`: the share of the map's mass inside a region, divided by the region's
@@ -20,7 +22,7 @@ Maps are (H,W) non-negative tensors on the image's pixels; masks are bool (H,W).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,24 +32,58 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmcam.cam import box_iou, localize
+from mmcam.errors import MMCamError
 
 Box = tuple[int, int, int, int]
+MapLike = torch.Tensor | np.ndarray
 
 
-def peak(map_: torch.Tensor) -> tuple[int, int]:
+def _as_map(map_: MapLike, shape: Sequence[int] | None = None, of: str = "the mask",
+           dims: int | None = 2, name: str = "map") -> torch.Tensor:
+    """``map_`` as a detached CPU tensor (integer or bool values as float64), or
+    :class:`MMCamError` unless it is ``dims``-D (None: any), of ``shape`` (that of ``of``),
+    non-empty and finite."""
+    try:
+        t = torch.as_tensor(np.asarray(map_) if not torch.is_tensor(map_) else map_)
+    except (TypeError, ValueError, RuntimeError):
+        raise MMCamError(f"{name} must be a tensor or array of numbers, got "
+                         f"{type(map_).__name__}") from None
+    t = t.detach().cpu()
+    if t.is_complex():
+        raise MMCamError(f"{name} must be real, got {t.dtype}")
+    if not t.is_floating_point():
+        t = t.double()
+    if dims is not None and t.dim() != dims:
+        raise MMCamError(f"{name} must be {dims}-D (H,W), got shape {tuple(t.shape)}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise MMCamError(f"{name} shape {tuple(t.shape)} differs from {of}'s {tuple(shape)}; "
+                         "they must be equal")
+    if t.numel() == 0:
+        raise MMCamError(f"{name} is empty (shape {tuple(t.shape)})")
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise MMCamError(f"{name} has {bad} NaN or infinite value(s); clean it first "
+                         "(e.g. torch.nan_to_num)")
+    return t
+
+
+def peak(map_: MapLike) -> tuple[int, int]:
     """(x, y) of the map's first maximum in row-major order."""
-    W = map_.shape[-1]
-    y, x = divmod(int(torch.argmax(map_)), W)
+    map_ = _as_map(map_)
+    y, x = divmod(int(torch.argmax(map_)), map_.shape[-1])
     return x, y
 
 
-def pointing_hit(map_: torch.Tensor, mask: torch.Tensor | np.ndarray, slack: int = 0) -> bool:
+def pointing_hit(map_: MapLike, mask: torch.Tensor | np.ndarray, slack: int = 0) -> bool:
     """Whether the map's peak lies within ``slack`` pixels (Chebyshev distance) of a pixel of
-    ``mask``. An all-zero map misses."""
-    if float(map_.max()) <= 0:
+    ``mask``; of tied maxima the first (row-major) counts. A map with no single location
+    misses: all pixels equal (it would point at pixel (0, 0)), or its max <= 0."""
+    m = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
+    map_ = _as_map(map_, m.shape)
+    top = float(map_.max())
+    if top <= 0 or top == float(map_.min()):
         return False
     x, y = peak(map_)
-    m = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
     H, W = m.shape
     return bool(m[max(y - slack, 0): min(y + slack + 1, H),
                   max(x - slack, 0): min(x + slack + 1, W)].any())
@@ -61,22 +97,22 @@ def box_mask(box: Box, size: tuple[int, int]) -> torch.Tensor:
     return m
 
 
-def energy_ratio(map_: torch.Tensor, mask: torch.Tensor | np.ndarray) -> float:
-    """``(sum(map * mask) / sum(map)) / (area(mask) / area(image))``; nan for an all-zero map
-    or an empty mask."""
+def energy_ratio(map_: MapLike, mask: torch.Tensor | np.ndarray) -> float:
+    """``(sum(map * mask) / sum(map)) / (area(mask) / area(image))``, negatives counted as 0;
+    nan for a map with no positive value or an empty mask."""
     m = torch.as_tensor(np.asarray(mask), dtype=torch.float64)
-    a = map_.detach().double().clamp(min=0)
+    a = _as_map(map_, m.shape).double().clamp(min=0)
     total, area = float(a.sum()), float(m.mean())
     if total <= 0 or area <= 0:
         return float("nan")
     return float((a * m).sum()) / total / area
 
 
-def localization_correct(map_: torch.Tensor, box: Box, threshold: float = 0.15,
+def localization_correct(map_: MapLike, box: Box, threshold: float = 0.15,
                          iou: float = 0.5) -> bool:
     """The paper's criterion: the ``threshold``-of-max box of the largest segment has
     IoU >= ``iou`` with ``box``."""
-    found = localize(map_[None], threshold)[0]
+    found = localize(_as_map(map_)[None], threshold)[0]
     return found is not None and box_iou(found, box) >= iou
 
 
@@ -93,8 +129,14 @@ def centre_blob(size: tuple[int, int], sigma: float = 0.25) -> torch.Tensor:
     return torch.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))
 
 
+def _float_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """``pixels`` with integer (e.g. uint8) values taken as floats of the default dtype."""
+    return pixels if pixels.is_floating_point() else pixels.to(torch.get_default_dtype())
+
+
 def blurred(pixels: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tensor:
     """A Gaussian blur of pixels (3,H,W) (replicate padding): the "absent" image."""
+    pixels = _float_pixels(pixels)
     r = torch.arange(kernel, dtype=pixels.dtype) - (kernel - 1) / 2
     g = torch.exp(-0.5 * (r / sigma) ** 2)
     g = g / g.sum()
@@ -108,6 +150,7 @@ def blurred(pixels: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch
 def mean_fill(pixels: torch.Tensor) -> torch.Tensor:
     """The image's mean color at every pixel of pixels (3,H,W): the "absent" image of a
     deletion that removes color as well as shape (a blur keeps an object's color)."""
+    pixels = _float_pixels(pixels)
     return pixels.mean(dim=(1, 2), keepdim=True).expand_as(pixels).clone()
 
 
@@ -115,29 +158,50 @@ FILLS = {"mean": mean_fill, "blur": blurred}
 """How a removed pixel is filled: the image's mean color, or a Gaussian blur of the image."""
 
 
-def ranking(map_: torch.Tensor) -> torch.Tensor:
+def ranking(map_: MapLike) -> torch.Tensor:
     """Pixel indices (row-major) from the most to the least important; ties in index order."""
-    flat = map_.detach().double().reshape(-1)
+    flat = _as_map(map_, dims=None).double().reshape(-1)
     return torch.sort(-flat, stable=True).indices
+
+
+def _fractions(fractions: Iterable[float]) -> list[float]:
+    """``fractions`` as a list, or :class:`MMCamError` unless they are numbers in [0, 1], at
+    least one."""
+    fr = list(fractions) if isinstance(fractions, Iterable) and not isinstance(
+        fractions, (str, bytes)) else []
+    try:
+        a = np.asarray(fr)
+    except ValueError:  # ragged
+        a = np.empty(0)
+    if not (fr and a.ndim == 1 and a.dtype.kind in "iuf" and ((a >= 0) & (a <= 1)).all()):
+        raise MMCamError("fractions must be a non-empty sequence of numbers in [0, 1], got "
+                         f"{fr if fr else fractions!r}")
+    return fr
 
 
 def perturbation_curve(
     score: Callable[[torch.Tensor], torch.Tensor],
     pixels: torch.Tensor,
-    map_: torch.Tensor,
+    map_: MapLike,
     mode: str = "deletion",
     fractions: Sequence[float] = tuple(i / 10 for i in range(11)),
     absent: torch.Tensor | None = None,
 ) -> tuple[list[float], list[float]]:
     """Scores of images with a growing share of pixels changed, most important first.
 
-    ``score(images (B,3,H,W)) -> (B,)``; ``pixels`` (3,H,W) in the space the map is drawn on;
-    ``absent`` (3,H,W) the values a removed pixel takes (default: :func:`blurred`).
+    ``score(images (B,3,H,W)) -> (B,)``; ``pixels`` (3,H,W) in the space the map (H,W) is
+    drawn on, integer values taken as floats; ``absent`` (3,H,W) the values a removed pixel
+    takes (default: :func:`blurred`); ``fractions`` in [0, 1], at least one.
     ``mode="deletion"``: start from ``pixels`` and replace the top pixels by ``absent``;
     ``"insertion"``: start from ``absent`` and restore the top pixels. Returns (fractions,
     scores)."""
     if mode not in ("deletion", "insertion"):
-        raise ValueError(f"unknown mode {mode!r}")
+        raise MMCamError(f"unknown mode {mode!r}: use 'deletion' or 'insertion'")
+    if pixels.dim() != 3:
+        raise MMCamError(f"pixels must be (C,H,W), got shape {tuple(pixels.shape)}")
+    map_ = _as_map(map_, pixels.shape[-2:], of="the image")
+    fractions = _fractions(fractions)
+    pixels = _float_pixels(pixels)
     absent = blurred(pixels) if absent is None else absent
     order = ranking(map_)
     n = order.numel()
@@ -145,24 +209,30 @@ def perturbation_curve(
     for f in fractions:
         keep = torch.zeros(n, dtype=torch.bool)
         keep[order[: int(round(f * n))]] = True
-        top = keep.reshape(map_.shape)
+        top = keep.reshape(map_.shape).to(pixels.device)
         src, dst = (absent, pixels) if mode == "deletion" else (pixels, absent)
         batch.append(torch.where(top[None], src, dst))
     with torch.no_grad():
         s = score(torch.stack(batch)).double().reshape(-1)
-    return list(fractions), s.tolist()
+    return fractions, s.tolist()
 
 
 def curve_area(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Area under a curve by the trapezoid rule."""
+    """Area under a curve by the trapezoid rule; ``xs`` and ``ys`` of one length."""
+    if np.ndim(xs) != 1 or np.shape(xs) != np.shape(ys):
+        raise MMCamError(f"curve_area needs xs and ys of one length, got shapes "
+                         f"{np.shape(xs)} and {np.shape(ys)}")
     return float(np.trapezoid(ys, xs)) if hasattr(np, "trapezoid") else float(np.trapz(ys, xs))
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps (ties get their mean rank); nan if either is
-    constant."""
+def spearman(a: MapLike, b: MapLike) -> float:
+    """Spearman rank correlation of two maps of one shape (ties get their mean rank); nan if
+    either is constant."""
+    a = _as_map(a, dims=None, name="first map")
+    b = _as_map(b, a.shape, of="the first map", dims=None, name="second map")
+
     def ranks(x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().double().reshape(-1)
+        x = x.double().reshape(-1)
         order = torch.sort(x, stable=True).indices
         r = torch.empty_like(x)
         r[order] = torch.arange(x.numel(), dtype=torch.float64)
@@ -198,9 +268,16 @@ def randomization_check(
     ``maps_of(copy)`` (N,H,W) and ``maps_of(model)``. Returns ``[(stage, rho), ...]`` in the
     order the stages were randomized; if ``maps_of`` returns a dict of map stacks (several
     methods from one pass), a dict of such lists. ``model`` itself is not changed."""
-    stages = list(stages if stages is not None else parameter_stages(model))
+    known = parameter_stages(model)
+    stages = list(stages if stages is not None else known)
     if not stages:
-        raise ValueError("no stage with parameters to randomize")
+        raise MMCamError("no stage with parameters to randomize")
+    for name in stages:
+        try:
+            model.get_submodule(name)
+        except (AttributeError, TypeError):
+            raise MMCamError(f"unknown stage {name!r}: {type(model).__name__}'s stages are "
+                             f"{', '.join(known) or '(none)'}") from None
     ref = maps_of(model)
     many = isinstance(ref, dict)
     refs = ref if many else {None: ref}

@@ -12,7 +12,9 @@ Limits (documented in the README):
 High bit depths are scaled to 8 bits rather than clipped: 16-bit grey (modes ``I;16*`` and
 ``I``, read as 0..65535) becomes ``value >> 8``; 32-bit float (mode ``F``, or a float array)
 in [0, 1] becomes ``round(255 * value)``, in [0, 255] is rounded, any other range is
-stretched linearly from its min..max to 0..255. NaN or infinite pixels are refused.
+stretched linearly from its min..max to 0..255. Integer arrays other than uint8: values in
+0..255 are taken as they are, in 0..65535 as ``value >> 8`` (as a 16-bit PNG), any other range
+stretched. NaN or infinite pixels are refused.
 """
 
 from __future__ import annotations
@@ -120,12 +122,18 @@ def _from_array(image: np.ndarray) -> Image.Image:
     _check_size(arr.shape[1], arr.shape[0], "the image array")
     if arr.dtype == np.uint8:
         return Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
-        raise MMCamError(f"image array has dtype {arr.dtype}: give uint8 or floats in [0, 1]")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number) or \
+            np.issubdtype(arr.dtype, np.complexfloating):
+        raise MMCamError(f"image array has dtype {arr.dtype}: give uint8, integers or floats")
     a = np.asarray(arr, dtype=np.float64)
-    _check_finite(a, "the image array")
-    a = np.clip(a, 0.0, 1.0) * 255.0
-    return Image.fromarray(np.round(a).astype(np.uint8), mode="RGB")
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and 255.0 < hi <= 65535.0:  # 16-bit data, as a 16-bit PNG is read
+            a = np.floor(a / 256.0)
+        elif lo < 0.0 or hi > 255.0:
+            a = _stretch(a, lo, hi)
+        return Image.fromarray(a.astype(np.uint8), mode="RGB")
+    return Image.fromarray(_float_to_8bit(a, "the image array"), mode="RGB")
 
 
 def _check_size(width: int, height: int, what: str) -> None:
@@ -144,15 +152,26 @@ def _to_8bit(im: Image.Image, what: str) -> Image.Image:
         a = np.asarray(im).astype(np.int64)
         return Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), mode="L")
     if im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        _check_finite(a, what)
-        lo, hi = float(a.min()), float(a.max())
-        if lo >= 0.0 and hi <= 1.0:
-            a = a * 255.0
-        elif lo < 0.0 or hi > 255.0:
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        return Image.fromarray(np.round(np.clip(a, 0, 255)).astype(np.uint8), mode="L")
+        return Image.fromarray(_float_to_8bit(np.asarray(im, dtype=np.float64), what),
+                               mode="L")
     return im
+
+
+def _stretch(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``lo..hi`` mapped linearly onto 0..255, rounded (all 0 when ``hi == lo``)."""
+    return np.round((a - lo) * (255.0 / (hi - lo))) if hi > lo else np.zeros_like(a)
+
+
+def _float_to_8bit(a: np.ndarray, what: str) -> np.ndarray:
+    """Float pixels as uint8: in [0, 1] ``round(255 * a)``, in [0, 255] rounded, any other
+    range stretched from its min..max; NaN or infinite pixels refused."""
+    _check_finite(a, what)
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0.0 and hi <= 1.0:
+        a = a * 255.0
+    elif lo < 0.0 or hi > 255.0:
+        a = _stretch(a, lo, hi)
+    return np.round(np.clip(a, 0, 255)).astype(np.uint8)
 
 
 def _fit(size: tuple[int, int], limit: int) -> tuple[int, int]:

@@ -90,6 +90,23 @@ class Panel:
         return self.source.boxes()[self.index]
 
 
+# the per-map files a save writes (caption, VQA, classification results); a folder that holds
+# an earlier result (its result.json) loses those of them the new result does not write
+_OWN_FILES = re.compile(r"(word|guided)_\d+_.*\.png|top_\d+_.*\.png|answer\.png|"
+                        r"contrast\.png|sentence\.png|class\d+_.*\.png")
+
+
+def _remove_stale(out: Path, keep: set[str]) -> None:
+    """Delete the files an earlier result saved in ``out`` (:data:`_OWN_FILES`, only when
+    ``out`` holds a ``result.json``) that are not in ``keep``, so that a folder saved into
+    twice holds one result, not two mixed."""
+    if not (out / "result.json").is_file():
+        return
+    for f in out.iterdir():
+        if f.name not in keep and _OWN_FILES.fullmatch(f.name) and f.is_file():
+            f.unlink()
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "x"
 
@@ -265,6 +282,7 @@ class _Shows:
         (file name, bytes to write), result.json and index.html; PNG encoding (which
         releases the GIL) runs on up to :data:`SAVE_THREADS` threads."""
         out.mkdir(parents=True, exist_ok=True)
+        _remove_stale(out, set(names) | {name for name, _ in extra})
         small = self.display_maps()
         paint = self._painter(0.5, True, True, full_size, small)
         jobs: list[tuple[str, Callable[[], bytes]]] = [

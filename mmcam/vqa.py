@@ -28,6 +28,23 @@ def check_contrast(answer: str | None, contrast: str | None) -> None:
                          "another answer to contrast with")
 
 
+def _check_text(text: Any, what: str) -> None:
+    """``text`` (an answer or contrast) must be a non-empty string."""
+    if not isinstance(text, str):
+        raise MMCamError(f"the {what} must be text, got {type(text).__name__}")
+    if not text.strip():
+        raise MMCamError(f"the {what} is empty: give a word the model can answer")
+
+
+def _check_question(question: Any) -> None:
+    """A question must be non-empty text within the word limit."""
+    if not isinstance(question, str):
+        raise MMCamError(f"the question must be text, got {type(question).__name__}")
+    if not question.strip():
+        raise MMCamError("the question is empty: ask something about the image")
+    check_words(question, "question")
+
+
 class VQAExplainer:
     """Explain VQA answers: the model's, any candidate, the top-k, and contrasts.
 
@@ -122,8 +139,20 @@ class VQAExplainer:
         c[torch.tensor(alts)] -= 1.0 / len(alts)
         return c
 
+    def _answer_tokens(self, text: str, what: str) -> torch.Tensor:
+        """A written answer's ids (generative models). Refused: empty text, and words the
+        model's vocabulary lacks (they would be scored as its unknown token, and the result
+        would name a different answer than the one scored)."""
+        _check_text(text, what)
+        unknown = getattr(self.adapter, "unknown_words", lambda t: [])(text)
+        if unknown:
+            raise MMCamError(f"the {what} {text!r} has words this model does not know "
+                             f"({', '.join(unknown)}): give an answer in its vocabulary")
+        return self.adapter.tokenize_answer(text)
+
     def answer_id(self, answer: str) -> int:
         """Index of ``answer`` in the model's answer vocabulary (case-insensitive)."""
+        _check_text(answer, "answer")
         key = answer.strip().lower()
         if key not in self._index:
             some = ", ".join(list(self._index)[:12])
@@ -146,12 +175,13 @@ class VQAExplainer:
         """The explained answer (default: the model's) before a result is made: activations,
         its gradient, grid map and where the cells sit (row 0), for evaluations that try
         several methods on one set of gradients. ``rows.info`` is ``(answer, log p)``."""
-        check_words(question, "question")
+        _check_question(question)
         pil, ad = load_image(image), self.adapter
         if self.generative:
             q = torch.as_tensor(ad.tokenize_question(question)[0], dtype=torch.long)
             check_tokens(q.numel(), "question")
             pipe = self._generative_pipeline(q)
+            given = None if answer is None else self._answer_tokens(answer, "answer")
 
             def rows(ctx: Context, i: int) -> Rows:
                 if answer is None:
@@ -160,7 +190,7 @@ class VQAExplainer:
                         raise MMCamError("the model generated no answer: nothing to explain")
                     ids = cands[0]
                 else:
-                    ids = ad.tokenize_answer(answer)
+                    ids = given
                 coefs = torch.ones(1, len(ids))
                 if self.score != "logprob":
                     coefs = torch.cat([coefs, torch.zeros_like(coefs)], dim=1)
@@ -192,15 +222,17 @@ class VQAExplainer:
         q = torch.as_tensor(q, dtype=torch.long)
         check_tokens(q.numel(), "question")
         pipe = self._generative_pipeline(q)
+        given = None if answer is None else self._answer_tokens(answer, "answer")
+        other = None if contrast is None else self._answer_tokens(contrast, "contrast")
 
         def rows(ctx: Context, i: int) -> Rows:
             cands = ctx.generate(k=top_k)
             if not cands:
                 raise MMCamError("the model generated no answer: nothing to explain")
-            pick = cands[0] if answer is None else ad.tokenize_answer(answer)
+            pick = cands[0] if given is None else given
             if answer is None:
                 check_contrast(ad.decode_answer(pick), contrast)
-            seqs = [pick] + cands + ([] if contrast is None else [ad.tokenize_answer(contrast)])
+            seqs = [pick] + cands + ([] if other is None else [other])
             T = max(len(x) for x in seqs)
             ids = torch.zeros(len(seqs), T, dtype=torch.long)
             coefs = torch.zeros(len(seqs), T)
@@ -245,11 +277,12 @@ class VQAExplainer:
         if not len(qs) == len(answers) == len(contrasts) == n:
             raise MMCamError(f"give one question, answer and contrast per image ({n} images)")
         for a, c in zip(answers, contrasts):
+            for text, what in ((a, "answer"), (c, "contrast")):
+                if text is not None:
+                    _check_text(text, what)
             check_contrast(a, c)
         for q in qs:
-            if not isinstance(q, str) or not q.strip():
-                raise MMCamError("the question is empty: ask something about the image")
-            check_words(q, "question")
+            _check_question(q)
         if self.generative:  # the question is part of the scorer: one image at a time
             return [self._explain_generative(load_image(im), q, a, c, top_k)
                     for im, q, a, c in zip(images, qs, answers, contrasts)]

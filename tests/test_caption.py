@@ -188,3 +188,24 @@ def test_save_writes_grid_pngs_json_and_html(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "word_01_red.png").size == (40, 30)
+
+
+def test_saving_again_into_a_folder_leaves_one_result(tmp_path):
+    """A second result saved into the same folder: the first one's per-word files that the
+    second does not write are gone (they were left mixed with the new ones); a user's own
+    file there, and files of a folder without result.json, are kept."""
+    ad = ToyCaptioner(seed=6).eval()
+    ex = CaptionExplainer(ad)
+    ex.explain(image(5), "a red circle").save(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "word_99_mine.txt").write_text("mine")
+    ex.explain(image(5), "a square").save(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["grid.png", "grid_per_map_scale.png", "index.html", "result.json",
+                            "sentence.png", "word_00_a.png", "word_01_square.png",
+                            "notes.txt", "word_99_mine.txt"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "word_05_x.png").write_bytes(b"not ours")  # no result.json: not touched
+    ex.explain(image(5), "a square").save(other)
+    assert (other / "word_05_x.png").read_bytes() == b"not ours"

@@ -49,6 +49,7 @@ from scipy import stats
 from torch import nn
 
 from mmcam import ClassExplainer
+from mmcam.errors import MMCamError
 from mmcam.evaluation import (
     blurred,
     box_mask,
@@ -448,6 +449,154 @@ def test_randomize_is_seeded_and_leaves_the_global_rng_alone():
     ref.reset_parameters()
     torch.set_rng_state(rng)
     assert torch.equal(conv.weight, ref.weight) and torch.equal(conv.bias, ref.bias)
+
+
+# ----------------------------------------------------------------------------- odd inputs
+
+
+def refuses(call, match: str) -> None:
+    """``call()`` raises an MMCamError matching ``match`` whose message is one line."""
+    with pytest.raises(MMCamError, match=match) as e:
+        call()
+    assert "\n" not in str(e.value)
+
+
+def test_map_and_mask_or_image_shapes_must_agree():
+    m = torch.zeros(4, 4)
+    m[0, 0] = 1.0
+    mask = box_mask((0, 0, 2, 2), (5, 5))  # 5x5; it holds the peak's position (0, 0)
+    refuses(lambda: pointing_hit(m, mask), r"shape \(4, 4\).*\(5, 5\)")
+    refuses(lambda: pointing_hit(m, mask.numpy(), slack=2), "shape")
+    refuses(lambda: energy_ratio(m, mask), "shape")
+    refuses(lambda: energy_ratio(m, mask.T[:4]), "shape")  # (4, 5)
+    ones = torch.ones(3, 5, 5)
+    refuses(lambda: perturbation_curve(linear_score(ones), ones, m), "shape")
+    refuses(lambda: perturbation_curve(linear_score(ones), ones[0], m), r"\(C,H,W\)")
+    refuses(lambda: spearman(torch.rand(4, 4), torch.rand(3, 3)), "shape")
+    refuses(lambda: spearman(torch.rand(4, 4), torch.rand(2, 8)), "shape")  # same count
+    # a map must be (H,W) where a mask or an image says where its pixels are
+    refuses(lambda: pointing_hit(m[None], mask[None, :4, :4]), "2-D")
+    refuses(lambda: localization_correct(m[None], (0, 0, 1, 1)), "2-D")
+
+
+def test_empty_maps_are_refused():
+    empty = torch.zeros(0, 0)
+    no_mask = torch.zeros(0, 0, dtype=torch.bool)
+    refuses(lambda: pointing_hit(empty, no_mask), "empty")
+    refuses(lambda: localization_correct(empty, (0, 0, 1, 1)), "empty")
+    refuses(lambda: energy_ratio(empty, no_mask), "empty")
+    refuses(lambda: spearman(empty, empty), "empty")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_maps_are_refused(bad):
+    m = torch.rand(6, 6, generator=torch.Generator().manual_seed(0))
+    m[0, 0] = bad
+    mask = box_mask((0, 0, 2, 2), (6, 6))
+    refuses(lambda: pointing_hit(m, mask), "NaN or infinite")
+    refuses(lambda: pointing_hit(m.numpy(), mask), "NaN or infinite")
+    refuses(lambda: energy_ratio(m, mask), "NaN or infinite")
+    refuses(lambda: localization_correct(m, (0, 0, 2, 2)), "NaN or infinite")
+    refuses(lambda: spearman(m, torch.rand(6, 6)), "NaN or infinite")
+    refuses(lambda: spearman(torch.rand(6, 6), m), "NaN or infinite")
+    refuses(lambda: ranking(m), "NaN or infinite")
+    ones = torch.ones(3, 6, 6)
+    refuses(lambda: perturbation_curve(linear_score(ones), ones, m), "NaN or infinite")
+
+
+def test_curve_area_refuses_curves_of_different_lengths():
+    refuses(lambda: curve_area([0, 0.5, 1], [1, 2]), "length")
+    refuses(lambda: curve_area([0, 1], [1, 2, 3]), "length")
+    refuses(lambda: curve_area(0.5, [1]), "length")
+
+
+@pytest.mark.parametrize("fractions", [[-0.5], [], [0.5, 1.5], [float("nan")], ["0.5"],
+                                       [[0.1, 0.2]], 0.5])
+def test_fractions_must_be_numbers_in_0_1(fractions):
+    ones = torch.ones(3, 2, 2)
+    refuses(lambda: perturbation_curve(linear_score(ones), ones, torch.rand(2, 2),
+                                       fractions=fractions), "fractions")
+
+
+def test_fractions_may_be_any_iterable_of_numbers_in_0_1():
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).expand(3, 2, 2)
+    m = torch.tensor([[0.1, 0.9], [0.5, 0.3]])  # as in the hand test above: deletion 30, 15, 0
+    zero = torch.zeros(3, 2, 2)
+    for fr in ((f for f in (0, 0.5, 1)), np.array([0.0, 0.5, 1.0]), (0, 0.5, 1)):
+        xs, ys = perturbation_curve(linear_score(w), torch.ones(3, 2, 2), m, fractions=fr,
+                                    absent=zero)
+        assert xs == [0, 0.5, 1] and ys == pytest.approx([30, 15, 0])
+
+
+def test_numpy_maps_are_accepted_everywhere():
+    m = np.array([[1.0, 2.0], [3.0, 4.0]])
+    diag = np.array([[True, False], [False, True]])
+    assert pointing_hit(m, diag) and not pointing_hit(m, ~diag)  # the peak 4 is at (1, 1)
+    assert pointing_hit(m.astype(np.float32), torch.as_tensor(diag))
+    assert energy_ratio(m, diag) == pytest.approx((5 / 10) / 0.5)
+    assert energy_ratio(m, torch.as_tensor(~diag)) == pytest.approx((5 / 10) / 0.5)
+    # the blob of test_localization_box_of_a_known_blob: its 15% box is (5, 7, 16, 18)
+    blob = _gaussian(10, 12, 3.0).numpy()
+    assert localization_correct(blob, (5, 7, 16, 18))
+    assert not localization_correct(blob, (9, 7, 20, 18))
+    g = np.random.default_rng(2)
+    a, b = g.random((5, 5)), g.random((5, 5))
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a.ravel(), b.ravel())[0], abs=1e-12)
+    assert ranking(np.array([[1.0, 3.0], [3.0, 0.0]])).tolist() == [1, 2, 0, 3]
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).expand(3, 2, 2)
+    _, ys = perturbation_curve(linear_score(w), torch.ones(3, 2, 2),
+                               np.array([[0.1, 0.9], [0.5, 0.3]]), "deletion",
+                               [0, 0.25, 0.5, 0.75, 1], absent=torch.zeros(3, 2, 2))
+    assert ys == pytest.approx([30, 24, 15, 3, 0])  # the hand values above
+
+
+def test_uint8_pixels_are_taken_as_their_float_values():
+    g = torch.Generator().manual_seed(2)
+    px = torch.randint(0, 256, (3, 10, 10), generator=g, dtype=torch.uint8)
+    w = torch.randn(3, 10, 10, generator=g, dtype=torch.float64)
+    m = torch.rand(10, 10, generator=g, dtype=torch.float64)
+    xs, ys = perturbation_curve(linear_score(w), px, m)  # the blurred fill
+    assert ys == perturbation_curve(linear_score(w), px.float(), m)[1]
+    # the numpy oracle of test_deletion_curve_matches_a_numpy_oracle, in float64
+    p = px.double()
+    contrib = ((p - blurred(p)) * w).sum(0).numpy().reshape(-1)
+    order = np.argsort(-m.numpy().reshape(-1), kind="stable")
+    total = float((p * w).sum())
+    expected = [total - contrib[order[:10 * i]].sum() for i in range(11)]
+    np.testing.assert_allclose(ys, expected, rtol=0, atol=1e-3)  # float32 blur of 0..255
+    # the fills take integer pixels as floats too: hand values
+    small = torch.tensor([[[0, 1], [2, 3]]] * 3, dtype=torch.uint8)
+    assert torch.equal(mean_fill(small), torch.full((3, 2, 2), 1.5))
+    assert torch.equal(blurred(torch.full((3, 4, 5), 7, dtype=torch.uint8)),
+                       torch.full((3, 4, 5), 7.0))
+
+
+def test_randomization_check_refuses_unknown_stages(data):
+    net, x, _, _ = data
+    calls = []
+
+    def maps_of(m):
+        calls.append(1)
+        return x.mean(1)
+
+    refuses(lambda: randomization_check(net, maps_of, stages=["conv2", "nope"]),
+            r"'nope'.*conv1, conv2, fc")
+    assert calls == []  # refused before any map is computed
+    nested = nn.Sequential(OrderedDict(body=nn.Sequential(nn.Conv2d(3, 2, 1)), act=nn.ReLU()))
+    out = randomization_check(nested, lambda m: m(x).mean(1), stages=["body.0"])
+    assert [n for n, _ in out] == ["body.0"]  # a dotted submodule path is a stage too
+
+
+def test_pointing_hit_constant_map_is_a_miss():
+    corner = box_mask((0, 0, 1, 1), (6, 6))  # holds the first pixel, argmax's pick on ties
+    everywhere = torch.ones(6, 6, dtype=torch.bool)
+    for v in (0.5, 3.0):
+        assert not pointing_hit(torch.full((6, 6), v), corner)
+        assert not pointing_hit(torch.full((6, 6), v), everywhere, slack=3)
+        assert not pointing_hit(np.full((6, 6), v), everywhere)
+    m = torch.full((6, 6), 0.5)
+    m[0, 0] = 0.6  # one pixel above the rest: a location again
+    assert pointing_hit(m, corner)
 
 
 # ----------------------------------------------------------------------------- Quantus oracle

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import mmcam
@@ -132,6 +133,30 @@ def test_float_tiff_is_scaled(tmp_path):
     got = np.asarray(load_image(tmp_path / "wide.tif"))[..., 0]
     w = wide.astype(np.float64)
     assert np.array_equal(got, np.round((w - w.min()) * 255 / (w.max() - w.min())).astype(np.uint8))
+
+
+def test_arrays_of_every_number_type_follow_the_documented_scaling():
+    """Float and integer arrays in 0..255 were clipped to [0, 1] and became all white. Each
+    case's expected pixels are computed here from the documented rule."""
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    want = u8.copy()
+    for arr in (u8.astype(np.float32), u8.astype(np.float64), u8.astype(np.int32),
+                u8.astype(np.int64), u8.astype(np.uint16),
+                torch.from_numpy(u8.astype(np.float32)).permute(2, 0, 1)):
+        assert np.array_equal(np.asarray(load_image(arr)), want), getattr(arr, "dtype", arr)
+    unit = rng.random((5, 6, 3))  # floats in [0, 1]: round(255 x)
+    assert np.array_equal(np.asarray(load_image(unit)), np.round(unit * 255).astype(np.uint8))
+    sixteen = rng.integers(0, 65536, (5, 6, 3)).astype(np.uint16)  # as a 16-bit PNG: >> 8
+    sixteen[0, 0, 0] = 65535
+    assert np.array_equal(np.asarray(load_image(sixteen)),
+                          (sixteen.astype(np.int64) >> 8).astype(np.uint8))
+    wide = rng.integers(-1000, 1000, (5, 6, 3))  # any other range: stretched min..max
+    w = wide.astype(np.float64)
+    assert np.array_equal(np.asarray(load_image(wide)),
+                          np.round((w - w.min()) * 255 / (w.max() - w.min())).astype(np.uint8))
+    with pytest.raises(MMCamError, match="dtype complex128"):
+        load_image(np.zeros((4, 4, 3), complex))
 
 
 def test_huge_image_is_downscaled_with_a_notice(huge_png, monkeypatch):

@@ -255,3 +255,33 @@ def test_trainer_with_every_token_supervised_records_it(tmp_path):
     card = (tmp_path / "m" / "README.md").read_text()
     assert "heads 0-3 of every question token's cross-attention" in card
     assert "--set att_heads=4 --set att_tokens=1" in card and "--steps 2" in card
+
+
+def test_written_answers_the_model_cannot_read_are_refused():
+    """A generative VQA model scored an answer with unknown words as its [UNK] token and
+    labelled the result with the decoded text ('zzz' -> '', 'Red!' -> 'red'): such answers,
+    contrasts, empty or non-text ones, and empty questions (also through ``explained``) are
+    refused with one line; a known answer is still scored under its own name."""
+    from mmcam.errors import MMCamError
+    from mmcam.vqa import VQAExplainer
+
+    ex = VQAExplainer(shipped(NAME))
+    img = generate(1, seed=3)[0].image
+    q = "what color is the circle?"
+    for kw, msg in ((dict(answer="zzz"), "answer 'zzz' has words this model does not know"),
+                    (dict(answer="Red!"), r"does not know \(Red!\)"),
+                    (dict(contrast="zzz"), "contrast 'zzz' has words"),
+                    (dict(answer="  "), "answer is empty"),
+                    (dict(answer=3), "answer must be text, got int"),
+                    (dict(contrast=["red"]), "contrast must be text, got list")):
+        with pytest.raises(MMCamError, match=msg):
+            ex.explain(img, q, **kw)
+    with pytest.raises(MMCamError, match="answer 'zzz' has words"):
+        ex.explained(img, q, answer="zzz")
+    for question, msg in (("", "question is empty"), (None, "question must be text")):
+        with pytest.raises(MMCamError, match=msg):
+            ex.explained(img, question)
+        with pytest.raises(MMCamError, match=msg):
+            ex.explain(img, question)
+    r = ex.explain(img, q, answer="Blue", top_k=1)
+    assert r.answer == "blue" and 0 < r.probability < 1
