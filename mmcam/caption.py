@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,7 +13,7 @@ from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
 from mmcam.limits import check_at_least, check_tokens, check_words
-from mmcam.pipeline import Context, Explained, Pipeline, Rows, cam_of, module_of
+from mmcam.pipeline import Context, Explained, Pipeline, Rows, autograd_on, cam_of, module_of
 from mmcam.results import CaptionExplanation
 from mmcam.scores import Alternatives, check_score, with_logprobs
 
@@ -92,7 +92,8 @@ class CaptionExplainer:
         groups = kinds if kinds is not None else list(getattr(adapter, "word_kinds", {}).values())
         self.alternatives = Alternatives.of(
             adapter, groups if score == "contrast" else (),
-            {w: [a] for w, a in (versus or {}).items()} if score == "versus" else None)
+            None if score != "versus" else {w: [a] for w, a in versus.items()}
+            if isinstance(versus, Mapping) else versus)
         self.pipeline = Pipeline(
             adapter, adapter.score_tokens if score == "logprob" else self._scores,
             lambda x, **kw: adapter.generate(x, **kw),
@@ -128,6 +129,7 @@ class CaptionExplainer:
         return self.explain_batch([image], None if caption is None else [caption],
                                   max_len, beam_size)[0]
 
+    @autograd_on
     def explain_batch(
         self,
         images: Sequence[ImageInput],
@@ -140,6 +142,7 @@ class CaptionExplainer:
         (None entries are generated) or None to generate all."""
         return [self._result(e) for e in self.explained(images, captions, max_len, beam_size)]
 
+    @autograd_on
     def explained(
         self,
         images: Sequence[ImageInput],
@@ -150,10 +153,14 @@ class CaptionExplainer:
         """As :meth:`explain_batch`, before results are made: per image the activations, the
         words' gradients, grid maps and where the cells sit (for evaluations that try several
         methods on one set of gradients). ``rows.info`` is ``(caption or None, words)``."""
+        if isinstance(captions, (str, bytes)):
+            raise MMCamError("captions must be a list: one caption (or None) per image")
         if captions is not None and len(captions) != len(images):
             raise MMCamError(f"{len(captions)} captions for {len(images)} images")
         check_at_least(1, max_len=max_len, beam_size=beam_size)
         for c in captions or []:
+            if c is not None and not isinstance(c, str):
+                raise MMCamError(f"a caption must be text, got {type(c).__name__}")
             if c is not None and not c.strip():
                 raise MMCamError("the caption is empty: give some words or leave it out")
             if c is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from mmcam.guided import guided_backprop, guided_gradcam
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout, eval_mode
 from mmcam.limits import check_at_least
-from mmcam.pipeline import Context, Explained, Pipeline, Rows
+from mmcam.pipeline import Context, Explained, Pipeline, Rows, autograd_on
 from mmcam.results import ClassExplanation
 
 __all__ = ["ClassExplainer", "ClassExplanation"]
@@ -93,18 +94,19 @@ class ClassExplainer:
 
     def _rows(self, classes: Sequence[Sequence[int] | None] | None, top: int):
         check_at_least(1, top=top)
-        for c in classes or []:
-            if c is not None and len(c) == 0:
-                raise MMCamError("classes=[] names no class: give class ids, or leave classes "
-                                 "out to explain the top classes")
+        classes = None if classes is None else [None if c is None else _class_ids(c)
+                                                for c in classes]
 
         def rows(ctx: Context, i: int) -> Rows:
             y = ctx.score(torch.zeros(1, 0, dtype=torch.long))[0].cpu()
             K = y.shape[0]
+            if self.labels is not None and len(self.labels) != K:
+                raise MMCamError(f"labels has {len(self.labels)} names but the model has {K} "
+                                 "classes: give one name per class")
             if classes is None or classes[i] is None:
                 ids = y.topk(min(top, K)).indices.tolist()
             else:
-                ids = [int(c) for c in classes[i]]
+                ids = classes[i]
                 if any(not 0 <= c < K for c in ids):
                     raise MMCamError(f"class id out of range: the model has {K} classes")
             coefs = torch.zeros(len(ids), K)
@@ -119,6 +121,7 @@ class ClassExplainer:
             gb = guided_backprop(self.model, self.pipeline._to_device(e.inputs), ids)[0]
         return gb, guided_gradcam(e.layer_maps, gb, e.cell)
 
+    @autograd_on
     def explain_pixels(
         self,
         pixels: torch.Tensor,
@@ -129,12 +132,21 @@ class ClassExplainer:
         """Tensor API. pixels (B,3,H,W) -> dict with ``logits`` (B,K), ``targets`` (B,k),
         ``layer_maps`` (B,k,h,w), ``maps`` (B,k,H,W) at the pixels' size and, with
         ``guided=True``, ``guided_backprop`` and ``guided_gradcam`` (B,k,3,H,W)."""
-        if pixels.dim() != 4:
-            raise MMCamError(f"pixels must be (B,3,H,W), got {tuple(pixels.shape)}")
+        if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or len(pixels) == 0:
+            got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else \
+                type(pixels).__name__
+            raise MMCamError(f"pixels must be a (B,3,H,W) tensor with B >= 1, got {got}")
+        if pixels.is_inference():  # made under torch.inference_mode: autograd cannot save it
+            pixels = pixels.clone()
         H, W = pixels.shape[-2:]
         prepared = [(pixels[b:b + 1], Geometry.identity((W, H))) for b in range(len(pixels))]
-        classes = None if targets is None else torch.as_tensor(targets).reshape(
-            len(pixels), -1).tolist()
+        classes = None
+        if targets is not None:
+            t = torch.as_tensor(targets)
+            if t.numel() == 0 or t.numel() % len(pixels):
+                raise MMCamError(f"{t.numel()} targets for {len(pixels)} images: give the "
+                                 "same number of class ids for every image")
+            classes = t.reshape(len(pixels), -1).tolist()
         done = self.pipeline.explain_prepared([None] * len(pixels), prepared,
                                               self._rows(classes, top), self.method_name)
         out = {
@@ -164,6 +176,7 @@ class ClassExplainer:
         return self.explain_batch([image], None if classes is None else [classes], top,
                                   guided)[0]
 
+    @autograd_on
     def explain_batch(
         self,
         images: Sequence[ImageInput],
@@ -173,6 +186,9 @@ class ClassExplainer:
     ) -> list[ClassExplanation]:
         """Explain several images in one pass (same-size inputs share one forward)."""
         pils = [load_image(im) for im in images]
+        if classes is not None and not isinstance(classes, Sequence):
+            raise MMCamError("classes must hold one list of class ids per image, got "
+                             f"{type(classes).__name__}")
         if classes is not None and len(classes) != len(pils):
             raise MMCamError(f"{len(classes)} class lists for {len(pils)} images")
         done = self.pipeline.explain(pils, self._rows(classes, top), self.method_name)
@@ -196,3 +212,21 @@ class ClassExplainer:
             layer=self.pipeline.layer_label,
             guided_gradcam=self._guided(e)[1] if guided else None,
         )
+
+
+def _class_ids(classes: Any) -> list[int]:
+    """One image's ``classes`` as a non-empty list of integer ids, or :class:`MMCamError`."""
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise MMCamError(f"classes must be a list of class ids (integers), got {classes!r:.40}")
+    ids = []
+    for c in classes:
+        try:
+            if isinstance(c, bool):
+                raise TypeError
+            ids.append(operator.index(c))
+        except TypeError:
+            raise MMCamError(f"class ids must be integers, got {c!r:.40}") from None
+    if not ids:
+        raise MMCamError("classes=[] names no class: give class ids, or leave classes out to "
+                         "explain the top classes")
+    return ids

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import threading
 import weakref
@@ -43,6 +44,7 @@ from mmcam.layers import (
     resolve_layer,
     tap,
 )
+from mmcam.limits import check_at_least
 from mmcam.pixelmaps import PixelMaps
 from mmcam.scores import takes_last
 
@@ -76,6 +78,28 @@ def infer_layout(x: torch.Tensor) -> Layout:
         f"cannot read a {tuple(x.shape)} layer output as an (h,w) grid: choose a conv layer or a "
         "token block, or pass layout=Tokens(prefix=..., grid=(h, w)), ChannelsLast() or a callback"
     )
+
+
+def _check_in_image_module(model: nn.Module, layer: nn.Module, image: str | None) -> None:
+    """:class:`MMCamError` unless ``layer`` is the adapter's image encoder (the dotted path
+    ``image``, when it declares one) or inside it: a text layer's tokens are no image grid."""
+    if image is None:
+        return
+    encoder = resolve_layer(model, image)
+    if not any(m is layer for m in encoder.modules()):
+        raise MMCamError(f"the layer {layer_name(model, layer)!r} is not in the model's image "
+                         f"encoder ({image}): its outputs are not image positions; explain "
+                         f"{image} or a layer inside it")
+
+
+def autograd_on(fn: Callable) -> Callable:
+    """``fn`` run outside ``torch.inference_mode``: explaining needs autograd, which inference
+    mode switches off (the engine turns gradients on itself under ``torch.no_grad``)."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
+    return run
 
 
 @dataclass(frozen=True)
@@ -216,6 +240,8 @@ class Pipeline:
         self.score_fn, self.generate_fn = score, generate
         self.causal, self.stack_inputs = causal, stack_inputs
         self.takes_last = takes_last(score)
+        if chunk_size is not None:
+            check_at_least(1, chunk_size=chunk_size)
         self.chunk_size = chunk_size
         own = getattr(adapter, "layer", None)
         default = layer is None or layer is own or (isinstance(layer, str) and layer == own)
@@ -227,7 +253,8 @@ class Pipeline:
             if self.module is None:
                 raise MMCamError("a layer can only be named on an adapter with an nn.Module "
                                  ".model")
-            resolve_layer(self.module, layer)  # fail early on a bad name
+            found = resolve_layer(self.module, layer)  # fail early on a bad name
+            _check_in_image_module(self.module, found, getattr(adapter, "image_module", None))
         self.layer = layer
         if layout is None and default:  # the adapter's layout goes with its default layer
             layout = getattr(adapter, "layout", None)

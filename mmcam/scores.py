@@ -51,30 +51,45 @@ class Alternatives:
 
     ``groups``: lists of words of one kind (each word's alternatives are the others of its
     list); ``pairs``: word -> named alternative words. ``encode(word)`` gives a word's ids;
-    only words that are one token can be used (others are skipped).
+    only words that are one token can be used (others are skipped in ``groups``, refused in
+    ``pairs``), and ``unknown(text)`` (the words the model reads as its unknown token) keeps
+    unknown words out: in ``groups`` they are skipped, in ``pairs`` refused, as is a word
+    named as its own alternative.
     """
 
     def __init__(self, encode: Callable[[str], list[int]],
                  groups: Iterable[Iterable[str]] = (),
-                 pairs: Mapping[str, Iterable[str]] | None = None) -> None:
+                 pairs: Mapping[str, Iterable[str]] | None = None,
+                 unknown: Callable[[str], list[str]] | None = None) -> None:
         def one(word: str) -> int | None:
+            if unknown is not None and unknown(word):
+                return None
             ids = list(encode(word))
             return int(ids[0]) if len(ids) == 1 else None
 
         self.table: dict[int, list[int]] = {}
-        for group in groups:
+        for group in word_lists(groups):
             ids = [i for i in (one(w) for w in group) if i is not None]
             for i in ids:
                 self.table[i] = [j for j in ids if j != i]
+        if pairs is not None and not isinstance(pairs, Mapping):
+            raise MMCamError("versus must map words to their alternatives, e.g. "
+                             f"{{'circle': 'square'}}; got {type(pairs).__name__}")
         for word, alts in (pairs or {}).items():
+            texts = [word, *alts]
+            if not all(isinstance(t, str) and t.strip() for t in texts):
+                raise MMCamError(f"versus {word!r}: {list(alts)!r}: words must be non-empty "
+                                 "text")
+            if any(t.strip().lower() == word.strip().lower() for t in alts):
+                raise MMCamError(f"versus: {word!r} cannot be contrasted with itself")
             i = one(word)
             if i is None:
-                raise MMCamError(f"{word!r} is not one token of the model's vocabulary: it "
-                                 "cannot be contrasted")
+                raise MMCamError(f"{word!r} is not one known token of the model's vocabulary: "
+                                 "it cannot be contrasted")
             js = [one(a) for a in alts]
             if any(j is None for j in js):
-                raise MMCamError(f"the alternative {list(alts)!r} is not one token of the "
-                                 "model's vocabulary")
+                raise MMCamError(f"the alternative {list(alts)!r} is not one known token of "
+                                 "the model's vocabulary")
             self.table[i] = [j for j in js if j != i]
 
     def __bool__(self) -> bool:
@@ -87,7 +102,22 @@ class Alternatives:
         ``adapter.tokenize(word)`` when it has none."""
         encode = getattr(adapter, "word_ids", None) or (
             lambda w: [int(i) for i in adapter.tokenize(w).reshape(-1)])
-        return cls(encode, groups, pairs)
+        return cls(encode, groups, pairs, getattr(adapter, "unknown_words", None))
+
+
+def word_lists(groups: Iterable[Iterable[str]]) -> list[list[str]]:
+    """``groups`` (``kinds``) as lists of words, or :class:`MMCamError` when it is not a list
+    of lists of text (a string would be read letter by letter)."""
+    bad = MMCamError("kinds must be lists of words of one kind, e.g. [['red', 'blue'], "
+                     f"['circle', 'square']]; got {groups!r:.60}")
+    if isinstance(groups, str):
+        raise bad
+    out = []
+    for g in groups:
+        if isinstance(g, str) or not all(isinstance(w, str) for w in g):
+            raise bad
+        out.append(list(g))
+    return out
 
 
 def with_logprobs(logits_fn: Callable[..., torch.Tensor], args: tuple, ids: torch.Tensor,

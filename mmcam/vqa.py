@@ -14,9 +14,9 @@ from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
 from mmcam.limits import check_at_least, check_tokens, check_words
-from mmcam.pipeline import Context, Explained, Pipeline, Rows
+from mmcam.pipeline import Context, Explained, Pipeline, Rows, autograd_on
 from mmcam.results import VQAExplanation
-from mmcam.scores import TOP_K, Alternatives, check_score, with_logprobs
+from mmcam.scores import TOP_K, Alternatives, check_score, with_logprobs, word_lists
 
 
 def check_contrast(answer: str | None, contrast: str | None) -> None:
@@ -90,8 +90,8 @@ class VQAExplainer:
             if not callable(getattr(adapter, need, None)):
                 raise MMCamError(f"score={score!r} needs the model's logits: the adapter lacks "
                                  f"{need}")
-        self.kinds = [list(k) for k in (kinds if kinds is not None else
-                                        getattr(adapter, "word_kinds", {}).values())]
+        self.kinds = word_lists(kinds if kinds is not None else
+                                 getattr(adapter, "word_kinds", {}).values())
         self._index = {a.lower(): i for i, a in enumerate(getattr(adapter, "answers", []))}
         self._options = {"layer": layer, "layout": layout, "strategy": strategy,
                          "chunk_size": chunk_size, "align": align, "method": method}
@@ -170,6 +170,7 @@ class VQAExplainer:
         """Explain ``answer`` (default: the model's) and the ``top_k`` answers."""
         return self.explain_batch([image], [question], [answer], [contrast], top_k)[0]
 
+    @autograd_on
     def explained(self, image: ImageInput, question: str, answer: str | None = None
                   ) -> Explained:
         """The explained answer (default: the model's) before a result is made: activations,
@@ -259,6 +260,7 @@ class VQAExplainer:
             method=self.method_name, model_answer=texts[1], score=self.score,
             contrast=contrast, layer=pipe.layer_label, pixels=e.pixel_maps(extra, rows=n))
 
+    @autograd_on
     def explain_batch(
         self,
         images: Sequence[ImageInput],

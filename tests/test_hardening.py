@@ -401,12 +401,55 @@ def test_bad_arguments(scene_png, tmp_path, capsys, argv, message):
      (lambda e, im: e["cap"].explain(im, max_len=0),
       "max_len=0: must be an integer of at least 1"),
      (lambda e, im: e["cap"].explain_batch([im], max_len=-1),
-      "max_len=-1: must be an integer of at least 1")],
+      "max_len=-1: must be an integer of at least 1"),
+     (lambda e, im: e["cap"].explain(im, caption=5), "a caption must be text, got int"),
+     (lambda e, im: e["cap"].explain(im, caption=["a", "red"]),
+      "a caption must be text, got list"),
+     (lambda e, im: e["cap"].explain_batch([im], "a red star"), "captions must be a list"),
+     (lambda e, im: e["vqa"].explain(im, "what color is the shape?", answer=3),
+      "answer must be text, got int"),
+     (lambda e, im: e["vqa"].explain(im, 5), "question must be text, got int"),
+     (lambda e, im: e["vqa"].explained(im, ""), "question is empty"),
+     (lambda e, im: e["cls"].explain(im, classes=3), "classes must be a list of class ids"),
+     (lambda e, im: e["cls"].explain(im, classes=["circle"]), "class ids must be integers"),
+     (lambda e, im: e["cls"].explain(im, classes=[1.7]), "class ids must be integers"),
+     (lambda e, im: e["cls"].explain(im, classes=[True]), "class ids must be integers"),
+     (lambda e, im: e["cls"].explain_batch([im], classes=3), "one list of class ids per"),
+     (lambda e, im: e["cls"].explain_pixels(torch.zeros(2, 3, 64, 64), targets=[0, 1, 2]),
+      "3 targets for 2 images"),
+     (lambda e, im: e["cls"].explain_pixels(torch.zeros(0, 3, 64, 64)), "with B >= 1"),
+     (lambda e, im: e["cls"].explain_pixels([[0.0]]), "got list"),
+     (lambda e, im: type(e["cls"])(e["cls"].model, layer=e["cls"].layer,
+                                   prepare=e["cls"].prepare, labels=["a"]).explain(im),
+      "labels has 1 names but the model has"),
+     (lambda e, im: type(e["cap"])(e["cap"].adapter, chunk_size=1.5),
+      "chunk_size=1.5: must be an integer of at least 1"),
+     (lambda e, im: type(e["cap"])(e["cap"].adapter, chunk_size=0),
+      "chunk_size=0: must be an integer of at least 1")],
 )
 def test_bad_library_arguments(explainers, scene_png, call, message):
     with pytest.raises(MMCamError) as e:
         call(explainers, scene_png)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_explaining_works_inside_inference_mode(explainers, scene_png):
+    """Under ``torch.inference_mode`` every explain call failed deep in autograd; it now runs
+    outside it and gives the maps it gives elsewhere (bit-identical), pixel tensors made in
+    inference mode included."""
+    cap, vqa, cls = explainers["cap"], explainers["vqa"], explainers["cls"]
+    want = (cap.explain(scene_png).maps, vqa.explain(scene_png, "what color is the shape?").map,
+            cls.explain(scene_png).maps)
+    pixels = cls.prepare(load_image(scene_png))
+    pixels = pixels[0] if isinstance(pixels, tuple) else pixels
+    want_px = cls.explain_pixels(pixels, top=2)["maps"]
+    with torch.inference_mode():
+        got = (cap.explain(scene_png).maps, vqa.explain(scene_png, "what color is the shape?").map,
+               cls.explain(scene_png).maps)
+        got_px = cls.explain_pixels(pixels.clone(), top=2)["maps"]  # an inference tensor
+        assert torch.is_inference_mode_enabled()  # the caller's mode is left as it was
+    for a, b in zip(want + (want_px,), got + (got_px,)):
+        assert torch.equal(a, b)
 
 
 def test_smallest_library_arguments_still_work(explainers, scene_png):
@@ -623,3 +666,22 @@ def test_unknown_caption_words_of_a_hugging_face_tokenizer():
     cap = CaptionExplainer.__new__(CaptionExplainer)
     cap.adapter = ad
     assert cap.unknown_words(caption) == ["green", "猫"]
+
+
+def test_a_layer_outside_the_image_encoder_is_refused():
+    """On shapes-blip, ``layer="text_decoder"`` painted the caption's tokens on the image as a
+    2x2 or 3x3 "grid" (its size followed the caption's length); layers of the text side are
+    refused, layers of the vision tower still work, for captions and VQA."""
+    cap, vqa = mmcam.load_model("shapes-blip"), mmcam.load_model("shapes-blip-vqa")
+    for layer in ("text_decoder", "text_decoder.cls", "text_decoder.bert.encoder.layer[-1]"):
+        with pytest.raises(MMCamError, match="not in the model's image encoder"):
+            CaptionExplainer(cap, layer=layer)
+    with pytest.raises(MMCamError, match="not in the model's image encoder"):
+        VQAExplainer(vqa, layer="text_encoder.encoder.layer[0]")
+    img = generate(1, seed=3)[0].image
+    r = CaptionExplainer(cap, layer="vision_model.encoder.layers[1]").explain(
+        img, caption="a red circle")
+    assert r.layer_maps.shape[-2:] == (8, 8)  # the ViT's 8x8 patch grid
+    a = VQAExplainer(vqa, layer="vision_model.encoder.layers[-1]").explain(
+        img, "what color is the circle?", top_k=1)
+    assert a.map.shape == (128, 128)

@@ -119,7 +119,7 @@ def test_scores_refuse_what_they_cannot_do():
         CaptionExplainer(ad, score="margin")
     with pytest.raises(MMCamError, match="versus"):
         CaptionExplainer(ad, score="versus")
-    with pytest.raises(MMCamError, match="one token"):
+    with pytest.raises(MMCamError, match="not one known token"):
         CaptionExplainer(ad, score="versus", versus={"circle": "big square"})
 
     class NoLogits:
@@ -129,6 +129,30 @@ def test_scores_refuse_what_they_cannot_do():
 
     with pytest.raises(MMCamError, match="token_logits"):
         CaptionExplainer(NoLogits(), score="contrast")
+
+
+def test_named_alternatives_and_kinds_are_checked():
+    """``versus`` with an unknown word was scored against <unk> (shapes-captioner) or [UNK]
+    (shapes-blip), a word against itself fell back to the logit, a list raised an
+    AttributeError, and ``kinds="red blue"`` was read letter by letter: each is refused."""
+    cap, blip = load_model("shapes-captioner"), load_model("shapes-blip")
+    for ad in (cap, blip):
+        for versus, msg in (({"star": "zzzqqq"}, "alternative"),
+                            ({"zzzqqq": "circle"}, "'zzzqqq' is not one known token"),
+                            ({"star": "star"}, "cannot be contrasted with itself"),
+                            ({"star": ""}, "non-empty text"),
+                            ([("star", "circle")], "versus must map words")):
+            with pytest.raises(MMCamError, match=msg):
+                CaptionExplainer(ad, score="versus", versus=versus)
+    for kinds in ("red blue", ["red", "blue"]):
+        with pytest.raises(MMCamError, match="kinds must be lists of words"):
+            CaptionExplainer(cap, score="contrast", kinds=kinds)
+        with pytest.raises(MMCamError, match="kinds must be lists of words"):
+            VQAExplainer(load_model("shapes-vqa"), score="contrast", kinds=kinds)
+    # unknown words inside a kind are left out of the alternatives, known ones kept
+    ex = CaptionExplainer(cap, score="contrast", kinds=[["red", "blue", "zzzqqq"]])
+    red, blue = (int(cap.tokenize(w)[0]) for w in ("red", "blue"))
+    assert ex.alternatives.table == {red: [blue], blue: [red]}
 
 
 def test_hf_blip_contrast_equals_a_loop_against_the_hf_class():

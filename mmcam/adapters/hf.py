@@ -48,25 +48,29 @@ class Family:
     layout: Layout
     text_kwarg: str  # the forward argument that takes the text ids
     before: str | None = None  # the block the default layer reads (first of the earlier ones)
+    image: str | None = None  # the image encoder: an explained layer must be it or inside it
 
 
 def _ved_family(model: nn.Module) -> Family:
     enc = model.encoder
     if hasattr(enc, "layers") and isinstance(enc.layers, nn.ModuleList):  # ViT-like (v5)
         prefix = 2 if "deit" in type(enc).__name__.lower() else 1
-        return Family("encoder.layers[-1]", Tokens(prefix=prefix), "decoder_input_ids")
+        return Family("encoder.layers[-1]", Tokens(prefix=prefix), "decoder_input_ids",
+                      image="encoder")
     if hasattr(enc, "encoder") and hasattr(enc.encoder, "layers"):  # Swin: last stage
-        return Family("encoder.encoder.layers[-1]", Tokens(prefix=0), "decoder_input_ids")
+        return Family("encoder.encoder.layers[-1]", Tokens(prefix=0), "decoder_input_ids",
+                      image="encoder")
     raise MMCamError(f"no default layer known for a {type(enc).__name__} encoder: pass layer=")
 
 
 # BLIP: the vision tower's output, the post-LayerNorm tokens (CLS first) that the text
 # reads. HiResCAM at the last block, in front of that LayerNorm, is only its eps term (README).
 BLIP_FAMILY = Family("vision_model", Tokens(prefix=1), "input_ids",
-                     "vision_model.encoder.layers[-1]")
+                     "vision_model.encoder.layers[-1]", image="vision_model")
 # GIT: the same, the image encoder's output (its post_layernorm tokens, CLS first).
 GIT_FAMILY = Family("git.image_encoder", Tokens(prefix=1), "input_ids",
-                    "git.image_encoder.vision_model.encoder.layers[-1]")
+                    "git.image_encoder.vision_model.encoder.layers[-1]",
+                    image="git.image_encoder")
 
 
 def family_of(model: nn.Module) -> Family:
@@ -125,7 +129,8 @@ def _prompted_family(model: nn.Module) -> Family:
     Florence-2: DaViT's last block, (B,C,h,w)."""
     name = arch(model)
     if name == FLORENCE2:
-        return Family("model.vision_tower.blocks[-1][-1]", Conv(), "decoder_input_ids")
+        return Family("model.vision_tower.blocks[-1][-1]", Conv(), "decoder_input_ids",
+                      image="model.vision_tower")
     tower = model.model.vision_tower
     inner = "" if hasattr(tower, "encoder") else ".vision_model"
     vm = getattr(tower, "vision_model", tower)
@@ -133,10 +138,11 @@ def _prompted_family(model: nn.Module) -> Family:
     prefix = 1 if hasattr(vm.embeddings, "class_embedding") else 0
     if name == PALIGEMMA:  # the tower's output: SigLIP's post_layernorm tokens (as BLIP)
         return Family("model.vision_tower", Tokens(prefix=prefix), "input_ids",
-                      f"model.vision_tower{inner}.encoder.layers[-1]")
+                      f"model.vision_tower{inner}.encoder.layers[-1]",
+                      image="model.vision_tower")
     index = _llava_layer_index(model.config, n)
     return Family(f"model.vision_tower{inner}.encoder.layers[{index}]", Tokens(prefix=prefix),
-                  "input_ids")
+                  "input_ids", image="model.vision_tower")
 
 
 def processor_geometry(image_processor: Any, size: tuple[int, int]) -> Geometry:
@@ -250,6 +256,7 @@ class HFCaptioner:
         self.family = family or family_of(model)
         self.layer, self.layout = self.family.layer, self.family.layout
         self.layer_before = self.family.before
+        self.image_module = self.family.image
         self.prompt = prompt or ""
         self._wordpiece = is_wordpiece(self.tokenizer)
 
