@@ -21,8 +21,12 @@ METHOD_CHOICES = cli_methods("classify")  # every CAM formula (mmcam.registry.ME
 
 
 def _classify(args: argparse.Namespace) -> int:
-    _at_least(1, top=args.top)  # flags first: a bad one is answered before torch loads
+    if args.cls is not None and args.top is not None:
+        raise MMCamError("--class and --top exclude each other: --class explains one class")
+    top = 3 if args.top is None else args.top
+    _at_least(1, top=top)  # flags first: a bad one is answered before torch loads
     _check_out(args.out)
+    _check_layer(args.layer)
     with _importing():
         from mmcam.classify import ClassExplainer
         from mmcam.images import load_image
@@ -35,18 +39,25 @@ def _classify(args: argparse.Namespace) -> int:
         from mmcam.models.hub import load_model
 
         adapter = load_model(args.model)
+        if not hasattr(adapter, "labels"):
+            raise MMCamError(f"{args.model} is not a classifier: explain it with mmcam caption "
+                             "or mmcam vqa")
         if args.layer:
             adapter.layer = args.layer
     else:
         from mmcam.adapters.torchvision import build_classifier
 
         adapter = build_classifier(args.model, weights=args.weights, layer=args.layer)
+        if not args.weights:
+            print(f"mmcam classify: note: {args.model} without --weights has random weights "
+                  "(nothing is downloaded): its classes mean nothing; give --weights FILE or "
+                  "DEFAULT", file=sys.stderr)
     explainer = ClassExplainer(adapter, method=args.method)
     n = len(adapter.labels)
     if args.cls is not None and not 0 <= args.cls < n:
         raise MMCamError(f"--class {args.cls} is out of range: the model has {n} classes")
     classes = None if args.cls is None else [args.cls]
-    result = explainer.explain(image, classes=classes, top=args.top, guided=True)
+    result = explainer.explain(image, classes=classes, top=top, guided=True)
     files = _save(result, args.out)
     for c, lab, p, b in zip(result.classes, result.labels, result.probabilities, result.boxes):
         print(f"class {c} ({lab}): p={p:.4f} box={b}")
@@ -59,6 +70,10 @@ def _caption(args: argparse.Namespace) -> int:
 
     _at_least(1, beam=args.beam)  # flags first: a bad one is answered before torch loads
     _check_out(args.out)
+    _check_layer(args.layer)
+    versus = _pairs(args.versus)
+    if versus and args.score != "versus":
+        raise MMCamError("--versus names alternatives for --score versus: add --score versus")
     if args.caption is not None:
         check_words(args.caption, "caption")
     with _importing():
@@ -73,7 +88,7 @@ def _caption(args: argparse.Namespace) -> int:
                        **({"prompt": args.prompt} if args.prompt else {}))
     explainer = CaptionExplainer(model, method=args.method, layer=args.layer,
                                  strategy=args.strategy, align=args.align, score=args.score,
-                                 versus=_pairs(args.versus))
+                                 versus=versus)
     result = explainer.explain(image, caption=args.caption, beam_size=args.beam)
     _save(result, args.out)
     print(f"caption: {result.caption}")
@@ -92,6 +107,7 @@ def _vqa(args: argparse.Namespace) -> int:
 
     _at_least(1, top=args.top)  # flags first: a bad one is answered before torch loads
     _check_out(args.out)
+    _check_layer(args.layer)
     check_words(args.question, "question")
     with _importing():
         from mmcam.images import load_image
@@ -136,6 +152,12 @@ def _hyper(pairs: list[str]) -> dict[str, float]:
 
 def _train(args: argparse.Namespace) -> int:
     _check_out(args.out)
+    if args.init_from is not None:
+        if args.kind not in ("blip-captioner", "blip-vqa"):
+            raise MMCamError("--init-from is for blip-captioner and blip-vqa")
+        if not (Path(args.init_from) / "config.json").is_file():
+            raise MMCamError(f"--init-from {args.init_from}: no model folder there (no "
+                             "config.json)")
     if args.kind in ("blip-captioner", "blip-vqa"):
         _need("transformers", "hf", f"training {args.kind}")
         from mmcam.models.train_blip import train_blip
@@ -185,7 +207,7 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise MMCamError("--n must be at least 1")
-    for flag in ("n_deletion", "n_sanity"):
+    for flag in ("n_deletion", "n_sanity", "slack"):
         if getattr(args, flag) < 0:
             raise MMCamError(f"--{flag.replace('_', '-')} must be 0 or more")
     _check_out(args.out)
@@ -242,8 +264,13 @@ def _at_least(low: int, **given: int) -> None:
 
 
 def _check_out(out: str) -> None:
-    """``--out`` must be a folder that exists or can be made; nothing is created here."""
+    """``--out`` must be a folder that exists or can be made; nothing is left created here
+    (a probe folder is made and removed where the first missing part would go)."""
+    if not out.strip():
+        raise MMCamError("--out is empty: give a folder for the results")
     path = Path(out).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise MMCamError(f"--out {out} is a broken symbolic link: give a folder")
     if path.exists() and not path.is_dir():
         raise MMCamError(f"--out {out} is an existing file: give a folder (new or existing)")
     probe = path
@@ -255,6 +282,31 @@ def _check_out(out: str) -> None:
         raise MMCamError(f"--out {out}: {probe} is a file, so no folder can be made there")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise MMCamError(f"--out {out}: {probe} is not writable: give a folder you can write")
+    import tempfile
+
+    try:  # some file systems (/proc, /sys) refuse new folders whatever the permissions say
+        os.rmdir(tempfile.mkdtemp(prefix=".mmcam-probe-", dir=probe))
+    except OSError as e:
+        raise MMCamError(f"--out {out}: no folder can be made in {probe} "
+                         f"({e.strerror or e})") from None
+
+
+def _check_layer(layer: str | None) -> None:
+    """``--layer`` given must name something (an empty one would mean the default)."""
+    if layer is not None and not layer.strip():
+        raise MMCamError("--layer is empty: give a dotted layer path, or leave it out for the "
+                         "model's own layer")
+
+
+def _seed(text: str) -> int:
+    """argparse type of ``--seed``: an integer of at least 0 (numpy's generators' range)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: a seed is an integer of at least 0")
+    return value
 
 
 def _pairs(items: Sequence[str] | None) -> dict[str, str] | None:
@@ -266,6 +318,9 @@ def _pairs(items: Sequence[str] | None) -> dict[str, str] | None:
         word, sep, alt = it.partition("=")
         if not sep or not word.strip() or not alt.strip():
             raise MMCamError(f"--versus {it!r}: write WORD=ALTERNATIVE, e.g. circle=square")
+        if word.strip() in out:
+            raise MMCamError(f"--versus names {word.strip()!r} twice: give one alternative "
+                             "per word")
         out[word.strip()] = alt.strip()
     return out
 
@@ -281,6 +336,8 @@ def _need(module: str, extra: str, what: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not 1 <= args.port <= 65535:
+        raise MMCamError(f"--port {args.port}: a port is a number from 1 to 65535")
     _need("gradio", "app", "the app")
     from mmcam.app import exposure_warning, launch
 
@@ -334,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layer", default=None, help="dotted layer name (default: last conv block)")
     c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
     c.add_argument("--class", dest="cls", type=int, default=None, help="explain this class id")
-    c.add_argument("--top", type=int, default=3)
+    c.add_argument("--top", type=int, default=None, help="explain the top classes (default 3)")
     c.add_argument("--out", required=True)
     c.set_defaults(func=_classify)
 
@@ -379,7 +436,7 @@ def _add_model_commands(sub: Any) -> None:
     c = sub.add_parser("train", help="train a reference model from scratch")
     c.add_argument("kind", choices=["captioner", "vqa", "classifier", "blip-captioner", "blip-vqa"])
     c.add_argument("--out", required=True)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_seed, default=0)
     c.add_argument("--steps", type=int, default=None)
     c.add_argument("--init-from", default=None,
                    help="blip-*: start from a shapes-blip(-vqa) folder's weights")
@@ -391,7 +448,7 @@ def _add_model_commands(sub: Any) -> None:
                        help="measure a model's maps on fresh scenes with ground truth")
     c.add_argument("model", help="shipped name, a model folder, or hf:<hub id>")
     c.add_argument("--n", type=int, default=500, help="fresh scenes")
-    c.add_argument("--seed", type=int, default=2_000_000)
+    c.add_argument("--seed", type=_seed, default=2_000_000)
     c.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "hirescam"],
                    choices=METHOD_CHOICES)
     c.add_argument("--scores", nargs="+", default=["logprob", "contrast"],
@@ -416,14 +473,14 @@ def _add_model_commands(sub: Any) -> None:
     c = sub.add_parser("evaluate-model", help="measure a reference model on fresh scenes")
     c.add_argument("model")
     c.add_argument("--n", type=int, default=500)
-    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--seed", type=_seed, default=None)
     c.set_defaults(func=_evaluate)
 
     c = sub.add_parser("bias-study",
                        help="the paper's bias experiment: a classifier trained with a "
                        "spurious cue vs one trained without, and where Grad-CAM looks")
     c.add_argument("--out", required=True)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_seed, default=0)
     c.add_argument("--n-train", type=int, default=None, help="training scenes (default 4000)")
     c.add_argument("--n-test", type=int, default=None,
                    help="held-out test scenes, a multiple of 4 (default 1000)")

@@ -69,7 +69,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     try:
         for part in layer.strip().split("."):
             m = _PART.match(part)
-            if m is None:
+            if m is None or not part:  # "encoder..14", ".encoder", "encoder." name nothing
                 raise KeyError(part)
             name, indices = m.groups()
             if name:

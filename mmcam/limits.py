@@ -2,7 +2,9 @@
 
 A caption or a question is refused over :data:`MAX_WORDS` words (split on white space) or,
 once tokenized by the model, over :data:`MAX_TOKENS` tokens: every word is one row of
-gradients and one map, so a 500-word caption would take minutes and a gigabyte.
+gradients and one map, so a 500-word caption would take minutes and a gigabyte. A VQA
+explanation shows at most :data:`MAX_TOP_K` answers: a generative model searches its answers
+with a beam that wide (``top_k=1000`` ran past two minutes on shapes-blip-vqa).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from mmcam.errors import MMCamError
 
 MAX_WORDS = 64
 MAX_TOKENS = 128
+MAX_TOP_K = 50
 
 
 def check_words(text: str, what: str) -> None:

@@ -528,6 +528,18 @@ def html_page(report: dict, recs: list[dict]) -> str:
             f"<pre>{_html.escape(markdown(report))}</pre>{body}")
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None: standard JSON has no NaN (Python
+    writes a bare ``NaN`` that JavaScript's ``JSON.parse`` refuses)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def evaluate_explanations(
     adapter: Any, model_name: str, n: int = 500, seed: int = SEED,
     methods: Sequence[str] = ("gradcam", "gradcam++", "hirescam"),
@@ -591,7 +603,8 @@ def evaluate_explanations(
     if out is not None:
         d = Path(out)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "report.json").write_text(json.dumps(report, indent=1))
+        (d / "report.json").write_text(json.dumps(json_safe(report), indent=1,
+                                                  allow_nan=False))
         (d / "report.md").write_text(markdown(report))
         (d / "report.html").write_text(html_page(report, recs))
     return report

@@ -13,7 +13,7 @@ from mmcam.cam import get_method
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
-from mmcam.limits import check_at_least, check_tokens, check_words
+from mmcam.limits import MAX_TOP_K, check_at_least, check_tokens, check_words
 from mmcam.pipeline import Context, Explained, Pipeline, Rows, autograd_on
 from mmcam.results import VQAExplanation
 from mmcam.scores import TOP_K, Alternatives, check_score, with_logprobs, word_lists
@@ -272,6 +272,8 @@ class VQAExplainer:
         """Explain several images in one pass; ``questions`` one per image or one for all.
         Each result equals ``explain`` of that image alone."""
         check_at_least(1, top_k=top_k)
+        if top_k > MAX_TOP_K:
+            raise MMCamError(f"top_k={top_k}: over the limit of {MAX_TOP_K} answers")
         n = len(images)
         qs = [questions] * n if isinstance(questions, str) else list(questions)
         answers = list(answers) if answers is not None else [None] * n

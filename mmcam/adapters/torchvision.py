@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,12 +99,14 @@ def build_classifier(
             w = enum.DEFAULT if str(weights) == "DEFAULT" else enum[str(weights)]
         except KeyError:
             raise MMCamError(f"unknown weights {weights!r} for {name}") from None
+        said = io.StringIO()  # torch.hub's "Downloading: ..." line: shown only on success
         try:
-            model = torchvision.models.get_model(name, weights=w, **kwargs)
+            with contextlib.redirect_stderr(said):
+                model = torchvision.models.get_model(name, weights=w, **kwargs)
         except Exception as e:  # noqa: BLE001 - download/cache errors vary by version
-            raise MMCamError(
-                f"cannot get weights {w} (no download here?): give a local file instead ({e})"
-            ) from None
+            raise MMCamError(f"cannot get weights {w} (no download here?): give a local file "
+                             f"instead ({_first_line(e)})") from None
+        sys.stderr.write(said.getvalue())
         labels = list(w.meta.get("categories", [])) or None
     else:
         with warnings.catch_warnings():  # googlenet/inception: a FutureWarning on random init
@@ -123,10 +128,16 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise MMCamError(f"cannot read weights file {path}: {e}") from None
+        raise MMCamError(f"cannot read weights file {path}: {_first_line(e)}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return state
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first non-empty line, else its type's name (one-line messages)."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def _num_outputs(model: nn.Module) -> int:

@@ -145,7 +145,7 @@ class CaptionerAdapter:
                 prev = torch.tensor([toks[-1] if toks else self.vocab.bos], device=features.device)
                 logits, _, st2 = self.model.step(cells, keys, st, prev)
                 logp = torch.log_softmax(logits[0], -1)
-                top = logp.topk(beam_size)
+                top = logp.topk(min(beam_size, logp.numel()))
                 for v, i in zip(top.values.tolist(), top.indices.tolist()):
                     if i == self.vocab.eos:
                         done.append((lp + v, toks))

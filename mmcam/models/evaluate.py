@@ -21,6 +21,7 @@ import torch
 from nltk.translate.bleu_score import corpus_bleu
 from tqdm.auto import tqdm
 
+from mmcam.errors import MMCamError
 from mmcam.models.hub import load_model
 from mmcam.models.text import pad_batch, tokenize
 from mmcam.scenes import Scene, generate
@@ -118,12 +119,37 @@ def evaluate(
     Returns ``{"bleu4", "exact"}`` (captioner), ``{"accuracy", "per_type"}`` (vqa) or
     ``{"accuracy"}`` (classifier), plus ``kind``, ``n_scenes`` and ``seed``.
     """
+    from mmcam.limits import check_at_least
+
+    check_at_least(1, n=n)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise MMCamError(f"seed={seed!r}: must be an integer of at least 0")
     adapter = load_model(name_or_path)
-    kind = adapter.config["kind"]
+    config = getattr(adapter, "config", None)
+    if not isinstance(config, dict) or "kind" not in config:
+        return _evaluate_hf(adapter, name_or_path, n, seed, progress)
+    kind = config["kind"]
     scenes = generate(n, seed, one_large=kind == "classifier")
     out = {"kind": kind, "seed": seed}
     out.update(evaluate_adapter(adapter, kind, scenes, progress=progress))
     return out
+
+
+def _evaluate_hf(adapter: Any, name: str | os.PathLike, n: int, seed: int,
+                 progress: bool) -> dict[str, Any]:
+    """A Hugging Face BLIP captioner or VQA model trained on the scenes (shapes-blip,
+    shapes-blip-vqa): BLEU-4 or answer accuracy, as their trainer measures them."""
+    from mmcam.models.train_blip import evaluate_blip_captioner, evaluate_blip_vqa
+
+    arch = type(getattr(adapter, "model", None)).__name__
+    if arch == "BlipForConditionalGeneration":
+        kind, run = "captioner", evaluate_blip_captioner
+    elif arch == "BlipForQuestionAnswering":
+        kind, run = "vqa", evaluate_blip_vqa
+    else:
+        raise MMCamError(f"{name}: evaluate-model measures models trained on mmcam's scenes "
+                         f"(mmcam's own formats and BLIP), not a {arch}")
+    return {"kind": kind, "seed": seed, **run(adapter, n=n, seed=seed, progress=progress)}
 
 
 def write_card(folder: str | os.PathLike, metrics: dict[str, Any], command: str) -> None:
