@@ -43,6 +43,7 @@ from mmcam.viz import (
     fit_size,
     font_families,
     guided_image,
+    one_line,
     overlay,
     png_bytes,
     resize_maps,
@@ -208,7 +209,7 @@ class _Shows:
             else:
                 heat = resize_maps(panels[i].map[None], size)[0] / scales[i]
             im = overlay(base, heat, alpha)
-            return draw_boxes(im, [scale_box(panels[i].box, sx, sy)]) if boxes else im
+            return draw_boxes(im, [scale_box(panels[i].box, sx, sy, size)]) if boxes else im
 
         return paint
 
@@ -233,7 +234,7 @@ class _Shows:
         out = []
         for shared in scales:
             tiles = [base] + [
-                draw_boxes(overlay(base, h / s, alpha), [scale_box(p.box, sx, sy)])
+                draw_boxes(overlay(base, h / s, alpha), [scale_box(p.box, sx, sy, tile)])
                 for p, h, s in zip(panels, heat, self.scales(shared))]
             out.append(sheet(tiles, labels, f"{self._headline()}   ({self._how(shared)})",
                              ncols))
@@ -257,7 +258,7 @@ class _Shows:
         panels = self.panels()
         ims = [self.image] + self.overlays(alpha, boxes=True, shared=shared)
         top = self.pixels.maxima()
-        titles = ["image"] + [f"{p.title}\nmax {top[p.index]:.3g}" for p in panels]
+        titles = ["image"] + [f"{one_line(p.title)}\nmax {top[p.index]:.3g}" for p in panels]
         n = len(ims)
         cols = min(ncols, n)
         rows = (n + cols - 1) // cols
@@ -268,8 +269,8 @@ class _Shows:
         for ax, im, t in zip(axes.ravel(), ims, titles):
             ax.imshow(im)
             ax.set_title(drawable(t), fontsize=10, fontfamily=families)
-        fig.suptitle(drawable(f"{self._headline()}   ({self._how(shared)})"), fontsize=11,
-                     fontfamily=families)
+        headline = one_line(f"{self._headline()}   ({self._how(shared)})")
+        fig.suptitle(drawable(headline), fontsize=11, fontfamily=families)
         fig.tight_layout()
         return fig
 
@@ -344,7 +345,7 @@ class _Shows:
             "base": _base_url(base),
             "maps": [_data_url(m) for m in maps],
             "scale": [o / s for o, s in zip(own, shared)],
-            "boxes": [_box_list(scale_box(p.box, sx, sy)) for p in panels],
+            "boxes": [_box_list(scale_box(p.box, sx, sy, size)) for p in panels],
             "lut": base64.b64encode(colormap_lut().tobytes()).decode(),
         }
 

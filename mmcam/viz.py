@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
+import re
 import unicodedata
 import zlib
 from collections.abc import Sequence
@@ -168,16 +169,45 @@ def _png_up(pixels: np.ndarray, color: int, level: int, strategy: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def scale_box(box: Box | None, sx: float, sy: float) -> Box | None:
-    """A box (x0, y0, x1, y1; exclusive ends) scaled by ``sx``, ``sy`` (None stays None)."""
+def scale_box(box: Box | None, sx: float, sy: float,
+              size: tuple[int, int] | None = None) -> Box | None:
+    """A box (x0, y0, x1, y1; exclusive ends) scaled by ``sx``, ``sy`` (None stays None),
+    each end rounded; the result stays a valid box of at least one pixel a side
+    (``0 <= x0 < x1``, ``0 <= y0 < y1``), inside ``size`` (width, height) when given.
+
+    A box scaled to a much smaller picture (a 4000x10 image drawn 768x2) can round to no
+    pixel at all (``round(0.6) == round(0.9)``): it keeps the pixel it rounds to, moved
+    back onto the picture if that is past its far edge."""
     if box is None:
         return None
-    return (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
+    w, h = size if size is not None else (None, None)
+    x0, x1 = _scale_span(box[0], box[2], sx, w)
+    y0, y1 = _scale_span(box[1], box[3], sy, h)
+    return x0, y0, x1, y1
+
+
+def _scale_span(a: float, b: float, s: float, n: int | None) -> tuple[int, int]:
+    """The span [a, b) scaled by ``s`` and rounded, at least one pixel, inside [0, n)."""
+    lo, hi = round(a * s), round(b * s)
+    lo = max(lo, 0) if n is None else min(max(lo, 0), max(n, 1) - 1)
+    hi = max(hi, lo + 1)
+    return lo, hi if n is None else min(hi, max(n, 1))
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of white space (line breaks, carriage returns, tabs, Unicode
+    line and paragraph separators, ...: ``str.isspace``) made one space: a label is drawn
+    and measured on one line."""
+    return _SPACE_RUN.sub(" ", text)
+
+
+_SPACE_RUN = re.compile(r"\s+")  # for str patterns, \s is what str.isspace() is true of
 
 
 def fit_text(draw: ImageDraw.ImageDraw, text: str, width: float, size: int = 13) -> str:
-    """``text`` cut (with an ellipsis) to at most ``width`` pixels as :func:`draw_text` draws it."""
-    text = drawable(text)
+    """``text`` on one line (:func:`one_line`), cut (with an ellipsis) to at most ``width``
+    pixels as :func:`draw_text` draws it."""
+    text = drawable(one_line(text))
     if _text_width(draw, text, size) <= width:
         return text
     while text and _text_width(draw, text + "…", size) > width:
@@ -186,6 +216,8 @@ def fit_text(draw: ImageDraw.ImageDraw, text: str, width: float, size: int = 13)
 
 
 def _text_width(draw: ImageDraw.ImageDraw, text: str, size: int) -> float:
+    """Width in pixels of ``text`` drawn by :func:`draw_text` (on one line)."""
+    text = one_line(text)
     return sum(draw.textlength(run, font=_pil_font(k, size)) for k, run in _runs(text))
 
 
@@ -235,13 +267,16 @@ def draw_boxes(
     color: str | Sequence[str] = "lime",
     width: int = 2,
 ) -> Image.Image:
-    """Return a copy of ``image`` with boxes (x0, y0, x1, y1; exclusive ends) drawn on it."""
+    """Return a copy of ``image`` with boxes (x0, y0, x1, y1; exclusive ends) drawn on it
+    (an empty box, ``x1 <= x0`` or ``y1 <= y0``, as one pixel wide or high; see
+    :func:`scale_box` for boxes scaled to a smaller picture)."""
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     colors = [color] * len(boxes) if isinstance(color, str) else list(color)
     for box, c in zip(boxes, colors):
-        if box is not None:
-            draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=c, width=width)
+        if box is not None:  # an empty box (x1 <= x0) is drawn one pixel wide
+            draw.rectangle((box[0], box[1], max(box[2] - 1, box[0]), max(box[3] - 1, box[1])),
+                           outline=c, width=width)
     return out
 
 
@@ -346,8 +381,9 @@ def draw_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
               size: int = 13, fill: str = "black") -> None:
     """Draw ``text`` at ``xy`` (top left), each run of characters with the first installed
     font that has their glyphs (PIL has no font fallback of its own); characters no font has
-    are drawn as ``?`` (see :func:`drawable`)."""
-    runs = _runs(drawable(text))
+    are drawn as ``?`` (see :func:`drawable`); white space is drawn as one space, on one line
+    (:func:`one_line`)."""
+    runs = _runs(drawable(one_line(text)))
     x, y = xy
     for k, run in runs:
         font = _pil_font(k, size)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from mmcam.app.state import CaptionView, ClassView, Guided, Heat, VQAView
 from mmcam.registry import method_label, method_value
-from mmcam.viz import draw_boxes, draw_text, overlay
+from mmcam.viz import draw_boxes, draw_text, overlay, scale_box
 
 BOX_COLOR, TRUTH_COLOR = "lime", "magenta"
 TILE = 160  # longest side of a tile in the grid of all words
@@ -50,12 +50,6 @@ def _peak(m: float, group: list[float], whose: str, own: bool = False) -> str:
 
 def _where(box: Box | None, prefix: str = "box") -> str:
     return f"{prefix} = {tuple(box)}" if box is not None else "no box (empty map)"
-
-
-def _scaled(box: Box | None, s: float) -> Box | None:
-    if box is None:
-        return None
-    return (round(box[0] * s), round(box[1] * s), round(box[2] * s), round(box[3] * s))
 
 
 # ----------------------------------------------------------------------------- captions
@@ -124,9 +118,10 @@ def _tile(small: Image.Image, heat: torch.Tensor, view: CaptionView, i: int, sca
     tile = overlay(small, heat, d.alpha)
     if d.truth and view.truth is not None:
         objs = view.truth.objects if i >= len(r.words) else view.truth.objects_named(r.words[i])
-        tile = draw_boxes(tile, [_scaled(o.box, scale) for o in objs], TRUTH_COLOR, 1)
+        tile = draw_boxes(tile, [scale_box(o.box, scale, scale, tile.size) for o in objs],
+                          TRUTH_COLOR, 1)
     if d.box:
-        tile = draw_boxes(tile, [_scaled(view.boxes[i], scale)], BOX_COLOR, 1)
+        tile = draw_boxes(tile, [scale_box(view.boxes[i], scale, scale, tile.size)], BOX_COLOR, 1)
     return tile
 
 
