@@ -129,6 +129,8 @@ def _vqa(args: argparse.Namespace) -> int:
     if result.unknown_words:
         print(f"  words the model does not know (read as <unk>): {', '.join(result.unknown_words)}")
     print(f"answer: {result.answer}  box = {result.box}")
+    if result.contrast is not None:
+        print(f"  rather than {result.contrast}: box = {result.contrast_box}")
     for a, p in result.top_probabilities:  # the maps are in the saved files
         print(f"  {a:>10s}  p = {p:.4f}")
     print(f"wrote {args.out}/index.html")

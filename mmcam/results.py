@@ -739,6 +739,7 @@ class VQAExplanation(_Shows):
             "probability": self.probability,
             "box": _box_list(self._box()),
             "method": self.method,
+            "score": self.score,
             "layer": self.layer,
             "image_size": list(self.image.size),
             "top_answers": [

@@ -74,6 +74,7 @@ def test_save(tmp_path):
     assert len([n for n in names if n.startswith("top_")]) == 2
     d = json.loads((tmp_path / "result.json").read_text())
     assert d["answer"] == res.answer and d["contrast"]["answer"] == "no"
+    assert d["score"] == "logprob"  # the explained score, as in a caption's result.json
     # saved again without contrast and with one top answer: the old files are gone
     VQAExplainer(ad).explain(image(2), "is the square blue?", top_k=1).save(tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
