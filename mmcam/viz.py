@@ -210,9 +210,14 @@ def fit_text(draw: ImageDraw.ImageDraw, text: str, width: float, size: int = 13)
     text = drawable(one_line(text))
     if _text_width(draw, text, size) <= width:
         return text
-    while text and _text_width(draw, text + "…", size) > width:
-        text = text[:-1]
-    return text + "…"
+    lo, hi = 0, len(text)  # the longest prefix that fits with "…": binary search, since a
+    while lo < hi:  # 5000-letter word cut one letter at a time took 25 s
+        mid = (lo + hi + 1) // 2
+        if _text_width(draw, text[:mid] + "…", size) <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo] + "…"
 
 
 def _text_width(draw: ImageDraw.ImageDraw, text: str, size: int) -> float:

@@ -290,3 +290,31 @@ def test_cli_with_line_breaks_in_caption_and_question(scene, tmp_path):
     assert (tmp_path / "c" / "sentence.png").is_file()
     assert (tmp_path / "v" / "answer.png").is_file()
 
+
+
+def test_fit_text_cuts_like_the_letter_by_letter_loop_in_few_measurements(monkeypatch):
+    """A 5000-letter word was cut one letter at a time (25 s to save one caption); the binary
+    search gives the letter-by-letter loop's prefix (the oracle, written out here) and
+    measures the text O(log n) times."""
+    from PIL import Image, ImageDraw
+
+    from mmcam import viz
+
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+
+    def slow(text, width, size=13):
+        text = viz.drawable(viz.one_line(text))
+        if viz._text_width(draw, text, size) <= width:
+            return text
+        while text and viz._text_width(draw, text + "…", size) > width:
+            text = text[:-1]
+        return text + "…"
+
+    for text in ("a red circle", "x" * 300, "Wide WWW words iii", "größer 東京 circle", "ab"):
+        for width in (0, 5, 17, 40, 90, 400):
+            assert viz.fit_text(draw, text, width) == slow(text, width), (text, width)
+    calls = []
+    real = viz._text_width
+    monkeypatch.setattr(viz, "_text_width", lambda *a: calls.append(1) or real(*a))
+    assert viz.fit_text(draw, "x" * 5000, 100).endswith("…")
+    assert len(calls) <= 2 + 14  # the whole text, then log2(5000) < 13 halvings
