@@ -34,8 +34,9 @@ def _classify(args: argparse.Namespace) -> int:
     image = load_image(args.image)  # fail on a bad image before building a model
     from mmcam.models.hub import looks_like_path
 
-    if args.model.startswith("shapes-") or looks_like_path(args.model) or \
-            Path(args.model).is_dir():
+    looks_local = args.model.startswith("shapes-") or looks_like_path(args.model) or \
+        Path(args.model).is_dir()
+    if looks_local:
         from mmcam.models.hub import load_model
 
         adapter = load_model(args.model)
@@ -48,10 +49,6 @@ def _classify(args: argparse.Namespace) -> int:
         from mmcam.adapters.torchvision import build_classifier
 
         adapter = build_classifier(args.model, weights=args.weights, layer=args.layer)
-        if not args.weights:
-            print(f"mmcam classify: note: {args.model} without --weights has random weights "
-                  "(nothing is downloaded): its classes mean nothing; give --weights FILE or "
-                  "DEFAULT", file=sys.stderr)
     explainer = ClassExplainer(adapter, method=args.method)
     n = len(adapter.labels)
     if args.cls is not None and not 0 <= args.cls < n:
@@ -62,6 +59,10 @@ def _classify(args: argparse.Namespace) -> int:
     for c, lab, p, b in zip(result.classes, result.labels, result.probabilities, result.boxes):
         print(f"class {c} ({lab}): p={p:.4f} box={b}")
     print(f"wrote {len(files)} files to {args.out}")
+    if not looks_local and not args.weights:  # after the work: an error stays one line
+        print(f"mmcam classify: note: {args.model} without --weights has random weights "
+              "(nothing is downloaded): its classes mean nothing; give --weights FILE or "
+              "DEFAULT", file=sys.stderr)
     return 0
 
 

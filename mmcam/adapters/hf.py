@@ -23,9 +23,12 @@ The adapter keeps no state between calls; the prompt is context, not explained.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from mmcam.engine import Readers
 from mmcam.errors import MMCamError
 from mmcam.geometry import Geometry
 from mmcam.layers import Conv, Layout, Tokens, resolve_layer
+from mmcam.models.hub import CONFIG, WEIGHTS, first_line, read_weights
 
 
 @dataclass(frozen=True)
@@ -879,8 +883,14 @@ def _model_class(transformers: Any, config: Any, src: str, trust_remote_code: bo
     and the checkpoint does not bring itself; else, with ``trust_remote_code``, the
     checkpoint's own class named in its ``auto_map`` (``get(fn)`` reads from the folder or
     the cache)."""
-    archs = list(getattr(config, "architectures", None) or [])
-    auto = dict(getattr(config, "auto_map", None) or {})
+    archs = getattr(config, "architectures", None) or []
+    auto = getattr(config, "auto_map", None) or {}
+    if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
+        raise MMCamError(f"{src}: 'architectures' in {CONFIG} must be a list of class names, "
+                         f"got {archs!r}"[:300])
+    if not isinstance(auto, dict):
+        raise MMCamError(f"{src}: 'auto_map' in {CONFIG} must be an object, got {auto!r}"[:300])
+    archs = list(archs)
     own = [a for a in archs if any(str(v).split(".")[-1] == a for v in auto.values())]
     native = next((getattr(transformers, a) for a in archs
                    if hasattr(transformers, a) and a not in own), None)
@@ -897,6 +907,190 @@ def _model_class(transformers: Any, config: Any, src: str, trust_remote_code: bo
                      f"({archs or 'no architectures'})")
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_restore: tuple[bool, bool] = (False, False)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Transformers' progress bars off (``transformers.utils.logging.disable_progress_bar``)
+    while local files load: a folder loads in a moment, and the bar made every error message
+    and every run's stderr several lines. The previous state (transformers' switch and
+    huggingface_hub's) is set back when the last of overlapping loads ends."""
+    global _quiet_depth, _quiet_restore
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as tlog
+
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_restore = (tlog.is_progress_bar_enabled(), are_progress_bars_disabled())
+            if _quiet_restore[0]:
+                tlog.disable_progress_bar()
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_restore[0]:
+                tlog.enable_progress_bar()  # also turns huggingface_hub's bars on
+                if _quiet_restore[1]:
+                    disable_progress_bars()
+
+
+def _strict_errors() -> tuple[type[BaseException], ...]:
+    """huggingface_hub's config validation errors (recent versions), which derive from
+    ``Exception`` only."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ()
+    return (StrictDataclassError,)
+
+
+def _config_problem(where: Any, e: BaseException) -> str:
+    """One line for a ``config.json`` transformers refused: the field and its value when the
+    error names them (not the Python type list of the validation message)."""
+    text = str(e)
+    field = re.search(r"[Ff]ield '([^']+)'", text)
+    if field:
+        value = re.search(r"with value (.*?) doesn't match|\(value: (.*?)\)", text)
+        shown = next((v for v in value.groups() if v is not None), "")[:80] if value else ""
+        return f"{where}: {field.group(1)!r} has a wrong value" + (f" ({shown})" if shown else "")
+    return f"{where}: not a transformers checkpoint mmcam can read ({first_line(e)})"
+
+
+def _check_weights(folder: Path) -> None:
+    """A folder's ``model.safetensors`` is there and its header reads (the same check and
+    message as mmcam's own model folders, :func:`mmcam.models.hub.read_weights`); sharded or
+    PyTorch weights are left to transformers."""
+    others = ("model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if (folder / WEIGHTS).is_file() or not any((folder / n).is_file() for n in others):
+        read_weights(folder, load=False)
+
+
+_LIBRARY_LOGGER = "transformers"
+_log_lock = threading.Lock()
+_log_holds: dict[int, list[logging.LogRecord]] = {}  # thread id -> its held records
+_log_saved: tuple[list[logging.Handler], bool] = ([], False)
+
+
+def _pass_on(record: logging.LogRecord) -> None:
+    """Give ``record`` to the handlers transformers' logger had before records were held
+    (and its parents' when it propagated), as :meth:`logging.Logger.callHandlers` would."""
+    handlers, propagate = _log_saved
+    for h in handlers:
+        if record.levelno >= h.level:
+            h.handle(record)
+    parent = logging.getLogger(_LIBRARY_LOGGER).parent if propagate else None
+    while parent is not None:
+        for h in parent.handlers:
+            if record.levelno >= h.level:
+                h.handle(record)
+        parent = parent.parent if parent.propagate else None
+
+
+class _Hold(logging.Handler):
+    """Stands in for transformers' log handlers while checkpoints load: records of a loading
+    thread are held, others passed on at once."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        held = _log_holds.get(record.thread or 0)
+        if held is not None:
+            held.append(record)
+        else:
+            _pass_on(record)
+
+
+_HOLD = _Hold()
+
+
+@contextmanager
+def _held_logs() -> Iterator[list[logging.LogRecord]]:
+    """Hold what transformers logs in this thread while a checkpoint loads: its load report
+    (many lines) comes before the error it raises when the weights do not fit the config.
+    If the load succeeds, the records are passed on as usual; if it fails, they are dropped
+    (the one-line :class:`MMCamError` says what was wrong). The logger's handlers are set back
+    when the last of overlapping loads ends."""
+    global _log_saved
+    from transformers.utils import logging as tlog
+
+    lg = tlog.get_logger(_LIBRARY_LOGGER)  # set up (handler, propagation) before it is held
+    held: list[logging.LogRecord] = []
+    me = threading.get_ident()
+    with _log_lock:
+        if not _log_holds:
+            _log_saved = (list(lg.handlers), lg.propagate)
+            lg.handlers = [_HOLD]
+            lg.propagate = False
+        _log_holds[me] = held
+    ok = False
+    try:
+        yield held
+        ok = True
+    finally:
+        with _log_lock:
+            del _log_holds[me]
+            saved = _log_saved
+            if not _log_holds:
+                lg.handlers = saved[0] + [h for h in lg.handlers if h is not _HOLD]
+                lg.propagate = saved[1]
+            if ok:
+                for record in held:
+                    _pass_on(record)
+
+
+def _mismatch(e: BaseException, held: list[logging.LogRecord]) -> str | None:
+    """The first "size mismatch" line of ``e`` (transformers 4) or of the load report logged
+    before it (transformers 5), tidied to ``key: ckpt [..] vs model [..]``; None if none."""
+    for text in [str(e), *(r.getMessage() for r in held)]:
+        for line in text.splitlines():
+            if "size mismatch" in line.lower():
+                line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+                if "|" in line:
+                    cells = [c.strip() for c in line.split("|")]
+                    line = f"{cells[0]}: {cells[-1]}"
+                line = re.sub(r"torch\.Size\((\[[^\]]*\])\)", r"\1", line)
+                line = re.sub(r"(\w):\[", r"\1: [", line.replace("Reinit due to ", ""))
+                return " ".join(line.split())[:200]
+    return None
+
+
+@contextmanager
+def _loading(what: str, held: list[logging.LogRecord] | None = None,
+             unfit: str | None = None) -> Iterator[None]:
+    """Errors transformers raises on a damaged checkpoint become one :class:`MMCamError`
+    line: ``what`` and the error's first line, or, when weights do not fit the config (a size
+    mismatch in the error or in the ``held`` load report), ``unfit`` (the weights) and the
+    first mismatch, as for mmcam's own model folders."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except MMCamError:
+        raise
+    except (OSError, SafetensorError, RuntimeError, ValueError, TypeError, KeyError,
+            AttributeError, IndexError, *_strict_errors()) as e:
+        mismatch = _mismatch(e, held or []) if unfit else None
+        if mismatch:
+            raise MMCamError(f"cannot load weights {unfit}: they do not fit {CONFIG} "
+                             f"({mismatch})") from None
+        raise MMCamError(f"{what}: {first_line(e)}"[:400]) from None
+
+
+def _check_tokenizer(tokenizer: Any, src: str) -> None:
+    """Refuse a tokenizer that knows only its special tokens: transformers makes one when a
+    folder lacks its tokenizer files (``tokenizer.json``, ``vocab.txt``, ...)."""
+    try:
+        words = set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens)
+    except (AttributeError, NotImplementedError, TypeError):
+        return
+    if not words:
+        raise MMCamError(f"{src} holds no tokenizer: the one transformers made knows only "
+                         "special tokens (tokenizer.json, vocab.txt or the like are missing)")
+
+
 def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
             device: str | torch.device | None = None, dtype: torch.dtype | None = None,
             trust_remote_code: bool = False, task: str | None = None) -> HFCaptioner:
@@ -906,7 +1100,10 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
     :class:`HFPromptedVLM` for either task (``prompt``: the caption instruction).
 
     A hub id is read from the local cache first; only when that fails and ``HF_HUB_OFFLINE``
-    is not set is the hub asked. The class comes from the config's ``architectures``.
+    is not set is the hub asked. The class comes from the config's ``architectures``. A folder
+    or cached checkpoint that cannot be read (no or damaged ``model.safetensors``, a mistyped
+    ``config.json``, no tokenizer) raises one :class:`MMCamError` naming it; transformers'
+    progress bars are off while local files load (and set back as they were).
     """
     try:
         import transformers
@@ -914,13 +1111,16 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
         raise MMCamError("Hugging Face models need transformers: pip install "
                          "'mmcam[hf]'") from None
     src = str(name_or_path)
-    local = Path(src).expanduser().is_dir()
+    folder = Path(src).expanduser()
+    local = folder.is_dir()
 
     def get(fn, **kw):
         if local:
-            return fn(src, **kw)
+            with _quiet():
+                return fn(src, **kw)
         try:
-            return fn(src, local_files_only=True, **kw)
+            with _quiet():
+                return fn(src, local_files_only=True, **kw)
         except OSError as e:
             if _offline():
                 raise MMCamError(f"{src} is not in the local cache: run once online or pass a "
@@ -929,31 +1129,38 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
                 return fn(src, **kw)
             except OSError:
                 raise MMCamError(f"{src} is not in the local cache and cannot be downloaded "
-                                 f"({str(e).splitlines()[0]}): run once online or pass a "
+                                 f"({first_line(e)}): run once online or pass a "
                                  "folder") from None
 
     try:
         config = get(transformers.AutoConfig.from_pretrained,
                      trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError) as e:
+    except MMCamError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, *_strict_errors()) as e:
         if not trust_remote_code and "trust_remote_code" in str(e):
             raise MMCamError(CUSTOM_CODE.format(src=src)) from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MMCamError(f"{src}: not a transformers checkpoint mmcam can read ({first})") \
-            from None
+        raise MMCamError(_config_problem(folder / CONFIG if local else src, e)) from None
     cls = _model_class(transformers, config, src, trust_remote_code, get)
+    if local:
+        _check_weights(folder)
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kw["dtype"] = dtype
-    model = get(cls.from_pretrained, **kw)
-    processor = get(transformers.AutoProcessor.from_pretrained,
-                    trust_remote_code=trust_remote_code)
-    if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
-        # checkpoints such as vit-gpt2 keep an image processor and a tokenizer, no processor
-        processor = Processor(
-            get(transformers.AutoImageProcessor.from_pretrained,
-                trust_remote_code=trust_remote_code),
-            get(transformers.AutoTokenizer.from_pretrained, trust_remote_code=trust_remote_code))
+    unfit = str(folder / WEIGHTS) if local else f"of {src}"
+    with _held_logs() as held, _loading(f"cannot load the model in {src}", held, unfit):
+        model = get(cls.from_pretrained, **kw)
+    with _loading(f"cannot load the processor (tokenizer, image processor) of {src}"):
+        processor = get(transformers.AutoProcessor.from_pretrained,
+                        trust_remote_code=trust_remote_code)
+        if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
+            # checkpoints such as vit-gpt2 keep an image processor and a tokenizer, no processor
+            processor = Processor(
+                get(transformers.AutoImageProcessor.from_pretrained,
+                    trust_remote_code=trust_remote_code),
+                get(transformers.AutoTokenizer.from_pretrained,
+                    trust_remote_code=trust_remote_code))
+    _check_tokenizer(processor.tokenizer, src)
     model.eval()
     if device is not None:
         model.to(device)

@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.transforms import functional as TF
 
 from mmcam.errors import MMCamError
+from mmcam.models.hub import first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,7 +106,7 @@ def build_classifier(
                 model = torchvision.models.get_model(name, weights=w, **kwargs)
         except Exception as e:  # noqa: BLE001 - download/cache errors vary by version
             raise MMCamError(f"cannot get weights {w} (no download here?): give a local file "
-                             f"instead ({_first_line(e)})") from None
+                             f"instead ({first_line(e)})") from None
         sys.stderr.write(said.getvalue())
         labels = list(w.meta.get("categories", [])) or None
     else:
@@ -128,16 +129,10 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise MMCamError(f"cannot read weights file {path}: {_first_line(e)}") from None
+        raise MMCamError(f"cannot read weights file {path}: {first_line(e)}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return state
-
-
-def _first_line(e: BaseException) -> str:
-    """An exception's first non-empty line, else its type's name (one-line messages)."""
-    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 def _num_outputs(model: nn.Module) -> int:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -40,6 +41,9 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     """The model folder: an existing folder path, else ``$MMCAM_MODELS/NAME``, else the
     shipped ``NAME`` (:data:`SHIPPED_MODELS`). Raises :class:`MMCamError` naming the known
     models."""
+    if not str(name_or_path).strip():
+        raise MMCamError(f"the model name is empty: give a shipped name ({', '.join(model_names())}"
+                         "), a model folder or hf:<hub id>")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -53,7 +57,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     for root in roots:
         if (root / name).is_dir():
             return root / name
-    known = ", ".join(KNOWN_MODELS)
+    known = ", ".join(model_names())
     if name in KNOWN_MODELS:
         where = " or ".join(str(r) for r in roots)
         raise MMCamError(
@@ -63,6 +67,36 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     raise MMCamError(
         f"unknown model {name!r}: use one of {known}, or a folder with {CONFIG} and {WEIGHTS}"
     )
+
+
+def model_names() -> list[str]:
+    """The models one may name: the shipped reference models (:data:`KNOWN_MODELS`), then the
+    Hugging Face folders under ``$MMCAM_MODELS`` and the shipped models (:func:`hf_folders`:
+    shapes-blip, shapes-blip-vqa), each once."""
+    return list(dict.fromkeys([*KNOWN_MODELS, *(f.name for f in hf_folders())]))
+
+
+# a hub id: "name" or "owner/name" of letters, digits, '-', '_' and '.'
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?", re.ASCII)
+
+
+def hub_id(text: str) -> str:
+    """``text`` (what follows ``hf:``) checked as a hub id, ``owner/name`` or ``name``; a
+    path-like or malformed id raises :class:`MMCamError` (a folder is given as a path, without
+    ``hf:``)."""
+    given = text.strip()
+    shown = given if given.isprintable() else repr(given)
+    if not given:
+        raise MMCamError("the hub id after hf: is empty: write hf:<owner>/<name>, e.g. "
+                         "hf:Salesforce/blip-image-captioning-base")
+    if given.startswith(("/", "~", ".")) or ".." in given or "\\" in given \
+            or given.count("/") > 1:
+        raise MMCamError(f"hf:{shown} is not a hub id (<owner>/<name>): give a model folder as "
+                         "a path, without hf:")
+    if not _HUB_ID.fullmatch(given) or given.endswith((".", "-")) or "--" in given:
+        raise MMCamError(f"hf:{shown} is not a hub id: write hf:<owner>/<name>, of letters, "
+                         "digits, '-', '_' and '.'"[:300])
+    return given
 
 
 def looks_like_path(name: str) -> bool:
@@ -152,7 +186,7 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
     if name.startswith("hf:"):
         from mmcam.adapters.hf import load_hf
 
-        return load_hf(name[3:], **hf)
+        return load_hf(hub_id(name[3:]), **hf)
     folder = resolve(name_or_path)
     if _is_hf_folder(folder):
         from mmcam.adapters.hf import load_hf
@@ -160,12 +194,12 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
         return load_hf(folder, **hf)
     device, dtype = hf.pop("device", None), hf.pop("dtype", None)
     if any(v is not None for v in hf.values()):
-        raise MMCamError(f"{', '.join(hf)} only apply to Hugging Face models (hf:<id> or an "
-                         "HF folder)")
+        given = [k for k, v in hf.items() if v is not None]
+        raise MMCamError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only "
+                         "to Hugging Face models (hf:<id> or an HF folder)")
     config = read_config(folder)
     weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise MMCamError(f"{folder} holds no {WEIGHTS}: the model folder is incomplete")
+    state = read_weights(folder)
     try:
         model = build_model(config)
     except KeyError as e:
@@ -173,16 +207,10 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
     except (TypeError, ValueError, IndexError, ZeroDivisionError) as e:
         raise MMCamError(f"{folder / CONFIG}: a wrong value in 'arch' ({e})"[:300]) from None
     try:
-        state = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise MMCamError(
-            f"cannot load weights {weights}: not a valid safetensors file, perhaps truncated, "
-            f"corrupted or a pickle renamed ({_first_line(e)})") from None
-    try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as e:
         raise MMCamError(f"cannot load weights {weights}: they do not fit {CONFIG} "
-                         f"({_first_line(e, 'size mismatch', 'Missing key', 'Unexpected key')})"
+                         f"({first_line(e, 'size mismatch', 'Missing key', 'Unexpected key')})"
                          ) from None
     model.eval()
     if device is not None or dtype is not None:
@@ -190,7 +218,27 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
     return wrap(model, config)
 
 
-def _first_line(e: BaseException, *prefer: str) -> str:
+def read_weights(folder: Path, load: bool = True) -> dict[str, Any] | None:
+    """The tensors of ``folder/model.safetensors`` on the CPU, or with ``load=False`` only its
+    header read (a Hugging Face folder, whose weights transformers loads). Both model formats
+    share it: a missing, truncated, corrupted or pickled file raises one :class:`MMCamError`
+    naming the folder or file."""
+    weights = Path(folder) / WEIGHTS
+    if not weights.is_file():
+        raise MMCamError(f"{folder} holds no {WEIGHTS}: the model folder is incomplete")
+    try:
+        if load:
+            return load_file(str(weights), device="cpu")
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+        return None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise MMCamError(
+            f"cannot load weights {weights}: not a valid safetensors file, perhaps truncated, "
+            f"corrupted or a pickle renamed ({first_line(e)})") from None
+
+
+def first_line(e: BaseException, *prefer: str) -> str:
     """The most telling line of ``e``'s message: the first holding one of ``prefer``."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     for ln in lines:
