@@ -42,6 +42,7 @@ Scene ``i`` of ``generate(n, seed, start)`` depends only on ``(seed, start + i)`
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -516,8 +517,9 @@ def generate(
     object is large (the classification task: name its shape). ``progress(k)`` is called
     with 1 after each scene if given.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    for name, value in (("n", n), ("seed", seed), ("start", start)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     out = []
     for i in range(start, start + n):
         out.append(_scene(int(seed), i, one_large))

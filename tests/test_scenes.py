@@ -237,3 +237,12 @@ def test_objects_named(world: list[scenes.Scene]) -> None:
         expect = [p for p in s.objects if p.shape == o.shape]
         assert s.objects_named(o.shape) == expect
     assert s.objects_named("giraffe") == []
+
+
+@pytest.mark.parametrize("kw", [dict(seed=-1), dict(seed=None), dict(seed=1.5), dict(seed=True),
+                                dict(n=-1), dict(n=2.0), dict(start=-3)])
+def test_generate_refuses_what_is_not_a_non_negative_integer(kw):
+    """seed=-1 raised numpy's error, seed=None a TypeError from int(), seed=1.5 was cut to 1."""
+    args = {"n": 1, "seed": 0} | kw
+    with pytest.raises(ValueError, match="must be an integer >= 0"):
+        generate(**args)
