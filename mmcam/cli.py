@@ -339,8 +339,8 @@ def _need(module: str, extra: str, what: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if not 1 <= args.port <= 65535:
-        raise MMCamError(f"--port {args.port}: a port is a number from 1 to 65535")
+    if not 0 <= args.port <= 65535:
+        raise MMCamError(f"--port {args.port}: a port is a number from 0 to 65535")
     _need("gradio", "app", "the app")
     from mmcam.app import exposure_warning, launch
 

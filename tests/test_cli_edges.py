@@ -49,7 +49,7 @@ def scene(tmp_path_factory):
      "no model folder there"),
     (["train", "captioner", "--out", "{tmp}/o", "--init-from", "models/shapes-captioner"],
      "--init-from is for blip-captioner and blip-vqa"),
-    (["demo", "--port", "70000"], "--port 70000: a port is a number from 1 to 65535"),
+    (["demo", "--port", "70000"], "--port 70000: a port is a number from 0 to 65535"),
 ])
 def test_bad_command_lines_end_in_one_line(capsys, tmp_path, scene, argv, message):
     argv = [a.replace("{scene}", scene).replace("{tmp}", str(tmp_path)) for a in argv]

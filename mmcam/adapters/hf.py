@@ -978,7 +978,7 @@ _log_saved: tuple[list[logging.Handler], bool] = ([], False)
 
 def _pass_on(record: logging.LogRecord) -> None:
     """Give ``record`` to the handlers transformers' logger had before records were held
-    (and its parents' when it propagated), as :meth:`logging.Logger.callHandlers` would."""
+    (and its parents' when it propagated), as ``logging.Logger.callHandlers`` would."""
     handlers, propagate = _log_saved
     for h in handlers:
         if record.levelno >= h.level:
