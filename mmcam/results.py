@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from mmcam.errors import MMCamError
+from mmcam.limits import check_at_least
 from mmcam.pixelmaps import PixelMaps
 from mmcam.viz import (
     colormap_lut,
@@ -216,6 +217,7 @@ class _Shows:
     def grid(self, shared: bool = True, alpha: float = 0.5, ncols: int = 6) -> Image.Image:
         """The image and one overlay per panel (with its box, title and map max) in one
         picture, tiles :data:`TILE` pixels on the longer side; drawn with PIL, fast."""
+        check_at_least(1, ncols=ncols)
         return self._grids((shared,), alpha, ncols)[0]
 
     def _grids(self, scales: tuple[bool, ...], alpha: float = 0.5, ncols: int = 6,
@@ -255,6 +257,7 @@ class _Shows:
         """
         import matplotlib.pyplot as plt
 
+        check_at_least(1, ncols=ncols)
         panels = self.panels()
         ims = [self.image] + self.overlays(alpha, boxes=True, shared=shared)
         top = self.pixels.maxima()

@@ -425,7 +425,10 @@ def test_bad_arguments(scene_png, tmp_path, capsys, argv, message):
      (lambda e, im: type(e["cap"])(e["cap"].adapter, chunk_size=1.5),
       "chunk_size=1.5: must be an integer of at least 1"),
      (lambda e, im: type(e["cap"])(e["cap"].adapter, chunk_size=0),
-      "chunk_size=0: must be an integer of at least 1")],
+      "chunk_size=0: must be an integer of at least 1"),
+     (lambda e, im: e["cap"].explain(im).grid(ncols=0), "ncols=0: must be an integer"),
+     (lambda e, im: e["vqa"].explain(im, "what color is the shape?").plot(ncols=-1),
+      "ncols=-1: must be an integer")],
 )
 def test_bad_library_arguments(explainers, scene_png, call, message):
     with pytest.raises(MMCamError) as e:
