@@ -12,7 +12,7 @@ from mmcam.cam import METHODS
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
-from mmcam.limits import check_at_least, check_tokens, check_words
+from mmcam.limits import check_at_least, check_text, check_tokens
 from mmcam.pipeline import Context, Explained, Pipeline, Rows, autograd_on, cam_of, module_of
 from mmcam.results import CaptionExplanation
 from mmcam.scores import Alternatives, check_score, with_logprobs
@@ -159,12 +159,8 @@ class CaptionExplainer:
             raise MMCamError(f"{len(captions)} captions for {len(images)} images")
         check_at_least(1, max_len=max_len, beam_size=beam_size)
         for c in captions or []:
-            if c is not None and not isinstance(c, str):
-                raise MMCamError(f"a caption must be text, got {type(c).__name__}")
-            if c is not None and not c.strip():
-                raise MMCamError("the caption is empty: give some words or leave it out")
             if c is not None:
-                check_words(c, "caption")
+                check_text(c, "caption", "give some words or leave it out")
         pils = [load_image(im) for im in images]
         ad = self.adapter
 

@@ -64,7 +64,7 @@ class ClassExplainer:
             self.model = model.model
             self.prepare = prepare or model.prepare
             self.labels = labels or list(model.labels)
-            layer = layer or model.layer
+            layer = model.layer if layer is None else layer  # "" is refused, not the default
             layout = layout or getattr(model, "layout", None)
         if layer is None:
             raise MMCamError("give the layer to explain, e.g. layer='layer4'")

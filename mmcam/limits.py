@@ -24,6 +24,17 @@ def check_words(text: str, what: str) -> None:
                          "shorten it")
 
 
+def check_text(text: object, what: str, empty_hint: str) -> None:
+    """A caption, question, answer or contrast given to explain must be a string with a
+    non-space character and at most :data:`MAX_WORDS` words, else :class:`MMCamError`."""
+    if not isinstance(text, str):
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise MMCamError(f"{article} {what} must be text, got {type(text).__name__}")
+    if not text.strip():
+        raise MMCamError(f"the {what} is empty: {empty_hint}")
+    check_words(text, what)
+
+
 def check_tokens(n: int, what: str) -> None:
     """Raise :class:`MMCamError` if a tokenized text has more than :data:`MAX_TOKENS` tokens."""
     if n > MAX_TOKENS:

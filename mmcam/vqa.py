@@ -13,7 +13,7 @@ from mmcam.cam import get_method
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
-from mmcam.limits import MAX_TOP_K, check_at_least, check_tokens, check_words
+from mmcam.limits import MAX_TOP_K, check_at_least, check_text, check_tokens
 from mmcam.pipeline import Context, Explained, Pipeline, Rows, autograd_on
 from mmcam.results import VQAExplanation
 from mmcam.scores import TOP_K, Alternatives, check_score, with_logprobs, word_lists
@@ -29,20 +29,13 @@ def check_contrast(answer: str | None, contrast: str | None) -> None:
 
 
 def _check_text(text: Any, what: str) -> None:
-    """``text`` (an answer or contrast) must be a non-empty string."""
-    if not isinstance(text, str):
-        raise MMCamError(f"the {what} must be text, got {type(text).__name__}")
-    if not text.strip():
-        raise MMCamError(f"the {what} is empty: give a word the model can answer")
+    """An answer or contrast must be non-empty text (:func:`mmcam.limits.check_text`)."""
+    check_text(text, what, "give a word the model can answer")
 
 
 def _check_question(question: Any) -> None:
     """A question must be non-empty text within the word limit."""
-    if not isinstance(question, str):
-        raise MMCamError(f"the question must be text, got {type(question).__name__}")
-    if not question.strip():
-        raise MMCamError("the question is empty: ask something about the image")
-    check_words(question, "question")
+    check_text(question, "question", "ask something about the image")
 
 
 class VQAExplainer:

@@ -234,17 +234,22 @@ def test_one_line_collapses_every_white_space_run():
     assert viz.one_line("plain words") == "plain words"
 
 
+def saved_like(result, files, out, saved):
+    """``result`` saved to ``out`` completely, its grids pixel-equal to those in ``saved``."""
+    result.save(out)
+    check_pngs(out, files, result)
+    for name in ("grid.png", "grid_per_map_scale.png"):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / name)),
+                                      np.asarray(Image.open(saved / name)))
+
+
 @pytest.mark.parametrize("space", SPACES)
 def test_captions_with_line_breaks_save_and_draw_as_with_spaces(scene, models, spaced,
                                                                 tmp_path, space):
     want, saved = spaced["caption"]
     r = mmcam.CaptionExplainer(models["captioner"]).explain(scene, caption=f"a yellow{space}square")
     assert r.words == want.words
-    r.save(tmp_path / "a")
-    check_pngs(tmp_path / "a", caption_files(r), r)
-    for name in ("grid.png", "grid_per_map_scale.png"):
-        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / name)),
-                                      np.asarray(Image.open(saved / name)))
+    saved_like(r, caption_files(r), tmp_path / "a", saved)
     np.testing.assert_array_equal(np.asarray(r.grid()), np.asarray(want.grid()))
 
 
@@ -254,11 +259,7 @@ def test_questions_with_line_breaks_save_and_draw_as_with_spaces(scene, models, 
     want, saved = spaced["vqa"]
     r = mmcam.VQAExplainer(models["vqa"]).explain(scene, f"what color{space}is the square?")
     assert r.answer == want.answer
-    r.save(tmp_path / "a")
-    check_pngs(tmp_path / "a", vqa_files(r), r)
-    for name in ("grid.png", "grid_per_map_scale.png"):
-        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / name)),
-                                      np.asarray(Image.open(saved / name)))
+    saved_like(r, vqa_files(r), tmp_path / "a", saved)
 
 
 def test_plot_titles_are_one_line(scene, models):

@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -1091,6 +1091,37 @@ def _check_tokenizer(tokenizer: Any, src: str) -> None:
                          "special tokens (tokenizer.json, vocab.txt or the like are missing)")
 
 
+def _load_processor(transformers: Any, get: Callable, src: str,
+                    trust_remote_code: bool) -> Any:
+    """The checkpoint's processor, or its image processor and tokenizer joined in a
+    :class:`Processor` (checkpoints such as vit-gpt2 keep no processor); its tokenizer must
+    know some words (:func:`_check_tokenizer`)."""
+    with _loading(f"cannot load the processor (tokenizer, image processor) of {src}"):
+        processor = get(transformers.AutoProcessor.from_pretrained,
+                        trust_remote_code=trust_remote_code)
+        if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
+            processor = Processor(
+                get(transformers.AutoImageProcessor.from_pretrained,
+                    trust_remote_code=trust_remote_code),
+                get(transformers.AutoTokenizer.from_pretrained,
+                    trust_remote_code=trust_remote_code))
+    _check_tokenizer(processor.tokenizer, src)
+    return processor
+
+
+def _adapter(model: nn.Module, processor: Any, prompt: str | None, task: str | None) -> Any:
+    """The adapter of a loaded model: ViLT, a prompted VLM (captions and answers alike), BLIP
+    VQA (or any captioning class with ``task="vqa"``), else a captioner."""
+    name = arch(model)
+    if name == "ViltForQuestionAnswering":
+        return HFVilt(model, processor)
+    if name in PROMPTED:
+        return HFPromptedVLM(model, processor, prompt=prompt)
+    if name == "BlipForQuestionAnswering" or task == "vqa":
+        return HFAnswerer(model, processor)
+    return HFCaptioner(model, processor, prompt=prompt)
+
+
 def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
             device: str | torch.device | None = None, dtype: torch.dtype | None = None,
             trust_remote_code: bool = False, task: str | None = None) -> HFCaptioner:
@@ -1105,6 +1136,8 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
     ``config.json``, no tokenizer) raises one :class:`MMCamError` naming it; transformers'
     progress bars are off while local files load (and set back as they were).
     """
+    if task not in (None, "caption", "vqa"):  # before any loading
+        raise MMCamError(f"unknown task {task!r}: use caption or vqa")
     try:
         import transformers
     except ImportError:
@@ -1150,32 +1183,12 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
     unfit = str(folder / WEIGHTS) if local else f"of {src}"
     with _held_logs() as held, _loading(f"cannot load the model in {src}", held, unfit):
         model = get(cls.from_pretrained, **kw)
-    with _loading(f"cannot load the processor (tokenizer, image processor) of {src}"):
-        processor = get(transformers.AutoProcessor.from_pretrained,
-                        trust_remote_code=trust_remote_code)
-        if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
-            # checkpoints such as vit-gpt2 keep an image processor and a tokenizer, no processor
-            processor = Processor(
-                get(transformers.AutoImageProcessor.from_pretrained,
-                    trust_remote_code=trust_remote_code),
-                get(transformers.AutoTokenizer.from_pretrained,
-                    trust_remote_code=trust_remote_code))
-    _check_tokenizer(processor.tokenizer, src)
+    processor = _load_processor(transformers, get, src, trust_remote_code)
     model.eval()
     if device is not None:
         model.to(device)
-    name = arch(model)
-    if task not in (None, "caption", "vqa"):
-        raise MMCamError(f"unknown task {task!r}: use caption or vqa")
-    if name == "ViltForQuestionAnswering":
-        adapter: Any = HFVilt(model, processor)
-    elif name in PROMPTED:  # captions (the prompt's reply) and answers alike
-        adapter = HFPromptedVLM(model, processor, prompt=prompt)
-    elif name == "BlipForQuestionAnswering" or task == "vqa":
-        adapter = HFAnswerer(model, processor)
-    else:
-        adapter = HFCaptioner(model, processor, prompt=prompt)
-    if local and (Path(src).expanduser() / "mmcam_training.json").is_file():
+    adapter = _adapter(model, processor, prompt, task)
+    if local and (folder / "mmcam_training.json").is_file():
         from mmcam.scenes import WORD_KINDS
 
         adapter.word_kinds = WORD_KINDS  # trained here on the scene world: its kinds of words

@@ -117,7 +117,7 @@ def build_classifier(
     n_out = _num_outputs(model)
     if labels is None:
         labels = [f"class {i}" for i in range(n_out)]
-    chosen = layer or default_layer(name, model)
+    chosen = default_layer(name, model) if layer is None else layer
     return TorchvisionClassifier(model=model, layer=chosen, labels=labels, name=name)
 
 

@@ -121,9 +121,7 @@ def evaluate(
     """
     from mmcam.limits import check_at_least
 
-    check_at_least(1, n=n)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise MMCamError(f"seed={seed!r}: must be an integer of at least 0")
+    check_at_least(1, n=n)  # the seed is checked by generate()
     adapter = load_model(name_or_path)
     config = getattr(adapter, "config", None)
     if not isinstance(config, dict) or "kind" not in config:
