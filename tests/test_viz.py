@@ -81,9 +81,10 @@ def test_png_bytes_decode_to_the_same_pixels(shape):
 
 
 def test_png_bytes_keep_what_pil_would_write():
-    """Images with an ICC profile, transparency or another mode go through PIL, which
-    keeps them (an RGBA image, a gray image with a transparent value, an RGB with a
-    profile)."""
+    """Images with transparency or another mode go through PIL, which keeps them (an RGBA
+    image, a gray image with a transparent value); an RGB or gray image with an ICC profile
+    is written here with the profile in an iCCP chunk before the pixels, read back by PIL
+    (which checks the CRC and decompresses the profile) and by ImageCms as the same profile."""
     import io
 
     from PIL import ImageCms
@@ -91,14 +92,23 @@ def test_png_bytes_keep_what_pil_would_write():
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     rgb = Image.new("RGB", (4, 3), (10, 200, 30))
     rgb.info["icc_profile"] = profile
+    gray_icc = Image.new("L", (5, 2), 99)
+    gray_icc.info["icc_profile"] = profile
     gray = Image.new("L", (4, 3), 7)
     gray.info["transparency"] = 7
-    for image in (Image.new("RGBA", (4, 3), (1, 2, 3, 4)), gray, rgb):
+    for image in (Image.new("RGBA", (4, 3), (1, 2, 3, 4)), gray, rgb, gray_icc):
         back = Image.open(io.BytesIO(viz.png_bytes(image)))
         back.load()
         assert back.mode == image.mode
         assert np.array_equal(np.asarray(back), np.asarray(image))
-    assert back.info.get("icc_profile") == profile
+        assert back.info.get("icc_profile") == image.info.get("icc_profile")
+    for image in (rgb, gray_icc):
+        data = viz.png_bytes(image)
+        assert data.index(b"iCCP") < data.index(b"IDAT")
+        assert data.count(b"IDAT") == 1  # one IDAT: this writer, not PIL's
+        back = Image.open(io.BytesIO(data))
+        read = ImageCms.ImageCmsProfile(io.BytesIO(back.info["icc_profile"]))
+        assert read.tobytes() == profile
     assert Image.open(io.BytesIO(viz.png_bytes(gray))).info.get("transparency") == 7
 
 
