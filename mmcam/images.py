@@ -15,6 +15,11 @@ in [0, 1] becomes ``round(255 * value)``, in [0, 255] is rounded, any other rang
 stretched linearly from its min..max to 0..255. Integer arrays other than uint8: values in
 0..255 are taken as they are, in 0..65535 as ``value >> 8`` (as a 16-bit PNG), any other range
 stretched. NaN or infinite pixels are refused.
+
+A file or PIL image with an EXIF orientation (phone photos taken upright are often stored
+sideways, with a tag saying how to turn them) is turned upright first, as image viewers,
+browsers and transformers' ``load_image`` show it: the model sees it upright, and maps and
+boxes are in the upright image's pixels.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmcam.errors import MMCamError
 
@@ -186,9 +191,23 @@ def _fit(size: tuple[int, int], limit: int) -> tuple[int, int]:
     return w2, h2
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` turned as its EXIF orientation tag (0x0112, values 2-8) says, the tag dropped;
+    ``im`` itself when it has no such tag."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block: the pixels are still good
+        return im
+    if orientation not in range(2, 9):
+        return im
+    return ImageOps.exif_transpose(im)
+
+
 def _finish(im: Image.Image, what: str) -> Image.Image:
-    """8 bits, at most :func:`max_pixels` pixels (with a notice), then RGB."""
+    """Upright (EXIF orientation), 8 bits, at most :func:`max_pixels` pixels (with a
+    notice), then RGB."""
     _check_size(*im.size, what)
+    im = _upright(im)
     limit = max_pixels()
     im = _to_8bit(im, what)
     if im.mode not in ("L", "RGB", "RGBA", "LA"):
