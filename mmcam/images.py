@@ -20,6 +20,11 @@ A file or PIL image with an EXIF orientation (phone photos taken upright are oft
 sideways, with a tag saying how to turn them) is turned upright first, as image viewers,
 browsers and transformers' ``load_image`` show it: the model sees it upright, and maps and
 boxes are in the upright image's pixels.
+
+Transparent pixels (an alpha channel, a palette's or a PNG's transparent colour) are shown over
+white, ``a/255 * value + (1 - a/255) * 255`` for alpha ``a``, as a browser shows the image on a
+white page: dropping alpha (PIL's and transformers' ``convert("RGB")``) shows whatever colour
+lies under alpha 0, often black, so a logo on a transparent background became a black image.
 """
 
 from __future__ import annotations
@@ -203,15 +208,27 @@ def _upright(im: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(im)
 
 
+def _over_white(im: Image.Image) -> Image.Image:
+    """``im`` (with an alpha channel, premultiplied or not, or a transparent colour) over a
+    white background, each pixel ``a/255 * value + (1 - a/255) * 255`` for alpha ``a`` and
+    straight ``value``: grey images in mode L, the others in RGB."""
+    base = "L" if im.mode in ("L", "LA", "La") else "RGB"
+    im = im.convert(base + "A")
+    white = Image.new(base, im.size, "white")
+    white.paste(im.convert(base), mask=im.getchannel("A"))
+    return white
+
+
 def _finish(im: Image.Image, what: str) -> Image.Image:
-    """Upright (EXIF orientation), 8 bits, at most :func:`max_pixels` pixels (with a
-    notice), then RGB."""
+    """Upright (EXIF orientation), 8 bits, over white where transparent, at most
+    :func:`max_pixels` pixels (with a notice), then RGB."""
     _check_size(*im.size, what)
     im = _upright(im)
     limit = max_pixels()
     im = _to_8bit(im, what)
-    if im.mode not in ("L", "RGB", "RGBA", "LA"):
-        im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+    if "transparency" in im.info or im.mode not in ("L", "RGB", "LA", "RGBA"):
+        alpha = "transparency" in im.info or {"A", "a"} & set(im.getbands())
+        im = _over_white(im) if alpha else im.convert("RGB")
     w, h = im.size
     if w * h > limit:
         size = _fit((w, h), limit)
@@ -221,6 +238,8 @@ def _finish(im: Image.Image, what: str) -> Image.Image:
             stacklevel=3)
         im = im.resize(size, Image.Resampling.BOX if im.mode in ("L", "RGB") else
                        Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if im.mode in ("LA", "RGBA"):  # after the downscale: a huge image is flattened small
+        im = _over_white(im)
     return im.convert("RGB")
 
 
