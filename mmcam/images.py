@@ -97,6 +97,7 @@ def _load_path(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             # between Pillow's two limits: we downscale it ourselves, with our own notice
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)  # see _upright
             with Image.open(path) as im:
                 im.draft("RGB", _fit(im.size, max_pixels()))  # JPEG: decode at a lower scale
                 im.load()  # decode now so a truncated file fails here
@@ -198,14 +199,17 @@ def _fit(size: tuple[int, int], limit: int) -> tuple[int, int]:
 
 def _upright(im: Image.Image) -> Image.Image:
     """``im`` turned as its EXIF orientation tag (0x0112, values 2-8) says, the tag dropped;
-    ``im`` itself when it has no such tag."""
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # a broken EXIF block: the pixels are still good
-        return im
-    if orientation not in range(2, 9):
-        return im
-    return ImageOps.exif_transpose(im)
+    ``im`` itself when it has no such tag or its EXIF block is broken (PIL's warning about
+    it silenced: the pixels are still good)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:
+            return im
+        if orientation not in range(2, 9):
+            return im
+        return ImageOps.exif_transpose(im)
 
 
 def _over_white(im: Image.Image) -> Image.Image:

@@ -1,12 +1,15 @@
-"""Real-world image files load as a viewer shows them: transparent pixels over white.
-Expected pixels come from hand computation or from another decoder, never from
-:func:`load_image` itself."""
+"""Real-world image files load as a viewer shows them: transparent pixels over white, a
+broken EXIF block ignored quietly. Expected pixels come from hand computation or from another
+decoder, never from :func:`load_image` itself."""
+
+import warnings
 
 import numpy as np
 import pytest
 import tifffile  # another TIFF writer than PIL
 from PIL import Image
 
+from mmcam.cli import main
 from mmcam.images import load_image
 
 # ---------------------------------------------------------------- transparency
@@ -70,3 +73,31 @@ def test_huge_transparent_image_is_downscaled_then_shown_over_white(monkeypatch)
     im = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     with pytest.warns(UserWarning, match="explained at 4x4"):
         assert np.array_equal(np.asarray(load_image(im)), np.full((4, 4, 3), 255))
+
+# ---------------------------------------------------------------- broken metadata
+
+
+def _corrupt_exif_jpeg(path):
+    """A JPEG whose EXIF block's first IFD offset points past its end."""
+    a = (np.arange(24 * 32 * 3) % 251).astype(np.uint8).reshape(24, 32, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(path, exif=exif.tobytes(), quality=95)
+    raw = path.read_bytes()
+    i = raw.find(b"Exif\0\0") + 6
+    path.write_bytes(raw[:i] + b"MM\x00\x2a\xff\xff\xff\xf0" + raw[i + 8:])
+    return path
+
+
+def test_corrupt_exif_is_ignored_quietly(tmp_path, capsys):
+    """PIL's "Corrupt EXIF data" UserWarning reached the user (two lines with a source
+    line in the CLI); the pixels are good and are explained as stored."""
+    path = _corrupt_exif_jpeg(tmp_path / "c.jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = np.asarray(load_image(path))
+    with pytest.warns(UserWarning, match="Corrupt EXIF"), Image.open(path) as im:
+        assert np.array_equal(got, np.asarray(im.convert("RGB")))  # PIL alone warns
+    assert main(["classify", str(path), "--model", "shapes-classifier",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert "Warning" not in capsys.readouterr().err
