@@ -25,10 +25,18 @@ Transparent pixels (an alpha channel, a palette's or a PNG's transparent colour)
 white, ``a/255 * value + (1 - a/255) * 255`` for alpha ``a``, as a browser shows the image on a
 white page: dropping alpha (PIL's and transformers' ``convert("RGB")``) shows whatever colour
 lies under alpha 0, often black, so a logo on a transparent background became a black image.
+
+Colours are converted from an embedded ICC profile (RGB or grey; Display P3, Adobe RGB, a
+grey gamma) to sRGB, relative colorimetric, as browsers and viewers show them; the result is
+untagged sRGB. An sRGB profile (one that moves no colour by more than one level), a profile
+that cannot be read or does not fit the image (a CMYK profile: CMYK is converted with PIL's
+plain formula), leaves the stored pixels as they are.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 import os
 import warnings
@@ -36,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from mmcam.errors import MMCamError
 
@@ -223,10 +231,41 @@ def _over_white(im: Image.Image) -> Image.Image:
     return white
 
 
+@functools.lru_cache(maxsize=8)
+def _srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """A transform from the ICC profile ``icc`` to sRGB (relative colorimetric) for images in
+    ``mode`` (L or RGB); ``None`` when the profile cannot be read, is not of ``mode``'s colour
+    space, or moves no 8-bit colour by more than one level (sRGB itself)."""
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if src.profile.xcolor_space.strip() != ("GRAY" if mode == "L" else "RGB"):
+            return None
+        transform = ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), mode, "RGB",
+                                            ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    except (OSError, ValueError, ImageCms.PyCMSError):
+        return None
+    levels = np.arange(256) if mode == "L" else np.arange(0, 256, 17)
+    probe = np.stack(np.meshgrid(*[levels] * (1 if mode == "L" else 3), indexing="ij"), -1)
+    probe = probe.reshape(1, -1, 1 if mode == "L" else 3).astype(np.uint8)
+    out = np.asarray(transform.apply(Image.fromarray(probe.squeeze(-1) if mode == "L" else
+                                                     probe, mode))).astype(np.int64)
+    return transform if np.abs(out - probe).max() > 1 else None
+
+
+def _to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
+    """``im`` (L or RGB) as RGB, converted from its ICC profile ``icc`` to sRGB where
+    :func:`_srgb_transform` gives a transform; untagged (sRGB) either way."""
+    transform = _srgb_transform(icc, im.mode) if icc else None
+    im = im.convert("RGB") if transform is None else transform.apply(im)
+    im.info.pop("icc_profile", None)
+    return im
+
+
 def _finish(im: Image.Image, what: str) -> Image.Image:
     """Upright (EXIF orientation), 8 bits, over white where transparent, at most
-    :func:`max_pixels` pixels (with a notice), then RGB."""
+    :func:`max_pixels` pixels (with a notice), then sRGB (from an ICC profile) in RGB."""
     _check_size(*im.size, what)
+    icc = im.info.get("icc_profile")
     im = _upright(im)
     limit = max_pixels()
     im = _to_8bit(im, what)
@@ -244,7 +283,7 @@ def _finish(im: Image.Image, what: str) -> Image.Image:
                        Image.Resampling.BILINEAR, reducing_gap=3.0)
     if im.mode in ("LA", "RGBA"):  # after the downscale: a huge image is flattened small
         im = _over_white(im)
-    return im.convert("RGB")
+    return _to_srgb(im, icc)
 
 
 __all__ = ["MAX_PIXELS", "ImageDownscaled", "ImageInput", "load_image", "max_pixels"]

@@ -1,8 +1,11 @@
 """Real-world image files load as a viewer shows them: transparent pixels over white, a
-broken EXIF block ignored quietly. Expected pixels come from hand computation or from another
+broken EXIF block ignored quietly, colours in an embedded ICC profile's space converted to
+sRGB. Expected pixels come from hand computation or from another
 decoder, never from :func:`load_image` itself."""
 
+import struct
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +104,125 @@ def test_corrupt_exif_is_ignored_quietly(tmp_path, capsys):
     assert main(["classify", str(path), "--model", "shapes-classifier",
                  "--out", str(tmp_path / "o")]) == 0
     assert "Warning" not in capsys.readouterr().err
+
+# ---------------------------------------------------------------- colour profiles
+
+_BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367],
+                      [0.0389, -0.0685, 1.0296]])
+_D50 = np.array([0.9642, 1.0, 0.8249])
+_P3 = [(0.680, 0.320), (0.265, 0.690), (0.150, 0.060)]  # Display P3, sRGB's curve
+_ADOBE = [(0.64, 0.33), (0.21, 0.71), (0.15, 0.06)]  # Adobe RGB (1998), gamma 563/256
+_SRGB = [(0.64, 0.33), (0.30, 0.60), (0.15, 0.06)]
+
+
+def _to_xyz(primaries) -> np.ndarray:
+    """RGB (linear) -> XYZ for ``primaries`` (x, y) and the D65 white point."""
+    xy = np.array(primaries + [(0.3127, 0.3290)])
+    xyz = np.stack([xy[:, 0] / xy[:, 1], np.ones(4), (1 - xy.sum(1)) / xy[:, 1]], 1)
+    return xyz[:3].T * np.linalg.solve(xyz[:3].T, xyz[3])
+
+
+def _srgb_curve(v):
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _srgb_encode(lin):
+    lin = np.clip(lin, 0, 1)
+    return np.where(lin <= 0.0031308, lin * 12.92, 1.055 * lin ** (1 / 2.4) - 0.055)
+
+
+def _icc(primaries=None, gamma=None) -> bytes:
+    """An ICC v2 display profile written byte by byte from the specification (ICC.1:2001):
+    RGB with ``primaries`` (colorants Bradford-adapted to D50), or grey without; a ``gamma``
+    curve, or sRGB's curve as a 1024-entry table."""
+    def s15(*v):
+        return b"".join(struct.pack(">i", round(x * 65536)) for x in v)
+
+    def xyz(v):
+        return b"XYZ \0\0\0\0" + s15(*v)
+
+    table = _srgb_curve(np.linspace(0, 1, 1024)) if gamma is None else None
+    curve = (b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+             if table is None else
+             b"curv\0\0\0\0" + struct.pack(">I", 1024) + np.round(table * 65535)
+             .astype(">u2").tobytes())
+    tags = [(b"desc", b"desc\0\0\0\0" + struct.pack(">I", 5) + b"test\0" + b"\0" * 78),
+            (b"wtpt", xyz(_D50)), (b"cprt", b"text\0\0\0\0none\0\0\0\0")]
+    if primaries is None:
+        space, tags = b"GRAY", tags + [(b"kTRC", curve)]
+    else:
+        a = np.linalg.inv(_BRADFORD) @ np.diag(_BRADFORD @ _D50 / (_BRADFORD @ _to_xyz(
+            primaries).sum(1))) @ _BRADFORD @ _to_xyz(primaries)  # adapted to D50
+        space = b"RGB "
+        tags += [(tag, xyz(a[:, i])) for i, tag in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
+        tags += [(tag, curve) for tag in (b"rTRC", b"gTRC", b"bTRC")]
+    offset, directory, data = 132 + 12 * len(tags), b"", b""
+    for sig, body in tags:
+        data += b"\0" * (-len(data) % 4)
+        directory += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"none\x02\x10\0\0mntr" + space + b"XYZ " + b"\0" * 12
+              + b"acsp" + b"\0" * 28 + s15(*_D50) + b"\0" * 48)
+    return header + struct.pack(">I", len(tags)) + directory + data
+
+
+def _srgb_of(rgb: np.ndarray, primaries, gamma=None) -> np.ndarray:
+    """8-bit ``rgb`` in a space with ``primaries`` and ``gamma`` (else sRGB's curve), in
+    sRGB: decode, to XYZ, to sRGB's linear RGB (both D65), encode; out-of-gamut clipped."""
+    v = rgb.astype(np.float64) / 255
+    lin = v ** gamma if gamma else _srgb_curve(v)
+    m = np.linalg.inv(_to_xyz(_SRGB)) @ _to_xyz(primaries)
+    return np.round(255 * _srgb_encode(lin @ m.T))
+
+
+_COLOURS = np.array([[[200, 60, 60], [60, 180, 90], [30, 60, 220], [128, 128, 128],
+                      [250, 240, 10], [0, 0, 0], [255, 255, 255], [90, 40, 160]]], np.uint8)
+
+
+@pytest.mark.parametrize("primaries,gamma", [(_P3, None), (_ADOBE, 563 / 256)])
+def test_rgb_profile_is_converted_to_srgb(tmp_path, primaries, gamma):
+    """A PNG tagged Display P3 or Adobe RGB was explained (and drawn) with its numbers read
+    as sRGB: duller colours than a browser or viewer shows (200, 60, 60 in P3 is 217, 42,
+    52 in sRGB). The result is untagged sRGB."""
+    Image.fromarray(_COLOURS).save(tmp_path / "p.png", icc_profile=_icc(primaries, gamma))
+    got = load_image(tmp_path / "p.png")
+    want = _srgb_of(_COLOURS, primaries, gamma)
+    assert np.abs(np.asarray(got).astype(np.int64) - want).max() <= 1
+    assert np.abs(want - _COLOURS).max() > 10  # the profile matters
+    assert "icc_profile" not in got.info
+
+
+def test_grey_profile_is_converted_to_srgb(tmp_path):
+    """A grey JPEG tagged gamma 1.8 (a Mac-era scan): value v is luminance (v/255)**1.8."""
+    grey = np.arange(0, 256, 15, dtype=np.uint8).reshape(1, -1)
+    Image.fromarray(grey).save(tmp_path / "g.png", icc_profile=_icc(gamma=1.8))
+    want = np.round(255 * _srgb_encode((grey / 255) ** 1.8))
+    got = np.asarray(load_image(tmp_path / "g.png")).astype(np.int64)
+    assert all(np.abs(got[..., c] - want).max() <= 1 for c in range(3))
+
+
+def test_real_adobe_rgb_photo_is_converted_to_srgb():
+    """scikit-image's rocket.jpg carries the Adobe RGB (1998) profile (not written here)."""
+    import skimage
+
+    path = Path(skimage.__file__).parent / "data" / "rocket.jpg"
+    with Image.open(path) as im:
+        assert b"Adobe RGB" in im.info["icc_profile"]
+        stored = np.asarray(im.convert("RGB"))
+    want = _srgb_of(stored, _ADOBE, 563 / 256)
+    got = np.asarray(load_image(path)).astype(np.int64)
+    assert np.abs(got - want).max() <= 2 and np.abs(want - stored).max() > 20
+
+
+def test_srgb_and_unreadable_profiles_keep_the_pixels(tmp_path):
+    """An sRGB profile (written here, and the one in scikit-image's astronaut.png), or bytes
+    that are no profile: the stored pixels, exactly."""
+    import skimage
+
+    a = (np.arange(7 * 9 * 3) * 37 % 256).astype(np.uint8).reshape(7, 9, 3)
+    with Image.open(Path(skimage.__file__).parent / "data" / "astronaut.png") as im:
+        astronaut = im.info["icc_profile"]
+    for i, icc in enumerate((_icc(_SRGB), astronaut, b"not a profile")):
+        Image.fromarray(a).save(tmp_path / f"{i}.png", icc_profile=icc)
+        assert np.array_equal(np.asarray(load_image(tmp_path / f"{i}.png")), a)
