@@ -12,9 +12,13 @@ Limits (documented in the README):
 High bit depths are scaled to 8 bits rather than clipped: 16-bit grey (modes ``I;16*`` and
 ``I``, read as 0..65535) becomes ``value >> 8``; 32-bit float (mode ``F``, or a float array)
 in [0, 1] becomes ``round(255 * value)``, in [0, 255] is rounded, any other range is
-stretched linearly from its min..max to 0..255. Integer arrays other than uint8: values in
-0..255 are taken as they are, in 0..65535 as ``value >> 8`` (as a 16-bit PNG), any other range
-stretched. NaN or infinite pixels are refused.
+stretched linearly from its min..max to 0..255. 16-bit colour (48- and 64-bit PNGs and TIFFs,
+which PIL decodes to 8 bits itself) is ``value >> 8`` per channel too. Integer arrays other
+than uint8: values in 0..255 are taken as they are, in 0..65535 as ``value >> 8`` (as a 16-bit
+PNG), any other range stretched. NaN or infinite pixels are refused.
+
+An animated GIF, WebP or PNG, or a multi-page TIFF, gives its first frame, as a still viewer
+shows it.
 
 A file or PIL image with an EXIF orientation (phone photos taken upright are often stored
 sideways, with a tag saying how to turn them) is turned upright first, as image viewers,

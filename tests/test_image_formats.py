@@ -1,7 +1,7 @@
 """Real-world image files load as a viewer shows them: transparent pixels over white, a
 broken EXIF block ignored quietly, colours in an embedded ICC profile's space converted to
-sRGB. Expected pixels come from hand computation or from another
-decoder, never from :func:`load_image` itself."""
+sRGB, 16-bit colour scaled to 8 bits, the first frame of an animation. Expected pixels come
+from hand computation or from another decoder, never from :func:`load_image` itself."""
 
 import struct
 import warnings
@@ -226,3 +226,38 @@ def test_srgb_and_unreadable_profiles_keep_the_pixels(tmp_path):
     for i, icc in enumerate((_icc(_SRGB), astronaut, b"not a profile")):
         Image.fromarray(a).save(tmp_path / f"{i}.png", icc_profile=icc)
         assert np.array_equal(np.asarray(load_image(tmp_path / f"{i}.png")), a)
+
+# ---------------------------------------------------------------- 16-bit colour
+
+
+@pytest.mark.parametrize("kind", ["rgb.png", "rgba.png", "rgb.tif"])
+def test_16_bit_colour_is_the_high_byte(tmp_path, kind):
+    """48- and 64-bit PNGs and a 48-bit TIFF, written by OpenCV and tifffile (PIL cannot
+    write them): each channel ``value >> 8``, as 16-bit grey; alpha 65535 is opaque."""
+    import cv2
+
+    rgb = np.random.default_rng(5).integers(0, 65536, (6, 7, 3), dtype=np.uint16)
+    path = tmp_path / kind
+    if kind == "rgb.tif":
+        tifffile.imwrite(path, rgb, photometric="rgb")
+    else:
+        alpha = np.full((6, 7, 1), 65535, np.uint16)
+        cv2.imwrite(str(path), np.dstack([rgb[..., ::-1]] + [alpha] * (kind == "rgba.png")))
+        assert path.read_bytes()[24] == 16  # IHDR bit depth
+    assert np.array_equal(np.asarray(load_image(path)), rgb >> 8)
+
+# ---------------------------------------------------------------- frames
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG", "TIFF"])
+def test_animations_and_multi_page_files_give_their_first_frame(tmp_path, fmt):
+    """Animated GIF, WebP and PNG, multi-page TIFF: the first frame, as a still viewer
+    shows it."""
+    frames = [np.zeros((4, 5, 3), np.uint8) + np.array(c, np.uint8)
+              for c in ((200, 30, 30), (30, 60, 220), (10, 200, 90))]
+    path = tmp_path / f"a.{fmt.lower()}"
+    Image.fromarray(frames[0]).save(path, format=fmt, save_all=True, lossless=True,
+                                    append_images=[Image.fromarray(f) for f in frames[1:]])
+    with Image.open(path) as im:
+        assert im.n_frames == 3
+    assert np.array_equal(np.asarray(load_image(path)), frames[0])
