@@ -1,7 +1,8 @@
 """Real-world image files load as a viewer shows them: transparent pixels over white, a
 broken EXIF block ignored quietly, colours in an embedded ICC profile's space converted to
-sRGB, 16-bit colour scaled to 8 bits, the first frame of an animation. Expected pixels come
-from hand computation or from another decoder, never from :func:`load_image` itself."""
+sRGB, 16-bit colour scaled to 8 bits, the first frame of an animation, CMYK as browsers show
+it. Expected pixels come from hand computation or from another decoder, never from
+:func:`load_image` itself."""
 
 import struct
 import warnings
@@ -261,3 +262,21 @@ def test_animations_and_multi_page_files_give_their_first_frame(tmp_path, fmt):
     with Image.open(path) as im:
         assert im.n_frames == 3
     assert np.array_equal(np.asarray(load_image(path)), frames[0])
+
+# ---------------------------------------------------------------- CMYK
+
+
+def test_cmyk_jpeg_without_a_profile_is_plain_cmyk(tmp_path):
+    """A CMYK JPEG (Adobe's inverted storage, as Photoshop writes it) with no profile: red
+    ``(255 - C) * (255 - K) / 255``, as browsers show it; OpenCV's decoder agrees to one level
+    (it divides by 256)."""
+    import cv2
+
+    cmyk = np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [0, 200, 200, 0], [0, 0, 0, 255],
+                      [40, 80, 120, 100]]], np.uint8).repeat(8, 0).repeat(8, 1)
+    Image.fromarray(cmyk, "CMYK").save(tmp_path / "c.jpg", quality=100, subsampling=0)
+    assert b"Adobe" in (tmp_path / "c.jpg").read_bytes()
+    got = np.asarray(load_image(tmp_path / "c.jpg")).astype(np.int64)
+    want = (255 - cmyk[..., :3].astype(np.float64)) * (255 - cmyk[..., 3:]) / 255
+    assert np.abs(got - want).max() <= 1  # JPEG at quality 100, no chroma subsampling
+    assert np.abs(got - cv2.imread(str(tmp_path / "c.jpg"))[..., ::-1]).max() <= 1
