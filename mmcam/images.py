@@ -32,9 +32,9 @@ lies under alpha 0, often black, so a logo on a transparent background became a 
 
 Colours are converted from an embedded ICC profile (RGB or grey; Display P3, Adobe RGB, a
 grey gamma) to sRGB, relative colorimetric, as browsers and viewers show them; the result is
-untagged sRGB. An sRGB profile (one that moves no colour by more than one level), a profile
-that cannot be read or does not fit the image (a CMYK profile: CMYK is converted with PIL's
-plain formula), leaves the stored pixels as they are.
+untagged sRGB. The stored pixels are kept under an sRGB profile (one that moves no colour by
+more than one level) and under a profile that cannot be read or does not fit the image (a
+CMYK profile: CMYK is converted with PIL's plain formula, ``(255 - C) * (255 - K) / 255``).
 """
 
 from __future__ import annotations
@@ -248,12 +248,14 @@ def _srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
                                             ImageCms.Intent.RELATIVE_COLORIMETRIC)
     except (OSError, ValueError, ImageCms.PyCMSError):
         return None
-    levels = np.arange(256) if mode == "L" else np.arange(0, 256, 17)
-    probe = np.stack(np.meshgrid(*[levels] * (1 if mode == "L" else 3), indexing="ij"), -1)
-    probe = probe.reshape(1, -1, 1 if mode == "L" else 3).astype(np.uint8)
-    out = np.asarray(transform.apply(Image.fromarray(probe.squeeze(-1) if mode == "L" else
-                                                     probe, mode))).astype(np.int64)
-    return transform if np.abs(out - probe).max() > 1 else None
+    if mode == "L":  # every grey, then every 17th level of each channel
+        probe = np.arange(256, dtype=np.uint8)[None]
+    else:
+        probe = (np.indices((16, 16, 16)).reshape(3, 1, -1).transpose(1, 2, 0) * 17)
+    probe = probe.astype(np.uint8)
+    out = np.asarray(transform.apply(Image.fromarray(probe, mode)), dtype=np.int64)
+    moved = np.abs(out - (probe[..., None] if mode == "L" else probe)).max()
+    return transform if moved > 1 else None
 
 
 def _to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
