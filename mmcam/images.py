@@ -102,7 +102,9 @@ def load_image(image: ImageInput) -> Image.Image:
 
 def _load_path(path: Path) -> Image.Image:
     if not path.exists():
-        raise MMCamError(f"image not found: {path}")
+        link = (f" (a link to {os.readlink(path)}, which does not exist)"
+                if path.is_symlink() else "")
+        raise MMCamError(f"image not found: {path}{link}")
     if path.is_dir():
         raise MMCamError(f"image path is a folder, not a file: {path}")
     try:
@@ -124,6 +126,8 @@ def _load_path(path: Path) -> Image.Image:
         raise MMCamError(f"not an image file (cannot identify format): {path}") from None
     except MemoryError:
         raise MMCamError(f"not enough memory to decode image {path}: shrink it first") from None
+    except PermissionError:
+        raise MMCamError(f"cannot read image {path}: permission denied") from None
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, MMCamError):
             raise

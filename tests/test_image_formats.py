@@ -14,6 +14,7 @@ import tifffile  # another TIFF writer than PIL
 from PIL import Image
 
 from mmcam.cli import main
+from mmcam.errors import MMCamError
 from mmcam.images import load_image
 
 # ---------------------------------------------------------------- transparency
@@ -280,3 +281,22 @@ def test_cmyk_jpeg_without_a_profile_is_plain_cmyk(tmp_path):
     want = (255 - cmyk[..., :3].astype(np.float64)) * (255 - cmyk[..., 3:]) / 255
     assert np.abs(got - want).max() <= 1  # JPEG at quality 100, no chroma subsampling
     assert np.abs(got - cv2.imread(str(tmp_path / "c.jpg"))[..., ::-1]).max() <= 1
+
+# ---------------------------------------------------------------- paths
+
+
+def test_a_broken_link_and_an_unreadable_file_say_so(tmp_path, monkeypatch):
+    """A link to a missing file said only "image not found" (the link is there, in ls); a
+    file without read permission ended in "(is the file truncated?)"."""
+    (tmp_path / "link.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(MMCamError, match=r"^image not found: .*link\.png \(a link to "
+                                         r".*gone\.png, which does not exist\)$"):
+        load_image(tmp_path / "link.png")
+    Image.new("RGB", (2, 2)).save(tmp_path / "x.png")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x.png"))
+
+    monkeypatch.setattr(Image, "open", refuse)  # as root, chmod 000 does not stop reading
+    with pytest.raises(MMCamError, match=r"^cannot read image .*x\.png: permission denied$"):
+        load_image(tmp_path / "x.png")
