@@ -174,10 +174,16 @@ def _check_finite(a: np.ndarray, what: str) -> None:
 
 
 def _to_8bit(im: Image.Image, what: str) -> Image.Image:
-    """16-bit and float images scaled to 8 bits (Pillow's convert clips them instead)."""
+    """16-bit and float images scaled to 8 bits (Pillow's convert clips them instead); a
+    16-bit transparent value (PNG tRNS) becomes alpha 0 for exactly that value."""
     if im.mode.startswith("I;16") or im.mode == "I":
         a = np.asarray(im).astype(np.int64)
-        return Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), mode="L")
+        grey = Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), mode="L")
+        key = im.info.get("transparency")
+        if not isinstance(key, int):
+            return grey
+        alpha = Image.fromarray(np.where(a == key, 0, 255).astype(np.uint8), mode="L")
+        return Image.merge("LA", (grey, alpha))
     if im.mode == "F":
         return Image.fromarray(_float_to_8bit(np.asarray(im, dtype=np.float64), what),
                                mode="L")

@@ -6,6 +6,7 @@ it. Expected pixels come from hand computation or from another decoder, never fr
 
 import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,33 @@ def test_a_broken_link_and_an_unreadable_file_say_so(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "open", refuse)  # as root, chmod 000 does not stop reading
     with pytest.raises(MMCamError, match=r"^cannot read image .*x\.png: permission denied$"):
         load_image(tmp_path / "x.png")
+
+
+def _png16(path, samples: np.ndarray, color_type: int, trns: bytes = b""):
+    """A 16-bit PNG written chunk by chunk (PIL cannot write a tRNS chunk at 16 bits)."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    h, w = samples.shape[:2]
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))
+                     + (chunk(b"tRNS", trns) if trns else b"")
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_grey_with_a_transparent_value_is_white_there(tmp_path):
+    """A 16-bit grey PNG whose tRNS chunk makes 30000 transparent: that pixel was shown as
+    30000 >> 8 = 117 (the key was lost with the 8-bit scaling); only exactly 30000 is
+    transparent, not 30001, which has the same high byte. Grey+alpha at 16 bits already
+    worked: alpha >> 8 over white."""
+    g = np.array([[1000, 40000, 65535], [0, 30000, 30001]], np.uint16)
+    _png16(tmp_path / "k.png", g, 0, struct.pack(">H", 30000))
+    want = (g >> 8).astype(np.int64)
+    want[1, 1] = 255
+    assert np.array_equal(np.asarray(load_image(tmp_path / "k.png"))[..., 0], want)
+    a = np.array([[65535, 32768, 0], [65535, 0, 65535]], np.uint16)
+    _png16(tmp_path / "la.png", np.stack([g, a], -1), 4)
+    got = np.asarray(load_image(tmp_path / "la.png"))[..., 0]
+    assert np.abs(got - _over_white(g[..., None] >> 8, a >> 8)[..., 0]).max() <= 1
