@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile  # another TIFF writer than PIL
+import tifffile  # another TIFF writer than PIL (installed with scikit-image)
 from PIL import Image
 
 from mmcam.cli import main
@@ -237,7 +237,7 @@ def test_srgb_and_unreadable_profiles_keep_the_pixels(tmp_path):
 def test_16_bit_colour_is_the_high_byte(tmp_path, kind):
     """48- and 64-bit PNGs and a 48-bit TIFF, written by OpenCV and tifffile (PIL cannot
     write them): each channel ``value >> 8``, as 16-bit grey; alpha 65535 is opaque."""
-    import cv2
+    cv2 = pytest.importorskip("cv2")  # OpenCV, installed with grad-cam (test extra)
 
     rgb = np.random.default_rng(5).integers(0, 65536, (6, 7, 3), dtype=np.uint16)
     path = tmp_path / kind
@@ -272,7 +272,7 @@ def test_cmyk_jpeg_without_a_profile_is_plain_cmyk(tmp_path):
     """A CMYK JPEG (Adobe's inverted storage, as Photoshop writes it) with no profile: red
     ``(255 - C) * (255 - K) / 255``, as browsers show it; OpenCV's decoder agrees to one level
     (it divides by 256)."""
-    import cv2
+    cv2 = pytest.importorskip("cv2")  # OpenCV, installed with grad-cam (test extra)
 
     cmyk = np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [0, 200, 200, 0], [0, 0, 0, 255],
                       [40, 80, 120, 100]]], np.uint8).repeat(8, 0).repeat(8, 1)
