@@ -550,7 +550,7 @@ def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; ``MMCamError`` becomes one line on stderr and code 2."""
     def show(message, category, filename, lineno, file=None, line=None):
         images = sys.modules.get("mmcam.images")  # imported by then if it warned
-        if images is not None and issubclass(category, images.ImageDownscaled):
+        if images is not None and issubclass(category, images.ImageNotice):
             print(f"mmcam {args.command}: note: {message}", file=sys.stderr)  # one line
         else:
             shown(message, category, filename, lineno, file, line)

@@ -18,7 +18,7 @@ than uint8: values in 0..255 are taken as they are, in 0..65535 as ``value >> 8`
 PNG), any other range stretched. NaN or infinite pixels are refused.
 
 An animated GIF, WebP or PNG, or a multi-page TIFF, gives its first frame, as a still viewer
-shows it.
+shows it, with an :class:`ImageFirstFrame` notice.
 
 A file or PIL image with an EXIF orientation (phone photos taken upright are often stored
 sideways, with a tag saying how to turn them) is turned upright first, as image viewers,
@@ -58,8 +58,17 @@ MAX_PIXELS = 2**21
 """Default pixel limit above which an image is downscaled for explaining."""
 
 
-class ImageDownscaled(UserWarning):
-    """An image was over the pixel limit and was downscaled; the message is one line."""
+class ImageNotice(UserWarning):
+    """Something was done to the image before explaining it; the message is one line (the CLI
+    prints it as a note)."""
+
+
+class ImageDownscaled(ImageNotice):
+    """An image was over the pixel limit and was downscaled."""
+
+
+class ImageFirstFrame(ImageNotice):
+    """An image had several frames (an animation, a multi-page file); the first is explained."""
 
 
 def max_pixels() -> int:
@@ -281,6 +290,11 @@ def _finish(im: Image.Image, what: str) -> Image.Image:
     """Upright (EXIF orientation), 8 bits, over white where transparent, at most
     :func:`max_pixels` pixels (with a notice), then sRGB (from an ICC profile) in RGB."""
     _check_size(*im.size, what)
+    frames = getattr(im, "n_frames", 1)
+    if isinstance(frames, int) and frames > 1:
+        warnings.warn(ImageFirstFrame(
+            f"{what} has {frames} frames (an animation or a multi-page file): explained the "
+            f"first"), stacklevel=3)
     icc = im.info.get("icc_profile")
     im = _upright(im)
     limit = max_pixels()
@@ -302,4 +316,5 @@ def _finish(im: Image.Image, what: str) -> Image.Image:
     return _to_srgb(im, icc)
 
 
-__all__ = ["MAX_PIXELS", "ImageDownscaled", "ImageInput", "load_image", "max_pixels"]
+__all__ = ["MAX_PIXELS", "ImageDownscaled", "ImageFirstFrame", "ImageInput", "ImageNotice",
+           "load_image", "max_pixels"]

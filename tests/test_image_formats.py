@@ -16,7 +16,7 @@ from PIL import Image
 
 from mmcam.cli import main
 from mmcam.errors import MMCamError
-from mmcam.images import load_image
+from mmcam.images import ImageFirstFrame, load_image
 
 # ---------------------------------------------------------------- transparency
 
@@ -263,7 +263,31 @@ def test_animations_and_multi_page_files_give_their_first_frame(tmp_path, fmt):
                                     append_images=[Image.fromarray(f) for f in frames[1:]])
     with Image.open(path) as im:
         assert im.n_frames == 3
-    assert np.array_equal(np.asarray(load_image(path)), frames[0])
+    with pytest.warns(ImageFirstFrame, match="has 3 frames"):
+        assert np.array_equal(np.asarray(load_image(path)), frames[0])
+
+
+def test_a_single_frame_gives_no_notice(tmp_path):
+    """A still image (a one-frame GIF, a PNG) loads without a notice."""
+    import warnings
+
+    for fmt in ("GIF", "PNG"):
+        path = tmp_path / f"still.{fmt.lower()}"
+        Image.new("RGB", (4, 3), (9, 9, 9)).save(path, format=fmt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_image(path)
+
+
+def test_cli_says_which_frame_it_explained(tmp_path, capsys):
+    """`mmcam caption` on an animated GIF: one note line on stderr, then the usual output."""
+    path = tmp_path / "anim.gif"
+    frames = [Image.new("RGB", (64, 64), c) for c in ((200, 30, 30), (30, 60, 220))]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert main(["caption", str(path), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mmcam caption: note: {path} has 2 frames (an animation or a multi-page "
+                   "file): explained the first"]
 
 # ---------------------------------------------------------------- CMYK
 
