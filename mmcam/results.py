@@ -38,6 +38,7 @@ from mmcam.errors import MMCamError
 from mmcam.limits import check_at_least
 from mmcam.pixelmaps import PixelMaps
 from mmcam.viz import (
+    cap_aspect,
     colormap_lut,
     draw_boxes,
     drawable,
@@ -58,6 +59,10 @@ DISPLAY_SIZE = 768
 """Longest side (pixels) of the overlays and pages drawn for display and by ``save``."""
 TILE = 240
 """Longest side (pixels) of a tile of the grid (``grid``, ``grid.png``, ``_repr_png_``)."""
+MAX_TILE_ASPECT = 3.75
+"""A grid tile is at most this many times longer than wide: a longer strip (a 2000x32 text line,
+a 4000x8 image) is stretched across, or its tiles would be a few pixels thin (240x1) and its
+maps unseen."""
 PAGE_BASE_BYTES = 600_000
 """Above this size (bytes) the page holds its image as a JPEG instead of a PNG."""
 PAGE_MAP_BYTES = 2_400_000
@@ -225,7 +230,7 @@ class _Shows:
         """:meth:`grid` for each of ``scales`` (shared or not), the maps resized once (from
         ``small``, the :meth:`display_maps`)."""
         panels = self.panels()
-        tile = fit_size(self.image.size, TILE)
+        tile = cap_aspect(fit_size(self.image.size, TILE), MAX_TILE_ASPECT)
         base = self.image.convert("RGB")
         if base.size != tile:
             base = base.resize(tile, Image.BILINEAR, reducing_gap=2.0)

@@ -116,6 +116,14 @@ def fit_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
     return max(1, round(w * s)), max(1, round(h * s))
 
 
+def cap_aspect(size: tuple[int, int], ratio: float) -> tuple[int, int]:
+    """``size`` (width, height) with its shorter side raised, where needed, to
+    ``round(longer / ratio)`` (a stretch across), so that longer / shorter <= ``ratio`` about."""
+    w, h = size
+    short = round(max(w, h) / ratio)
+    return (max(w, short), h) if w < h else (w, max(h, short))
+
+
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Maps (N,H,W) resized to ``size`` (width, height): bilinear, antialiased when shrinking
     (each output pixel averages the input pixels it covers); unchanged at the same size."""

@@ -319,3 +319,35 @@ def test_fit_text_cuts_like_the_letter_by_letter_loop_in_few_measurements(monkey
     monkeypatch.setattr(viz, "_text_width", lambda *a: calls.append(1) or real(*a))
     assert viz.fit_text(draw, "x" * 5000, 100).endswith("…")
     assert len(calls) <= 2 + 14  # the whole text, then log2(5000) < 13 halvings
+
+
+@pytest.mark.parametrize("size,want", [
+    ((240, 1), (240, 64)),     # 240 / 3.75 = 64: the strip stretched across
+    ((1, 240), (64, 240)),
+    ((240, 24), (240, 64)),    # a 10:1 panorama's tile
+    ((240, 64), (240, 64)),    # exactly 3.75:1: unchanged
+    ((240, 120), (240, 120)),  # wider tiles are left alone
+    ((40, 20), (40, 20)),      # small images too (no upscaling)
+    ((100, 10), (100, 27)),    # round(100 / 3.75) = round(26.67)
+    ((1, 1), (1, 1)),
+])
+def test_cap_aspect_by_hand(size, want):
+    assert viz.cap_aspect(size, 3.75) == want
+
+
+def test_grid_tiles_of_a_strip_are_tall_enough_to_see(scene, models):
+    """A 4000x8 image's grid tiles are 240x64 (the longer side fitted to TILE, the shorter
+    stretched to TILE / 3.75), not 240x1: the grid is as tall as that, and its first map tile
+    shows the map (its pixels differ from the plain image's tile)."""
+    from mmcam.results import TILE
+
+    img = scene.resize((4000, 8), Image.BILINEAR)
+    r = mmcam.ClassExplainer(models["classifier"]).explain(img, top=1)
+    grid = np.asarray(r.grid(ncols=2)).astype(int)
+    pad, line = 6, 16
+    assert grid.shape[1] == 2 * (TILE + pad) + pad
+    top = line + 2 * pad  # the title row
+    assert grid.shape[0] == top + 64 + 2 * line + pad  # one row: tile and two label lines
+    plain = grid[top:top + 64, pad:pad + TILE]
+    shown = grid[top:top + 64, 2 * pad + TILE:2 * pad + 2 * TILE]
+    assert np.abs(plain - shown).max() > 50
