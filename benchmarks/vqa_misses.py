@@ -1,6 +1,7 @@
-"""Where a VQA model's answer maps miss: per question type, the pointing rate and, for the
-misses, how far the map's peak lies from the questioned objects and whether it is on another
-object (the suite's scenes and questions, HiResCAM + contrast, bilinear drawing).
+"""Where a VQA model's answer maps miss: per question type, the pointing rate (also apart for
+the answers that are right and those that are wrong) and, for the misses, how far the map's
+peak lies from the questioned objects and whether it is on another object (the suite's scenes
+and questions, the model's own answers, HiResCAM + contrast, bilinear drawing).
 
     python benchmarks/vqa_misses.py MODEL [--n 200] [--seed 2000000]
         [--out benchmarks/results/vqa_misses_MODEL.json]
@@ -35,13 +36,15 @@ SLACK = 4
 
 
 def misses(model: str, n: int, seed: int) -> dict:
-    """Per question type: n, pointing, and the misses' distances and on-other-object share."""
+    """Per question type: n, pointing (all, right answers, wrong answers), and the misses'
+    distances and on-other-object share."""
     ex = VQAExplainer(mmcam.load_model(model), score="contrast", method="hirescam")
-    by: dict[str, list[tuple[bool, int, bool]]] = {}
+    by: dict[str, list[tuple[bool, int, bool, bool]]] = {}
     for scene in tqdm(generate(n, seed), desc=f"VQA maps of {model}"):
         every, _ = _union(scene.objects, scene.image.size)
-        for _, q, _, qtype, objs in vqa_questions(scene):
+        for _, q, truth, qtype, objs in vqa_questions(scene):
             e = ex.explained(scene.image, q)
+            right = str(e.rows.info[0]).lower() == truth.lower()
             grid = cam_of("hirescam")(e.A[None], e.G[0:1])[0]
             m = e.geometry.to_image(grid[None], None)[0]
             mask, _ = _union([scene.objects[j] for j in objs], scene.image.size)
@@ -49,12 +52,17 @@ def misses(model: str, n: int, seed: int) -> dict:
             ys, xs = np.nonzero(mask)
             dist = int(np.min(np.maximum(abs(xs - x), abs(ys - y))))
             by.setdefault(qtype, []).append(
-                (ev.pointing_hit(m, mask, SLACK), dist, bool(every[y, x] and not mask[y, x])))
+                (ev.pointing_hit(m, mask, SLACK), dist, bool(every[y, x] and not mask[y, x]),
+                 right))
     out = {}
     for qtype, rows in sorted(by.items()):
         miss = [r for r in rows if not r[0]]
+        split = {k: [r[0] for r in rows if r[3] == want]
+                 for k, want in (("right", True), ("wrong", False))}
         out[qtype] = {
             "n": len(rows), "pointing": float(np.mean([r[0] for r in rows])),
+            **{f"n_{k}": len(v) for k, v in split.items()},
+            **{f"pointing_{k}": float(np.mean(v)) if v else None for k, v in split.items()},
             "misses": len(miss),
             "miss_distance_px_quartiles": (np.percentile([r[1] for r in miss], [25, 50, 75])
                                            .tolist() if miss else None),
@@ -78,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(res, indent=1))
     for qtype, r in res["by_type"].items():
         q = r["miss_distance_px_quartiles"]
-        print(f"{qtype:>9s}  n {r['n']:3d}  pointing {r['pointing']:.3f}  misses {r['misses']:3d}"
+        parts = "  ".join(f"{k} {r[f'n_{k}']} -> {r[f'pointing_{k}']:.3f}"
+                          for k in ("right", "wrong") if r[f"n_{k}"])
+        print(f"{qtype:>9s}  n {r['n']:3d}  pointing {r['pointing']:.3f} ({parts})  "
+              f"misses {r['misses']:3d}"
               + (f"  distance {q[0]:.0f} / {q[1]:.0f} / {q[2]:.0f} px, on another object "
                  f"{r['misses_on_another_object']:.2f}" if q else ""))
     print(f"wrote {out}")
