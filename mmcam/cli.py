@@ -508,23 +508,27 @@ def _add_model_commands(sub: Any) -> None:
 
 ONE_SHOT = ("caption", "vqa", "classify")
 """Commands that, run as the program, end the process as soon as their output is written."""
+PASSIVE_THREADS = (*ONE_SHOT, "train", "evaluate-explanations", "evaluate-model", "bias-study")
+"""Commands that, run as the program, let torch's idle threads sleep (``OMP_WAIT_POLICY``)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for bad input, no traceback).
 
     Run as the program (``argv`` None: the ``mmcam`` script, ``python -m mmcam``), the
-    commands of :data:`ONE_SHOT` set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set (torch's
-    idle threads sleep rather than spin: on a busy machine a small model's explain took
-    1.5-7 s with spinning threads, 0.25 s without), import torch with the garbage collector
-    paused (:func:`_importing`), and end the process once their files are written and stdout
-    and stderr flushed (:func:`_end`), skipping the interpreter's teardown of torch's modules
-    (about 0.6 s).
+    commands of :data:`PASSIVE_THREADS` set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set
+    (torch's idle threads sleep rather than spin: on a busy machine a small model's explain
+    took 1.5-7 s with spinning threads, 0.25 s without, and two evaluations run at once took
+    35-53 s instead of 8); the commands of :data:`ONE_SHOT` also import torch with the garbage
+    collector paused (:func:`_importing`) and end the process once their files are written
+    and stdout and stderr flushed (:func:`_end`), skipping the interpreter's teardown of
+    torch's modules (about 0.6 s).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if argv is None and args.command in ONE_SHOT and "torch" not in sys.modules:
+    if argv is None and args.command in PASSIVE_THREADS and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
+    if argv is None and args.command in ONE_SHOT and "torch" not in sys.modules:
         global _program
         _program = True
     code = _run(args)
