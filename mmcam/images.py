@@ -244,11 +244,9 @@ def _upright(im: Image.Image) -> Image.Image:
 
 
 def _over_white(im: Image.Image) -> Image.Image:
-    """``im`` (with an alpha channel, premultiplied or not, or a transparent colour) over a
-    white background, each pixel ``a/255 * value + (1 - a/255) * 255`` for alpha ``a`` and
-    straight ``value``: grey images in mode L, the others in RGB."""
-    base = "L" if im.mode in ("L", "LA", "La") else "RGB"
-    im = im.convert(base + "A")
+    """``im`` (LA or RGBA, straight alpha) over a white background, each pixel
+    ``a/255 * value + (1 - a/255) * 255`` for alpha ``a``: in mode L or RGB."""
+    base = im.mode[:-1]
     white = Image.new(base, im.size, "white")
     white.paste(im.convert(base), mask=im.getchannel("A"))
     return white
@@ -300,8 +298,10 @@ def _finish(im: Image.Image, what: str) -> Image.Image:
     limit = max_pixels()
     im = _to_8bit(im, what)
     if "transparency" in im.info or im.mode not in ("L", "RGB", "LA", "RGBA"):
+        # a transparent colour or premultiplied alpha (La, RGBa) as straight alpha, else RGB
         alpha = "transparency" in im.info or {"A", "a"} & set(im.getbands())
-        im = _over_white(im) if alpha else im.convert("RGB")
+        grey = im.mode in ("L", "LA", "La")
+        im = im.convert(("LA" if grey else "RGBA") if alpha else "RGB")
     w, h = im.size
     if w * h > limit:
         size = _fit((w, h), limit)
