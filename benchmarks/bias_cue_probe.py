@@ -74,17 +74,6 @@ def biased_model(cfg: bias.StudyConfig, cache: Path | None, train: bias.SceneSet
     return model.eval(), config, facts["final_loss"]
 
 
-def shares(maps: torch.Tensor, region: torch.Tensor) -> dict[str, float]:
-    """Mean share of each map's positive mass inside ``region`` and the region's area share."""
-    m = maps.clamp(min=0).flatten(1).double()
-    total = m.sum(1)
-    keep = total > 0
-    inside = (m * region.flatten().double()).sum(1)
-    return {"share": round(float((inside[keep] / total[keep]).mean()), 6),
-            "area_share": round(float(region.double().mean()), 6),
-            "zero_maps": int((~keep).sum())}
-
-
 def gradcam_maps(explainer: ClassExplainer, images: torch.Tensor, targets: torch.Tensor,
                  desc: str) -> torch.Tensor:
     out = []
@@ -165,7 +154,12 @@ def main() -> None:
             and final_loss == study["training"]["final_loss"])  # the training, bit for bit
 
     cue_mask = box_mask(cfg.cue_box, (IMAGE_SIZE, IMAGE_SIZE))
-    near = bias.dilate(cue_mask, bias.NEAR_PX)
+
+    def where(maps: torch.Tensor, sel: torch.Tensor) -> dict:
+        """The study's own measure (``bias.map_shares``): per region (the cue box, the
+        object, each grown by one cell) the maps' mean mass share and energy ratio."""
+        return bias.map_shares(maps, cue_mask, test.masks[sel] & ~cue_mask)
+
     adapter = wrap(model, config)
     default = adapter.layer
     sel_cue, sel_free = torch.nonzero(test_cue).flatten(), torch.nonzero(~test_cue).flatten()
@@ -177,7 +171,7 @@ def main() -> None:
     for layer in (default, *(f"{stack}.{k}" for k in (11, 8, 5, 2))):
         ex = ClassExplainer(adapter, layer=layer, method="gradcam")
         maps = gradcam_maps(ex, with_cue[sel_cue], pred[sel_cue], f"Grad-CAM at {layer}")
-        by_layer[layer] = {"cue": shares(maps, cue_mask), "cue_near": shares(maps, near)}
+        by_layer[layer] = where(maps, sel_cue)
         if layer == default:
             hot = maps.clamp(min=0).mean(0)
     result["gradcam_predicted_on_cue_images_by_layer"] = by_layer
@@ -186,7 +180,7 @@ def main() -> None:
     free_maps = gradcam_maps(ex, with_cue[sel_free], pred[sel_free], "Grad-CAM, no cue")
     result["gradcam_predicted_on_images_without_cue"] = {
         "predicted_square": round(float((pred[sel_free] == 1).float().mean()), 6),
-        "cue": shares(free_maps, cue_mask), "cue_near": shares(free_maps, near)}
+        **where(free_maps, sel_free)}
 
     grads = []
     for i in range(0, len(sel_cue), 50):
@@ -194,8 +188,7 @@ def main() -> None:
         y = model(px)
         (g,) = torch.autograd.grad((y[:, 0] - y[:, 1]).sum(), px)
         grads.append(g.abs().sum(1))
-    result["input_gradient_on_cue_images"] = {"cue": shares(torch.cat(grads), cue_mask),
-                                              "cue_near": shares(torch.cat(grads), near)}
+    result["input_gradient_on_cue_images"] = where(torch.cat(grads), sel_cue)
 
     free = test.images[sel_free]
     base = bias.predict(model, free).argmax(1)
@@ -224,8 +217,7 @@ def main() -> None:
     result["hottest_cell_receptive_field"] = {
         "pixel_of_peak_mean_map": [cell[1], cell[0]], "cell": [gx, gy],
         "grid": [a.shape[3], a.shape[2]],
-        "gradient_share": {"cue": shares(g.abs().sum(1), cue_mask),
-                           "cue_near": shares(g.abs().sum(1), near)},
+        "gradient_share": where(g.abs().sum(1), sel_cue[:50]),
         "input_gradient_nonzero_on_cue_box": bool(
             (g.abs().sum(1)[:, cue_mask].sum(1) > 0).all())}
     result["cam_change_when_the_cue_is_added"] = cam_change(model, test.images[sel_cue])
