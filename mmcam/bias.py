@@ -60,7 +60,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ CUE_XY = (4, 4)
 FILES = ("bias_study.json", "bias_study.md", "bias_study.png")
 NEAR_PX = IMAGE_SIZE // 16  # one cell of the explained 16x16 grid
 CUE_SEED = 7  # stream salt of the cue draws: rng([seed, CUE_SEED, set, class])
+MODELS = ("classifier", "captioner")
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,12 @@ class StudyConfig:
     cue_size: int = 8
     n_show: int = 6
     method: str = "gradcam"
+    model: str = "classifier"
 
     def check(self) -> None:
         """Raise :class:`MMCamError` naming the bad setting."""
+        if self.model not in MODELS:
+            raise MMCamError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.seed in (EVAL_SEED, VALIDATION_SEED):
             raise MMCamError(f"seed {self.seed} is reserved for held-out scenes: use another")
         if len(self.classes) != 2 or self.classes[0] == self.classes[1] or any(
@@ -138,8 +143,10 @@ class StudyConfig:
 @dataclass
 class SceneSet:
     """Scenes of the binary task: uint8 ``images`` (n,3,128,128) without the cue, ``labels``
-    (n,) in {0, 1}, the large objects' visible ``masks`` (n,128,128) (None if not kept) and
-    the scenes' ``indices`` in the ``one_large`` stream of ``seed``."""
+    (n,) in {0, 1}, the large objects' visible ``masks`` (n,128,128) (None if not kept), the
+    scenes' ``indices`` in the ``one_large`` stream of ``seed``, the large objects' ``colors``
+    and each scene's ``captions`` that name the large object ("... large {color} {shape}
+    ...")."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -147,6 +154,8 @@ class SceneSet:
     indices: list[int]
     seed: int
     rendered: int = 0  # scenes drawn from the stream to fill both classes
+    colors: list[str] = field(default_factory=list)
+    captions: list[list[str]] = field(default_factory=list)
 
 
 def binary_scenes(
@@ -156,7 +165,7 @@ def binary_scenes(
     """The first ``n/2`` scenes of each class (large object's shape) of the ``one_large``
     stream of ``seed``, in stream order."""
     want = n // 2
-    images, labels, masks, indices = [], [], [], []
+    images, labels, masks, indices, colors, captions = [], [], [], [], [], []
     count = [0, 0]
     start, chunk = 0, 64
     bar = tqdm(total=n, desc=f"render {n} scenes (seed {seed})", disable=not progress)
@@ -172,6 +181,9 @@ def binary_scenes(
             images.append(torch.from_numpy(np.asarray(s.image).copy()).permute(2, 0, 1))
             labels.append(c)
             indices.append(s.index)
+            colors.append(large.color)
+            named = f"large {large.color} {large.shape}"
+            captions.append([t for t in s.captions if named in t])
             if keep_masks:
                 masks.append(torch.from_numpy(large.mask.copy()))
             bar.update(1)
@@ -184,6 +196,8 @@ def binary_scenes(
         indices=indices,
         seed=seed,
         rendered=start,
+        colors=colors,
+        captions=captions,
     )
 
 
@@ -231,24 +245,34 @@ def train_classifier(
     ``labels``; returns (model in eval mode, its config, training facts). The loop is
     :func:`mmcam.models.train._train`'s for the classifier kind (same batches, loss, schedule,
     clipping), fed with these images instead of freshly rendered ones."""
-    hp = dict(trainer.DEFAULTS["classifier"])
-    config = trainer._config("classifier", None, hp)
+    config = trainer._config("classifier", None, trainer.DEFAULTS["classifier"])
     config["labels"] = list(cfg.classes)
     config["task"] = f"{cfg.classes[0]} vs {cfg.classes[1]}: shape of the one large object"
+    return fit_model("classifier", config, images, [cfg.classes[int(c)] for c in labels], cfg,
+                     name, progress)
+
+
+def fit_model(
+    kind: str, config: dict[str, Any], images: torch.Tensor, texts: list[Any], cfg: StudyConfig,
+    name: str, progress: bool,
+) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """Build a ``kind`` model from ``config`` (torch seed ``cfg.seed``) and run
+    :func:`mmcam.models.train.fit` for ``cfg.steps`` steps with the shipped recipe of that
+    kind on uint8 ``images`` and their ``texts`` (class names or caption lists), batches
+    drawn with a generator seeded ``cfg.seed``, no auxiliary head."""
+    hp = dict(trainer.DEFAULTS[kind])
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(config)
     config["explained_layer"] = wrap(model, config).layer
-    names = [cfg.classes[int(c)] for c in labels]
     cells = torch.zeros((len(images), 3, 1, 1), dtype=torch.uint8)  # no auxiliary head
-    batches = trainer._Batches("classifier", images, names, cells, config, hp, gen)
+    batches = trainer._Batches(kind, images, texts, cells, config, hp, gen)
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=trainer.WEIGHT_DECAY)
-    steps = cfg.steps
 
     t0 = time.time()
-    history = trainer.fit(model, opt, params, hp["lr"], steps, lambda: trainer._loss(
-        "classifier", model, batches(), 1, None, 0.0), f"train {name}", progress)
+    history = trainer.fit(model, opt, params, hp["lr"], cfg.steps, lambda: trainer._loss(
+        kind, model, batches(), hp.get("per_image", 1), None, 0.0), f"train {name}", progress)
     facts = {
         "final_loss": float(np.mean(history[-50:])),
         "train_seconds": round(time.time() - t0, 1),
@@ -338,39 +362,86 @@ class Margin(torch.nn.Module):
         return torch.stack([y[:, 0] - y[:, 1], y[:, 1] - y[:, 0]], dim=1)
 
 
-def evaluate(model: torch.nn.Module, config: dict[str, Any], test: SceneSet,
+@dataclass(frozen=True)
+class Probe:
+    """What differs between the study's models.
+
+    ``train(images, scenes, cfg, name, progress) -> (model, config, facts)`` on uint8 images;
+    ``predict(model, config, images, colors, cfg) -> (n, 2)`` scores of the two classes (the
+    prediction is their argmax); ``explainers(model, config, cfg) -> {score: explain}`` with
+    ``explain(images, colors, targets (m, k)) -> maps (m, k, H, W)`` of the target classes;
+    ``extra(model, config, images, cue, scenes, cfg, progress) -> dict`` further figures of
+    the test images (``cue``: which carry the cue), or None.
+    """
+
+    train: Callable[..., tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]]
+    predict: Callable[..., torch.Tensor]
+    explainers: Callable[..., dict[str, Callable[..., torch.Tensor]]]
+    extra: Callable[..., dict[str, Any]] | None = None
+
+
+def _classifier_explainers(model: torch.nn.Module, config: dict[str, Any], cfg: StudyConfig
+                           ) -> dict[str, Callable[..., torch.Tensor]]:
+    adapter = wrap(model, config)
+    explainers = {"logit": ClassExplainer(adapter, method=cfg.method),
+                  "margin": ClassExplainer(Margin(model), layer=f"model.{adapter.layer}",
+                                           method=cfg.method)}
+
+    def explain(ex: ClassExplainer) -> Callable[..., torch.Tensor]:
+        return lambda images, colors, targets: ex.explain_pixels(
+            encoder.pixels_from_uint8(images), targets=targets)["maps"]
+
+    return {score: explain(ex) for score, ex in explainers.items()}
+
+
+CLASSIFIER = Probe(
+    train=lambda images, scenes, cfg, name, progress: train_classifier(
+        images, scenes.labels, cfg, name, progress),
+    predict=lambda model, config, images, colors, cfg: predict(model, images),
+    explainers=_classifier_explainers,
+)
+
+
+def probe_of(model: str) -> Probe:
+    """The :class:`Probe` of a model kind of :data:`MODELS`."""
+    if model == "captioner":
+        from mmcam.bias_caption import CAPTIONER
+
+        return CAPTIONER
+    return CLASSIFIER
+
+
+def evaluate(probe: Probe, model: torch.nn.Module, config: dict[str, Any], test: SceneSet,
              test_cue: torch.Tensor, cfg: StudyConfig, name: str, progress: bool = False
              ) -> tuple[dict[str, Any], torch.Tensor, dict[str, torch.Tensor]]:
     """The figures of one model on the unbiased test set; also its predictions and, per
-    score ("logit", "margin"), the maps of the predicted class on the cue images."""
+    score of ``probe``, the maps of the predicted class on the cue images."""
     box = cfg.cue_box
     with_cue = stamp_cue(test.images, test_cue, box)
     toggled = stamp_cue(test.images, ~test_cue, box)  # the cue removed or added
-    logits = predict(model, with_cue)
-    pred = logits.argmax(1)
-    pred_toggled = predict(model, toggled).argmax(1)
+    pred = probe.predict(model, config, with_cue, test.colors, cfg).argmax(1)
+    pred_toggled = probe.predict(model, config, toggled, test.colors, cfg).argmax(1)
     out = accuracy_table(pred, test.labels, test_cue, cfg.classes)
     out["cue_flip_rate"] = round(float((pred != pred_toggled).float().mean()), 6)
     out["predicted_cue_class_share"] = {
         "with_cue": round(float((pred[test_cue] == cfg.cue_class).float().mean()), 6),
         "without_cue": round(float((pred[~test_cue] == cfg.cue_class).float().mean()), 6)}
+    if probe.extra is not None:
+        out.update(probe.extra(model, config, with_cue, test_cue, test, cfg, progress))
 
     sel = torch.nonzero(test_cue).flatten()
     targets = torch.stack([pred[sel], test.labels[sel]], dim=1)
-    adapter = wrap(model, config)
-    explainers = {"logit": ClassExplainer(adapter, method=cfg.method),
-                  "margin": ClassExplainer(Margin(model), layer=f"model.{adapter.layer}",
-                                           method=cfg.method)}
     cue_mask = box_mask(box, (IMAGE_SIZE, IMAGE_SIZE))
     obj = test.masks[sel] & ~cue_mask
     out["gradcam"], shown = {}, {}
     chunk = 50
-    for score, explainer in explainers.items():
+    for score, explain in probe.explainers(model, config, cfg).items():
         maps = []
         for i in tqdm(range(0, len(sel), chunk), desc=f"Grad-CAM {name} ({score})",
                       disable=not progress):
-            px = encoder.pixels_from_uint8(with_cue[sel[i:i + chunk]])
-            maps.append(explainer.explain_pixels(px, targets=targets[i:i + chunk])["maps"])
+            idx = sel[i:i + chunk]
+            maps.append(explain(with_cue[idx], [test.colors[j] for j in idx.tolist()],
+                                targets[i:i + chunk]))
         maps_t = torch.cat(maps)  # (m, 2, H, W): predicted, true class
         out["gradcam"][score] = {"predicted_class": map_shares(maps_t[:, 0], cue_mask, obj),
                                  "true_class": map_shares(maps_t[:, 1], cue_mask, obj)}
@@ -381,17 +452,17 @@ def evaluate(model: torch.nn.Module, config: dict[str, Any], test: SceneSet,
 # ---------------------------------------------------------------- outputs
 
 
-SCORE_TEXT = {"logit": "y_c", "margin": "y_c - y_other"}
-ROWS = (("biased", "logit"), ("biased", "margin"), ("balanced", "logit"),
-        ("balanced", "margin"))  # the picture's map rows, under the image row
+SCORE_TEXT = {"logit": "y_c", "margin": "y_c - y_other", "logprob": "log p(w)",
+              "versus": "y_w - y_other"}
 
 
 def picture(test: SceneSet, test_cue: torch.Tensor, preds: dict[str, torch.Tensor],
             maps: dict[str, dict[str, torch.Tensor]], cfg: StudyConfig) -> Image.Image:
-    """Rows: the image (object box lime, cue box magenta), then per (model, score) of
-    :data:`ROWS` the Grad-CAM of the predicted class, scaled by its own max; columns: test
-    images with the cue, alternately of each class. ``maps[model][score]`` are over the cue
-    images. Saved as a 256-color palette PNG to stay small."""
+    """Rows: the image (object box lime, cue box magenta), then per model (biased, balanced)
+    and score (in ``maps[model]``'s order) the Grad-CAM of the predicted class, scaled by its
+    own max; columns: test images with the cue, alternately of each class.
+    ``maps[model][score]`` are over the cue images. Saved as a 256-color palette PNG to stay
+    small."""
     sel = torch.nonzero(test_cue).flatten()
     order: list[int] = []
     per_class = [[j for j in range(len(sel)) if int(test.labels[sel[j]]) == c] for c in (0, 1)]
@@ -402,13 +473,13 @@ def picture(test: SceneSet, test_cue: torch.Tensor, preds: dict[str, torch.Tenso
     size = IMAGE_SIZE
     pad, head, left = 4, 14, 64
     W = left + len(order) * (size + pad)
-    H = (1 + len(ROWS)) * (size + head + pad)
+    rows = [(name, score) for name in ("biased", "balanced") for score in maps[name]]
+    H = (1 + len(rows)) * (size + head + pad)
     canvas = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(canvas)
     box = cfg.cue_box
     with_cue = stamp_cue(test.images, test_cue, box)
-    labels = ["image"] + [f"{m}\n{'y_c' if s == 'logit' else 'y_c - y_other'}"
-                          for m, s in ROWS]
+    labels = ["image"] + [f"{m}\n{SCORE_TEXT[s]}" for m, s in rows]
     for r, text in enumerate(labels):
         draw.multiline_text((4, r * (size + head + pad) + head + size // 2 - 8), text,
                             fill="black")
@@ -421,7 +492,7 @@ def picture(test: SceneSet, test_cue: torch.Tensor, preds: dict[str, torch.Tenso
         true = cfg.classes[int(test.labels[i])]
         draw.text((x, 1), f"true: {true}", fill="black")
         canvas.paste(draw_boxes(img, [obox, box], color=["lime", "magenta"], width=1), (x, head))
-        for r, (name, score) in enumerate(ROWS, start=1):
+        for r, (name, score) in enumerate(rows, start=1):
             y = r * (size + head + pad)
             m = maps[name][score][j]
             h = m / m.max() if float(m.max()) > 0 else m
@@ -443,10 +514,17 @@ def markdown(result: dict[str, Any]) -> str:
     a, b = s["classes"]
     cue_cls = s["classes"][s["cue_class"]]
     models = result["models"]
+    scores = list(models["biased"]["gradcam"])
+    caption = s.get("model") == "captioner"
+    task = (f"the captioner's word for the shape of the one large object, {a} vs {b} (the "
+            "larger of the two words' logits after \"a large {color}\", the object's color, "
+            "teacher-forced); the model is trained on the scenes' captions that name the large "
+            "object" if caption else f"{a} vs {b} (shape of the one large object)")
     lines = [
-        "# Bias study (the Grad-CAM paper's experiment on the scene world)",
+        "# Bias study (the Grad-CAM paper's experiment on the scene world)"
+        + (", captioner" if caption else ""),
         "",
-        f"Task: {a} vs {b} (shape of the one large object). Cue: a {s['cue_size']}x"
+        f"Task: {task}. Cue: a {s['cue_size']}x"
         f"{s['cue_size']} px cyan patch at {tuple(s['cue_box'][:2])}. Biased training set: "
         f"{_fmt(s['cue_rate'], True)} of the {cue_cls} images carry the cue, none of the others; "
         "balanced: the cue is independent of the class (same scenes, labels, initial weights "
@@ -466,6 +544,10 @@ def markdown(result: dict[str, Any]) -> str:
             + " | ".join(_fmt(g["accuracy"], True) for g in m["groups"].values())
             + f" | {_fmt(m['cue_flip_rate'], True)} |"
         )
+    if caption:
+        from mmcam.bias_caption import greedy_lines
+
+        lines += greedy_lines(models)
     near = s["near_px"]
     lines += [
         "",
@@ -477,17 +559,19 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name in ("biased", "balanced"):
-        for score in ("logit", "margin"):
+        for score in scores:
             for target in ("predicted_class", "true_class"):
                 g = models[name]["gradcam"][score][target]
                 cells = [f"{_fmt(g[k]['share'], True)} ({_fmt(g[k]['energy_ratio'])})"
                          for k in ("cue", "cue_near", "object", "object_near")]
                 lines.append(f"| {name} | {SCORE_TEXT[score]} | {target.replace('_', ' ')} | "
                              + " | ".join(cells) + " |")
-    g = models["biased"]["gradcam"]["logit"]["predicted_class"]
+    g = next((g for sc in scores for g in models["biased"]["gradcam"][sc].values()
+              if g["object"]["area_share"] is not None),
+             models["biased"]["gradcam"][scores[0]]["predicted_class"])
     zeros = ", ".join(f"{n} {SCORE_TEXT[sc]} {t.split('_')[0]}: "
                       f"{models[n]['gradcam'][sc][t]['zero_maps']}"
-                      for n in ("biased", "balanced") for sc in ("logit", "margin")
+                      for n in ("biased", "balanced") for sc in scores
                       for t in ("predicted_class", "true_class"))
     lines += [
         "",
@@ -501,8 +585,11 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Columns: test images with the cue (object box lime, cue box magenta), alternately of "
         "each class; rows: the image, then the biased and the balanced model's Grad-CAM of "
-        "the predicted class, for the logit y_c (the paper's score) and for the margin "
-        "y_c - y_other (each map scaled by its own max; a red label is a wrong prediction).",
+        "the predicted class, for "
+        + ("the shape word's log p(w) (the paper's score for captions) and for its logit "
+           "against the other class's word, y_w - y_other" if caption else
+           "the logit y_c (the paper's score) and for the margin y_c - y_other")
+        + " (each map scaled by its own max; a red label is a wrong prediction).",
         "",
     ]
     return "\n".join(lines)
@@ -528,16 +615,17 @@ def _run(out: Path, cfg: StudyConfig, progress: bool) -> dict[str, Any]:
     test = binary_scenes(cfg.n_test, EVAL_SEED, cfg.classes, keep_masks=True,
                          progress=progress)
     t_data = time.time() - t0
+    probe = probe_of(cfg.model)
     cues = {"biased": assign_cue(train.labels, biased_rates(cfg), cfg.seed, 0),
             "balanced": assign_cue(train.labels, balanced_rates(cfg), cfg.seed, 1)}
     test_cue = assign_cue(test.labels, (0.5, 0.5), cfg.seed, 2)
     models, preds, maps = {}, {}, {}
     for name in ("biased", "balanced"):
         images = stamp_cue(train.images, cues[name], cfg.cue_box)
-        model, config, facts = train_classifier(images, train.labels, cfg, name, progress)
+        model, config, facts = probe.train(images, train, cfg, name, progress)
         del images
-        figures, preds[name], maps[name] = evaluate(model, config, test, test_cue, cfg, name,
-                                                    progress)
+        figures, preds[name], maps[name] = evaluate(probe, model, config, test, test_cue, cfg,
+                                                    name, progress)
         counts = {cfg.classes[c]: {"images": int((train.labels == c).sum()),
                                    "with_cue": int((cues[name] & (train.labels == c)).sum())}
                   for c in (0, 1)}
@@ -553,7 +641,9 @@ def _run(out: Path, cfg: StudyConfig, progress: bool) -> dict[str, Any]:
                 "train_scenes_rendered": train.rendered, "test_scenes_rendered": test.rendered}
     result = {
         "settings": settings,
-        "command": f"mmcam bias-study --out OUT --seed {cfg.seed} --n-train {cfg.n_train} "
+        "command": "mmcam bias-study "
+                   + ("--model captioner " if cfg.model == "captioner" else "")
+                   + f"--out OUT --seed {cfg.seed} --n-train {cfg.n_train} "
                    f"--n-test {cfg.n_test} --steps {cfg.steps}",
         "test": {"n": cfg.n_test, "with_cue": int(test_cue.sum()),
                  "per_class": {cfg.classes[c]: int((test.labels == c).sum()) for c in (0, 1)}},

@@ -193,10 +193,12 @@ def _bias_study(args: argparse.Namespace) -> int:
     from mmcam.bias import FILES, StudyConfig, run_study
 
     given = {k: getattr(args, k) for k in ("n_train", "n_test", "steps", "cue_rate", "cue_size")}
-    cfg = StudyConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    cfg = StudyConfig(seed=args.seed, model=args.model,
+                      **{k: v for k, v in given.items() if v is not None})
     result = run_study(args.out, cfg)
     for name, m in result["models"].items():
-        g = m["gradcam"]["margin"]["predicted_class"]
+        score = list(m["gradcam"])[-1]  # the margin: y_c - y_other
+        g = m["gradcam"][score]["predicted_class"]
         print(f"{name:>8s}: test accuracy {m['accuracy']:.4f}; Grad-CAM of the predicted "
               f"class's margin: share in the cue box + 8 px {g['cue_near']['share']}, "
               f"in the object {g['object']['share']}")
@@ -480,9 +482,13 @@ def _add_model_commands(sub: Any) -> None:
     c.set_defaults(func=_evaluate)
 
     c = sub.add_parser("bias-study",
-                       help="the paper's bias experiment: a classifier trained with a "
-                       "spurious cue vs one trained without, and where Grad-CAM looks")
+                       help="the paper's bias experiment: a classifier (or a captioner) "
+                       "trained with a spurious cue vs one trained without, and where "
+                       "Grad-CAM looks")
     c.add_argument("--out", required=True)
+    c.add_argument("--model", choices=("classifier", "captioner"), default="classifier",
+                   help="the model trained twice (default classifier; captioner: the shape "
+                   "word of its captions)")
     c.add_argument("--seed", type=_seed, default=0)
     c.add_argument("--n-train", type=int, default=None, help="training scenes (default 4000)")
     c.add_argument("--n-test", type=int, default=None,

@@ -1,0 +1,165 @@
+"""The bias study with a captioner: ``run_study(out, StudyConfig(model="captioner"))``.
+
+The scenes, the cue, the biased and balanced training sets, the unbiased test set and the
+map measures are those of :mod:`mmcam.bias`; only the model differs.
+
+Model
+    The shipped captioner's architecture and recipe (:mod:`mmcam.models.train`: conv
+    encoder, LSTM decoder with soft attention, AdamW, batch 32 images x 1 caption), trained
+    for ``cfg.steps`` steps on the scenes' captions that name the large object as
+    ``"large {color} {shape}"`` (the world's captions that name no shape, such as "one large
+    shape", are left out, so every training caption says the large object's shape). The
+    vocabulary comes from those captions; both models get the same one and the same initial
+    weights.
+
+Prediction
+    With ``"a large {color}"`` teacher-forced (the large object's true color), the class whose
+    word has the larger logit at the next position: the decision the classifier makes, read
+    from the caption model (:func:`shape_logits`). Also reported: what the greedy caption says
+    after ``"large"`` (:func:`greedy_figures`): the right shape, the other class, another
+    shape, or no shape word.
+
+Maps
+    Grad-CAM (``cfg.method``) at the captioner's default layer (``encoder.14``, 16x16,
+    receptive-field aligned) of the shape word in ``"a large {color} {class}"`` for the
+    predicted and the true class, two scores: ``"logprob"``, ``log p(word)`` (the paper's
+    score for captions), and ``"versus"`` the other class's word, ``y_w - y_other`` (the
+    logit margin at that position, the classifier study's "margin").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mmcam.bias import Probe, SceneSet, StudyConfig, fit_model
+from mmcam.caption import CaptionExplainer
+from mmcam.models import encoder
+from mmcam.models import train as trainer
+from mmcam.models.hub import wrap
+from mmcam.models.text import Vocab
+from mmcam.scenes import COLORS, SHAPES
+
+PREFIX = "a large {color}"
+SHAPE_WORD = 3  # the shape word's index in "a large {color} {shape}"
+GREEDY = ("right", "other_class", "other_shape", "unnamed")
+
+
+def train_captioner(images: torch.Tensor, scenes: SceneSet, cfg: StudyConfig, name: str,
+                    progress: bool = False
+                    ) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """The shipped captioner's architecture and recipe on uint8 ``images`` and the scenes'
+    captions that name the large object; returns (model in eval mode, config, facts)."""
+    vocab = Vocab.build(c for caps in scenes.captions for c in caps)
+    config = trainer._config("captioner", vocab, trainer.DEFAULTS["captioner"])
+    config["task"] = ("captions of one-large-object scenes that name the large object "
+                      f"({cfg.classes[0]} or {cfg.classes[1]})")
+    return fit_model("captioner", config, images, scenes.captions, cfg, name, progress)
+
+
+def _prefix_ids(vocab: Vocab, colors: list[str]) -> torch.Tensor:
+    """(n, 4) decoder inputs ``<bos> a large {color}``."""
+    return torch.tensor([[vocab.bos] + vocab.encode(PREFIX.format(color=c))[0] for c in colors])
+
+
+@torch.no_grad()
+def shape_logits(model: torch.nn.Module, config: dict[str, Any], images: torch.Tensor,
+                 colors: list[str], cfg: StudyConfig, batch: int = 128) -> torch.Tensor:
+    """(n, 2): the logits of the two classes' words after ``"a large {color}"``."""
+    vocab = Vocab(config["vocab"])
+    words = [vocab.stoi[c] for c in cfg.classes]
+    inputs = _prefix_ids(vocab, colors)
+    out = []
+    for i in range(0, len(images), batch):
+        feats = model.encoder(encoder.pixels_from_uint8(images[i:i + batch]))
+        logits, _ = model.decode(feats, inputs[i:i + batch])
+        out.append(logits[:, -1, words])
+    return torch.cat(out)
+
+
+def large_shape_word(words: list[str]) -> str | None:
+    """The shape a caption gives the large object: the first word after ``"large"`` and its
+    color words if it is a shape, else None (also when there is no ``"large"``)."""
+    if "large" not in words:
+        return None
+    i = words.index("large") + 1
+    while i < len(words) and words[i] in COLORS:
+        i += 1
+    return words[i] if i < len(words) and words[i] in SHAPES else None
+
+
+@torch.no_grad()
+def greedy_figures(model: torch.nn.Module, config: dict[str, Any], images: torch.Tensor,
+                   cue: torch.Tensor, scenes: SceneSet, cfg: StudyConfig, progress: bool
+                   ) -> dict[str, Any]:
+    """What the greedy caption calls the large object, as shares of :data:`GREEDY` for the
+    test images with and without the cue, and the first captions of each (class, cue)."""
+    adapter = wrap(model, config)
+    counts = {has: dict.fromkeys(GREEDY, 0) for has in (True, False)}
+    examples: dict[str, list[str]] = {}
+    for i in tqdm(range(len(images)), desc="greedy captions", disable=not progress):
+        feats = model.encoder(encoder.pixels_from_uint8(images[i:i + 1]))
+        words = adapter.words(adapter.generate(feats)[0])
+        said, true = large_shape_word(words), cfg.classes[int(scenes.labels[i])]
+        kind = ("unnamed" if said is None else "right" if said == true else
+                "other_class" if said in cfg.classes else "other_shape")
+        has = bool(cue[i])
+        counts[has][kind] += 1
+        group = examples.setdefault(f"{true}, {'cue' if has else 'no cue'}", [])
+        if len(group) < 3:
+            group.append(" ".join(words))
+    shares = {("with_cue" if has else "without_cue"): {
+        k: round(v / max(1, sum(c.values())), 6) for k, v in c.items()}
+        for has, c in counts.items()}
+    return {"greedy": {**shares, "examples": examples}}
+
+
+def _explainers(model: torch.nn.Module, config: dict[str, Any], cfg: StudyConfig
+                ) -> dict[str, Callable[..., torch.Tensor]]:
+    adapter = wrap(model, config)
+    a, b = cfg.classes
+    explainers = {
+        "logprob": CaptionExplainer(adapter, method=cfg.method, score="logprob"),
+        "versus": CaptionExplainer(adapter, method=cfg.method, score="versus",
+                                   versus={a: b, b: a}),
+    }
+
+    def explain(ex: CaptionExplainer) -> Callable[..., torch.Tensor]:
+        def run(images: torch.Tensor, colors: list[str], targets: torch.Tensor) -> torch.Tensor:
+            m, k = targets.shape
+            pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
+            shapes = [[cfg.classes[int(t)] for t in row] for row in targets]
+            results = ex.explain_batch(
+                [pil[i] for i in range(m) for _ in range(k)],
+                [f"{PREFIX.format(color=colors[i])} {s}" for i in range(m) for s in shapes[i]])
+            for r, s in zip(results, (s for row in shapes for s in row)):
+                assert r.words[SHAPE_WORD] == s, (r.words, s)
+            maps = torch.stack([r.maps[SHAPE_WORD] for r in results])
+            return maps.reshape(m, k, *maps.shape[-2:])
+        return run
+
+    return {score: explain(ex) for score, ex in explainers.items()}
+
+
+def greedy_lines(models: dict[str, Any]) -> list[str]:
+    """Markdown: the greedy captions' word for the large object, per model and cue."""
+    lines = ["", "What the greedy caption calls the large object (share of the test images):",
+             "", "| model | test images | right shape | the other class | another shape | "
+             "no shape word |", "|---|---|---|---|---|---|"]
+    for name in ("biased", "balanced"):
+        for part in ("with_cue", "without_cue"):
+            g = models[name]["greedy"][part]
+            lines.append(f"| {name} | {part.replace('_', ' ')} | "
+                         + " | ".join(f"{100 * g[k]:.1f}%" for k in GREEDY) + " |")
+    return lines
+
+
+CAPTIONER = Probe(train=train_captioner, predict=shape_logits, explainers=_explainers,
+                  extra=greedy_figures)
+
+__all__ = ["CAPTIONER", "greedy_figures", "large_shape_word", "shape_logits",
+           "train_captioner"]
