@@ -144,9 +144,9 @@ class StudyConfig:
 class SceneSet:
     """Scenes of the binary task: uint8 ``images`` (n,3,128,128) without the cue, ``labels``
     (n,) in {0, 1}, the large objects' visible ``masks`` (n,128,128) (None if not kept), the
-    scenes' ``indices`` in the ``one_large`` stream of ``seed``, the large objects' ``colors``
-    and each scene's ``captions`` that name the large object ("... large {color} {shape}
-    ...")."""
+    scenes' ``indices`` in the ``one_large`` stream of ``seed``, the large objects' ``colors``,
+    each scene's ``captions`` that name the large object ("... large {color} {shape} ...")
+    and its ``small`` objects as (color, shape)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -156,6 +156,7 @@ class SceneSet:
     rendered: int = 0  # scenes drawn from the stream to fill both classes
     colors: list[str] = field(default_factory=list)
     captions: list[list[str]] = field(default_factory=list)
+    small: list[list[tuple[str, str]]] = field(default_factory=list)
 
 
 def binary_scenes(
@@ -165,7 +166,7 @@ def binary_scenes(
     """The first ``n/2`` scenes of each class (large object's shape) of the ``one_large``
     stream of ``seed``, in stream order."""
     want = n // 2
-    images, labels, masks, indices, colors, captions = [], [], [], [], [], []
+    images, labels, masks, indices, colors, captions, small = [], [], [], [], [], [], []
     count = [0, 0]
     start, chunk = 0, 64
     bar = tqdm(total=n, desc=f"render {n} scenes (seed {seed})", disable=not progress)
@@ -184,6 +185,7 @@ def binary_scenes(
             colors.append(large.color)
             named = f"large {large.color} {large.shape}"
             captions.append([t for t in s.captions if named in t])
+            small.append([(o.color, o.shape) for o in s.objects if o.size == "small"])
             if keep_masks:
                 masks.append(torch.from_numpy(large.mask.copy()))
             bar.update(1)
@@ -198,6 +200,7 @@ def binary_scenes(
         rendered=start,
         colors=colors,
         captions=captions,
+        small=small,
     )
 
 
@@ -443,8 +446,13 @@ def evaluate(probe: Probe, model: torch.nn.Module, config: dict[str, Any], test:
             maps.append(explain(with_cue[idx], [test.colors[j] for j in idx.tolist()],
                                 targets[i:i + chunk]))
         maps_t = torch.cat(maps)  # (m, 2, H, W): predicted, true class
-        out["gradcam"][score] = {"predicted_class": map_shares(maps_t[:, 0], cue_mask, obj),
-                                 "true_class": map_shares(maps_t[:, 1], cue_mask, obj)}
+        labels = test.labels[sel]
+        out["gradcam"][score] = {
+            "predicted_class": map_shares(maps_t[:, 0], cue_mask, obj),
+            "true_class": map_shares(maps_t[:, 1], cue_mask, obj),
+            "predicted_class_by_true_class": {
+                cfg.classes[c]: map_shares(maps_t[labels == c, 0], cue_mask, obj[labels == c])
+                for c in (0, 1)}}
         shown[score] = maps_t[:, 0]
     return out, pred, shown
 
@@ -508,11 +516,16 @@ def _fmt(x: float | None, pct: bool = False) -> str:
     return f"{100 * x:.1f}%" if pct else f"{x:.2f}"
 
 
+def cfg_class(settings: dict[str, Any]) -> str:
+    """The name of the class the biased training set gives the cue."""
+    return settings["classes"][settings["cue_class"]]
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The README tables of a study result."""
     s = result["settings"]
     a, b = s["classes"]
-    cue_cls = s["classes"][s["cue_class"]]
+    cue_cls = cfg_class(s)
     models = result["models"]
     scores = list(models["biased"]["gradcam"])
     caption = s.get("model") == "captioner"
@@ -566,8 +579,20 @@ def markdown(result: dict[str, Any]) -> str:
                          for k in ("cue", "cue_near", "object", "object_near")]
                 lines.append(f"| {name} | {SCORE_TEXT[score]} | {target.replace('_', ' ')} | "
                              + " | ".join(cells) + " |")
-    g = next((g for sc in scores for g in models["biased"]["gradcam"][sc].values()
-              if g["object"]["area_share"] is not None),
+    lines += ["", "The predicted class's maps by the image's true class (with the cue, a "
+              f"{cfg_class(s)} image is the cue's class; the others are where a biased model "
+              "is wrong):", "",
+              f"| model | score | true class | n | cue box + {near} px | object |",
+              "|---|---|---|---|---|---|"]
+    for name in ("biased", "balanced"):
+        for score in scores:
+            for cls, g in models[name]["gradcam"][score]["predicted_class_by_true_class"].items():
+                cells = [f"{_fmt(g[k]['share'], True)} ({_fmt(g[k]['energy_ratio'])})"
+                         for k in ("cue_near", "object")]
+                lines.append(f"| {name} | {SCORE_TEXT[score]} | {cls} | {g['n']} | "
+                             + " | ".join(cells) + " |")
+    g = next((g for sc in scores for t in ("predicted_class", "true_class")
+              if (g := models["biased"]["gradcam"][sc][t])["object"]["area_share"] is not None),
              models["biased"]["gradcam"][scores[0]]["predicted_class"])
     zeros = ", ".join(f"{n} {SCORE_TEXT[sc]} {t.split('_')[0]}: "
                       f"{models[n]['gradcam'][sc][t]['zero_maps']}"

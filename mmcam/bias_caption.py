@@ -81,15 +81,36 @@ def shape_logits(model: torch.nn.Module, config: dict[str, Any], images: torch.T
     return torch.cat(out)
 
 
+def _named_after(words: list[str], i: int) -> tuple[str | None, str | None]:
+    """(last color, shape) of the words after index ``i``: color words, then a shape word
+    (None where missing)."""
+    color = None
+    i += 1
+    while i < len(words) and words[i] in COLORS:
+        color, i = words[i], i + 1
+    return color, (words[i] if i < len(words) and words[i] in SHAPES else None)
+
+
 def large_shape_word(words: list[str]) -> str | None:
     """The shape a caption gives the large object: the first word after ``"large"`` and its
     color words if it is a shape, else None (also when there is no ``"large"``)."""
-    if "large" not in words:
-        return None
-    i = words.index("large") + 1
-    while i < len(words) and words[i] in COLORS:
-        i += 1
-    return words[i] if i < len(words) and words[i] in SHAPES else None
+    return _named_after(words, words.index("large"))[1] if "large" in words else None
+
+
+def small_mentions(words: list[str], small: list[tuple[str, str]], classes: tuple[str, str]
+                   ) -> list[bool]:
+    """For each ``"small {color} {shape}"`` of a caption whose color is that of exactly one
+    small object of the scene (``small``: (color, shape) pairs), and that object's shape is
+    one of ``classes``: whether the caption's shape word is the object's shape."""
+    out = []
+    for i, w in enumerate(words):
+        if w != "small":
+            continue
+        color, shape = _named_after(words, i)
+        same = [sh for c, sh in small if c == color]
+        if shape is not None and len(same) == 1 and same[0] in classes:
+            out.append(shape == same[0])
+    return out
 
 
 @torch.no_grad()
@@ -97,9 +118,11 @@ def greedy_figures(model: torch.nn.Module, config: dict[str, Any], images: torch
                    cue: torch.Tensor, scenes: SceneSet, cfg: StudyConfig, progress: bool
                    ) -> dict[str, Any]:
     """What the greedy caption calls the large object, as shares of :data:`GREEDY` for the
-    test images with and without the cue, and the first captions of each (class, cue)."""
+    test images with and without the cue; how often it names small circles and squares right
+    (:func:`small_mentions`); the first captions of each (class, cue)."""
     adapter = wrap(model, config)
     counts = {has: dict.fromkeys(GREEDY, 0) for has in (True, False)}
+    smalls: dict[bool, list[bool]] = {True: [], False: []}
     examples: dict[str, list[str]] = {}
     for i in tqdm(range(len(images)), desc="greedy captions", disable=not progress):
         feats = model.encoder(encoder.pixels_from_uint8(images[i:i + 1]))
@@ -109,13 +132,17 @@ def greedy_figures(model: torch.nn.Module, config: dict[str, Any], images: torch
                 "other_class" if said in cfg.classes else "other_shape")
         has = bool(cue[i])
         counts[has][kind] += 1
+        smalls[has] += small_mentions(words, scenes.small[i], cfg.classes)
         group = examples.setdefault(f"{true}, {'cue' if has else 'no cue'}", [])
         if len(group) < 3:
             group.append(" ".join(words))
     shares = {("with_cue" if has else "without_cue"): {
         k: round(v / max(1, sum(c.values())), 6) for k, v in c.items()}
         for has, c in counts.items()}
-    return {"greedy": {**shares, "examples": examples}}
+    small = {("with_cue" if has else "without_cue"): {
+        "n": len(v), "right": round(sum(v) / len(v), 6) if v else None}
+        for has, v in smalls.items()}
+    return {"greedy": {**shares, "small_named_right": small, "examples": examples}}
 
 
 def _explainers(model: torch.nn.Module, config: dict[str, Any], cfg: StudyConfig
@@ -146,15 +173,20 @@ def _explainers(model: torch.nn.Module, config: dict[str, Any], cfg: StudyConfig
 
 
 def greedy_lines(models: dict[str, Any]) -> list[str]:
-    """Markdown: the greedy captions' word for the large object, per model and cue."""
+    """Markdown: the greedy captions' word for the large object, per model and cue, and how
+    often they name small circles and squares right."""
     lines = ["", "What the greedy caption calls the large object (share of the test images):",
              "", "| model | test images | right shape | the other class | another shape | "
-             "no shape word |", "|---|---|---|---|---|---|"]
+             "no shape word | small circles and squares named right (mentions) |",
+             "|---|---|---|---|---|---|---|"]
     for name in ("biased", "balanced"):
         for part in ("with_cue", "without_cue"):
             g = models[name]["greedy"][part]
+            small = models[name]["greedy"]["small_named_right"][part]
+            right = "n/a" if small["right"] is None else f"{100 * small['right']:.1f}%"
             lines.append(f"| {name} | {part.replace('_', ' ')} | "
-                         + " | ".join(f"{100 * g[k]:.1f}%" for k in GREEDY) + " |")
+                         + " | ".join(f"{100 * g[k]:.1f}%" for k in GREEDY)
+                         + f" | {right} ({small['n']}) |")
     return lines
 
 
@@ -162,4 +194,4 @@ CAPTIONER = Probe(train=train_captioner, predict=shape_logits, explainers=_expla
                   extra=greedy_figures)
 
 __all__ = ["CAPTIONER", "greedy_figures", "large_shape_word", "shape_logits",
-           "train_captioner"]
+           "small_mentions", "train_captioner"]

@@ -166,6 +166,15 @@ def test_command_writes_the_three_files(cli_run) -> None:
                 assert set(g) == {"cue", "cue_near", "object", "object_near", "zero_maps", "n"}
                 assert set(g["cue"]) == {"share", "energy_ratio", "area_share"}
                 assert g["n"] == 8
+            # the predicted class's maps split by true class add up to the whole
+            whole = m["gradcam"][score]["predicted_class"]
+            parts = m["gradcam"][score]["predicted_class_by_true_class"].values()
+            kept = [(p["n"] - p["zero_maps"], p) for p in parts]
+            assert sum(p["n"] for p in parts) == 8
+            if whole["zero_maps"] < 8:
+                for k in ("cue_near", "object"):
+                    mean = sum(w * p[k]["share"] for w, p in kept if w) / sum(w for w, _ in kept)
+                    assert whole[k]["share"] == pytest.approx(mean, abs=2e-6)
                 if g["zero_maps"] < 8:
                     assert g["cue"]["area_share"] == pytest.approx(64 / 128**2, abs=1e-6)
                     assert g["cue_near"]["area_share"] == pytest.approx(400 / 128**2, abs=1e-6)

@@ -19,6 +19,7 @@ from mmcam.bias_caption import (
     CAPTIONER,
     GREEDY,
     large_shape_word,
+    small_mentions,
     shape_logits,
     train_captioner,
 )
@@ -57,6 +58,7 @@ def test_captions_name_the_large_object(scenes) -> None:
                 if f"large {large.color} {large.shape}" in c]
         assert scenes.captions[i] == want and len(want) >= 1
         assert all("large" in c for c in want)
+        assert scenes.small[i] == [(o.color, o.shape) for o in s.objects if o.size == "small"]
         left_out = [c for c in s.captions if c not in want]
         assert all(large.shape not in c.split() or "large" not in c for c in left_out)
 
@@ -71,6 +73,26 @@ def test_captions_name_the_large_object(scenes) -> None:
 ])
 def test_large_shape_word(words, want) -> None:
     assert large_shape_word(words.split()) == want
+
+
+SMALL = [("red", "circle"), ("blue", "square"), ("green", "star"), ("green", "circle")]
+
+
+@pytest.mark.parametrize("caption, want", [
+    ("a large red square and a small red circle", [True]),
+    ("a small red square to the left of a large blue circle", [False]),
+    ("a small blue square , a small red circle and a large red circle", [True, True]),
+    ("a large red circle and a small green circle", []),  # two small green objects
+    ("a small yellow circle", []),  # no small yellow object
+    ("a small red star", [False]),  # named wrongly as a third shape
+    ("a small blue", []),  # no shape word
+    ("a large red circle", []),
+])
+def test_small_mentions(caption, want) -> None:
+    assert small_mentions(caption.split(), SMALL, ("circle", "square")) == want
+    # a small object of another shape is not counted
+    assert small_mentions("a small green star".split(), [("green", "star")],
+                          ("circle", "square")) == []
 
 
 def test_shape_logits_are_the_teacher_forced_logits(scenes, trained) -> None:
@@ -138,6 +160,12 @@ def test_command_writes_the_captioner_study(tmp_path) -> None:
     for name in ("biased", "balanced"):
         m = data["models"][name]
         assert set(m["gradcam"]) == {"logprob", "versus"}
+        for score in ("logprob", "versus"):
+            by = m["gradcam"][score]["predicted_class_by_true_class"]
+            assert set(by) == {"circle", "square"}
+            assert by["circle"]["n"] + by["square"]["n"] == 8
+        small = m["greedy"]["small_named_right"]
+        assert set(small) == {"with_cue", "without_cue"}
         for part in ("with_cue", "without_cue"):
             g = m["greedy"][part]
             assert set(g) == set(GREEDY) and sum(g.values()) == pytest.approx(1, abs=1e-5)
