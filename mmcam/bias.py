@@ -34,6 +34,9 @@ Models
     -> global average pooling -> linear, AdamW, warm-up and cosine decay, batch 32, lr 2e-3),
     with two outputs. Both models start from the same weights (torch seed ``seed``) and see the
     same batch indices; they differ only in the cue pixels of their training images.
+    ``model="captioner"`` trains the shipped captioner's architecture instead, on the scenes'
+    captions that name the large object, and reads its word for the large object's shape
+    (:mod:`mmcam.bias_caption`); everything else is the same.
 
 Measured
     - accuracy on the unbiased test set, and by group (class x cue present);
