@@ -19,8 +19,8 @@ from mmcam.bias_caption import (
     CAPTIONER,
     GREEDY,
     large_shape_word,
-    small_mentions,
     shape_logits,
+    small_mentions,
     train_captioner,
 )
 from mmcam.caption import CaptionExplainer
