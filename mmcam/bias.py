@@ -684,5 +684,5 @@ def _run(out: Path, cfg: StudyConfig, progress: bool) -> dict[str, Any]:
     return result
 
 
-__all__ = ["StudyConfig", "SceneSet", "assign_cue", "binary_scenes", "run_study", "stamp_cue"
-           ]
+__all__ = ["MODELS", "Probe", "SceneSet", "StudyConfig", "assign_cue", "binary_scenes",
+           "fit_model", "probe_of", "run_study", "stamp_cue"]
