@@ -450,12 +450,16 @@ def evaluate(probe: Probe, model: torch.nn.Module, config: dict[str, Any], test:
                                 targets[i:i + chunk]))
         maps_t = torch.cat(maps)  # (m, 2, H, W): predicted, true class
         labels = test.labels[sel]
+        right = pred[sel] == labels
         out["gradcam"][score] = {
             "predicted_class": map_shares(maps_t[:, 0], cue_mask, obj),
             "true_class": map_shares(maps_t[:, 1], cue_mask, obj),
             "predicted_class_by_true_class": {
                 cfg.classes[c]: map_shares(maps_t[labels == c, 0], cue_mask, obj[labels == c])
-                for c in (0, 1)}}
+                for c in (0, 1)},
+            "predicted_class_by_outcome": {
+                name: map_shares(maps_t[right == ok, 0], cue_mask, obj[right == ok])
+                for name, ok in (("right", True), ("wrong", False))}}
         shown[score] = maps_t[:, 0]
     return out, pred, shown
 
@@ -584,12 +588,16 @@ def markdown(result: dict[str, Any]) -> str:
                              + " | ".join(cells) + " |")
     lines += ["", "The predicted class's maps by the image's true class (with the cue, a "
               f"{cfg_class(s)} image is the cue's class; the others are where a biased model "
-              "is wrong):", "",
+              "is wrong), and by whether the prediction is right:", "",
               f"| model | score | true class | n | cue box + {near} px | object |",
               "|---|---|---|---|---|---|"]
     for name in ("biased", "balanced"):
         for score in scores:
-            for cls, g in models[name]["gradcam"][score]["predicted_class_by_true_class"].items():
+            gc = models[name]["gradcam"][score]
+            split = {**gc["predicted_class_by_true_class"],
+                     **{f"any ({k} prediction)": v
+                        for k, v in gc.get("predicted_class_by_outcome", {}).items()}}
+            for cls, g in split.items():
                 cells = [f"{_fmt(g[k]['share'], True)} ({_fmt(g[k]['energy_ratio'])})"
                          for k in ("cue_near", "object")]
                 lines.append(f"| {name} | {SCORE_TEXT[score]} | {cls} | {g['n']} | "
@@ -672,7 +680,11 @@ def _run(out: Path, cfg: StudyConfig, progress: bool) -> dict[str, Any]:
         "command": "mmcam bias-study "
                    + ("--model captioner " if cfg.model == "captioner" else "")
                    + f"--out OUT --seed {cfg.seed} --n-train {cfg.n_train} "
-                   f"--n-test {cfg.n_test} --steps {cfg.steps}",
+                   f"--n-test {cfg.n_test} --steps {cfg.steps}"
+                   + (f" --cue-rate {cfg.cue_rate}" if cfg.cue_rate != StudyConfig.cue_rate
+                      else "")
+                   + (f" --cue-size {cfg.cue_size}" if cfg.cue_size != StudyConfig.cue_size
+                      else ""),
         "test": {"n": cfg.n_test, "with_cue": int(test_cue.sum()),
                  "per_class": {cfg.classes[c]: int((test.labels == c).sum()) for c in (0, 1)}},
         "models": models,

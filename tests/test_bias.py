@@ -166,20 +166,27 @@ def test_command_writes_the_three_files(cli_run) -> None:
                 assert set(g) == {"cue", "cue_near", "object", "object_near", "zero_maps", "n"}
                 assert set(g["cue"]) == {"share", "energy_ratio", "area_share"}
                 assert g["n"] == 8
-            # the predicted class's maps split by true class add up to the whole
-            whole = m["gradcam"][score]["predicted_class"]
-            parts = m["gradcam"][score]["predicted_class_by_true_class"].values()
-            kept = [(p["n"] - p["zero_maps"], p) for p in parts]
-            assert sum(p["n"] for p in parts) == 8
-            if whole["zero_maps"] < 8:
-                for k in ("cue_near", "object"):
-                    mean = sum(w * p[k]["share"] for w, p in kept if w) / sum(w for w, _ in kept)
-                    assert whole[k]["share"] == pytest.approx(mean, abs=2e-6)
                 if g["zero_maps"] < 8:
                     assert g["cue"]["area_share"] == pytest.approx(64 / 128**2, abs=1e-6)
                     assert g["cue_near"]["area_share"] == pytest.approx(400 / 128**2, abs=1e-6)
                     # the cue box and the object mask are disjoint: shares add up to <= 1
                     assert g["cue"]["share"] + g["object"]["share"] <= 1 + 1e-6
+            # the predicted class's maps split by true class, and by right and wrong
+            # prediction, add up to the whole
+            whole = m["gradcam"][score]["predicted_class"]
+            for split in ("predicted_class_by_true_class", "predicted_class_by_outcome"):
+                parts = m["gradcam"][score][split].values()
+                kept = [(p["n"] - p["zero_maps"], p) for p in parts]
+                assert sum(p["n"] for p in parts) == 8
+                if whole["zero_maps"] < 8:
+                    for k in ("cue_near", "object"):
+                        mean = sum(w * p[k]["share"] for w, p in kept if w) / sum(
+                            w for w, _ in kept)
+                        assert whole[k]["share"] == pytest.approx(mean, abs=2e-6)
+            # the right/wrong counts follow the cue images' accuracy (4 per group)
+            right_n = m["gradcam"][score]["predicted_class_by_outcome"]["right"]["n"]
+            cue_groups = [g for k, g in m["groups"].items() if k.endswith(", cue")]
+            assert right_n == round(sum(4 * g["accuracy"] for g in cue_groups))
     md = (cli_run / "bias_study.md").read_text()
     assert "| biased |" in md and "| balanced |" in md and "bias_study.png" in md
     acc = f"{100 * data['models']['biased']['accuracy']:.1f}%"

@@ -188,6 +188,15 @@ def test_command_writes_the_captioner_study(tmp_path) -> None:
                           np.asarray(Image.open(tmp_path / "again" / "bias_study.png")))
 
 
+def test_command_names_every_setting_that_differs_from_the_defaults(tmp_path) -> None:
+    data = bias.run_study(tmp_path, StudyConfig(seed=3, n_train=16, n_test=16, steps=2,
+                                                cue_rate=0.5, cue_size=6), progress=False)
+    assert data["command"] == ("mmcam bias-study --out OUT --seed 3 --n-train 16 --n-test 16 "
+                               "--steps 2 --cue-rate 0.5 --cue-size 6")
+    s = data["settings"]
+    assert (s["cue_rate"], s["cue_size"]) == (0.5, 6)
+
+
 def test_unknown_model_is_refused(tmp_path, capsys) -> None:
     with pytest.raises(bias.MMCamError, match="model must be one of"):
         StudyConfig(model="vqa").check()
