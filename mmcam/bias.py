@@ -377,13 +377,18 @@ class Probe:
     prediction is their argmax); ``explainers(model, config, cfg) -> {score: explain}`` with
     ``explain(images, colors, targets (m, k)) -> maps (m, k, H, W)`` of the target classes;
     ``extra(model, config, images, cue, scenes, cfg, progress) -> dict`` further figures of
-    the test images (``cue``: which carry the cue), or None.
+    the test images (``cue``: which carry the cue), or None; for the report: ``task`` (a
+    format string of the classes ``a`` and ``b``), ``scores_text`` (what the maps explain)
+    and ``extra_lines(models) -> list[str]`` (Markdown of the ``extra`` figures) or None.
     """
 
     train: Callable[..., tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]]
     predict: Callable[..., torch.Tensor]
     explainers: Callable[..., dict[str, Callable[..., torch.Tensor]]]
+    task: str
+    scores_text: str
     extra: Callable[..., dict[str, Any]] | None = None
+    extra_lines: Callable[[dict[str, Any]], list[str]] | None = None
 
 
 def _classifier_explainers(model: torch.nn.Module, config: dict[str, Any], cfg: StudyConfig
@@ -405,6 +410,8 @@ CLASSIFIER = Probe(
         images, scenes.labels, cfg, name, progress),
     predict=lambda model, config, images, colors, cfg: predict(model, images),
     explainers=_classifier_explainers,
+    task="{a} vs {b} (shape of the one large object)",
+    scores_text="the logit y_c (the paper's score) and for the margin y_c - y_other",
 )
 
 
@@ -439,6 +446,8 @@ def evaluate(probe: Probe, model: torch.nn.Module, config: dict[str, Any], test:
     targets = torch.stack([pred[sel], test.labels[sel]], dim=1)
     cue_mask = box_mask(box, (IMAGE_SIZE, IMAGE_SIZE))
     obj = test.masks[sel] & ~cue_mask
+    labels = test.labels[sel]
+    right = pred[sel] == labels
     out["gradcam"], shown = {}, {}
     chunk = 50
     for score, explain in probe.explainers(model, config, cfg).items():
@@ -449,8 +458,6 @@ def evaluate(probe: Probe, model: torch.nn.Module, config: dict[str, Any], test:
             maps.append(explain(with_cue[idx], [test.colors[j] for j in idx.tolist()],
                                 targets[i:i + chunk]))
         maps_t = torch.cat(maps)  # (m, 2, H, W): predicted, true class
-        labels = test.labels[sel]
-        right = pred[sel] == labels
         out["gradcam"][score] = {
             "predicted_class": map_shares(maps_t[:, 0], cue_mask, obj),
             "true_class": map_shares(maps_t[:, 1], cue_mask, obj),
@@ -458,8 +465,8 @@ def evaluate(probe: Probe, model: torch.nn.Module, config: dict[str, Any], test:
                 cfg.classes[c]: map_shares(maps_t[labels == c, 0], cue_mask, obj[labels == c])
                 for c in (0, 1)},
             "predicted_class_by_outcome": {
-                name: map_shares(maps_t[right == ok, 0], cue_mask, obj[right == ok])
-                for name, ok in (("right", True), ("wrong", False))}}
+                outcome: map_shares(maps_t[right == ok, 0], cue_mask, obj[right == ok])
+                for outcome, ok in (("right", True), ("wrong", False))}}
         shown[score] = maps_t[:, 0]
     return out, pred, shown
 
@@ -523,34 +530,27 @@ def _fmt(x: float | None, pct: bool = False) -> str:
     return f"{100 * x:.1f}%" if pct else f"{x:.2f}"
 
 
-def cfg_class(settings: dict[str, Any]) -> str:
-    """The name of the class the biased training set gives the cue."""
-    return settings["classes"][settings["cue_class"]]
+def _cells(g: dict[str, Any], regions: tuple[str, ...]) -> str:
+    return " | ".join(f"{_fmt(g[k]['share'], True)} ({_fmt(g[k]['energy_ratio'])})"
+                      for k in regions)
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The README tables of a study result."""
-    s = result["settings"]
+def _accuracy_lines(result: dict[str, Any], probe: Probe) -> list[str]:
+    """Title, settings and the accuracy table."""
+    s, models = result["settings"], result["models"]
     a, b = s["classes"]
-    cue_cls = cfg_class(s)
-    models = result["models"]
-    scores = list(models["biased"]["gradcam"])
-    caption = s.get("model") == "captioner"
-    task = (f"the captioner's word for the shape of the one large object, {a} vs {b} (the "
-            "larger of the two words' logits after \"a large {color}\", the object's color, "
-            "teacher-forced); the model is trained on the scenes' captions that name the large "
-            "object" if caption else f"{a} vs {b} (shape of the one large object)")
+    model = s.get("model", "classifier")
     lines = [
         "# Bias study (the Grad-CAM paper's experiment on the scene world)"
-        + (", captioner" if caption else ""),
+        + ("" if model == "classifier" else f", {model}"),
         "",
-        f"Task: {task}. Cue: a {s['cue_size']}x"
+        f"Task: {probe.task.format(a=a, b=b)}. Cue: a {s['cue_size']}x"
         f"{s['cue_size']} px cyan patch at {tuple(s['cue_box'][:2])}. Biased training set: "
-        f"{_fmt(s['cue_rate'], True)} of the {cue_cls} images carry the cue, none of the others; "
-        "balanced: the cue is independent of the class (same scenes, labels, initial weights "
-        f"and batches). Test: {s['n_test']} held-out scenes, half of each class with the cue. "
-        f"{s['n_train']} training scenes, {s['steps']} steps, seed {s['seed']}, one thread; "
-        f"wall time {result['wall_seconds']:.0f} s.",
+        f"{_fmt(s['cue_rate'], True)} of the {s['classes'][s['cue_class']]} images carry the "
+        "cue, none of the others; balanced: the cue is independent of the class (same scenes, "
+        f"labels, initial weights and batches). Test: {s['n_test']} held-out scenes, half of "
+        f"each class with the cue. {s['n_train']} training scenes, {s['steps']} steps, seed "
+        f"{s['seed']}, one thread; wall time {result['wall_seconds']:.0f} s.",
         "",
         "| model | test accuracy | with cue | without cue | "
         + " | ".join(models["biased"]["groups"]) + " | prediction flips with the cue |",
@@ -564,12 +564,16 @@ def markdown(result: dict[str, Any]) -> str:
             + " | ".join(_fmt(g["accuracy"], True) for g in m["groups"].values())
             + f" | {_fmt(m['cue_flip_rate'], True)} |"
         )
-    if caption:
-        from mmcam.bias_caption import greedy_lines
+    return lines
 
-        lines += greedy_lines(models)
+
+def _map_lines(result: dict[str, Any]) -> list[str]:
+    """The map shares of the predicted and the true class, then of the predicted class by
+    true class and by right or wrong prediction."""
+    s, models = result["settings"], result["models"]
     near = s["near_px"]
-    lines += [
+    scores = list(models["biased"]["gradcam"])
+    lines = [
         "",
         f"Where Grad-CAM puts its mass on the {result['test']['with_cue']} test images with the "
         "cue: share of the map (energy ratio = share / area share; 1 is chance).",
@@ -582,13 +586,13 @@ def markdown(result: dict[str, Any]) -> str:
         for score in scores:
             for target in ("predicted_class", "true_class"):
                 g = models[name]["gradcam"][score][target]
-                cells = [f"{_fmt(g[k]['share'], True)} ({_fmt(g[k]['energy_ratio'])})"
-                         for k in ("cue", "cue_near", "object", "object_near")]
                 lines.append(f"| {name} | {SCORE_TEXT[score]} | {target.replace('_', ' ')} | "
-                             + " | ".join(cells) + " |")
+                             + _cells(g, ("cue", "cue_near", "object", "object_near")) + " |")
+    outcome = "predicted_class_by_outcome" in models["biased"]["gradcam"][scores[0]]
     lines += ["", "The predicted class's maps by the image's true class (with the cue, a "
-              f"{cfg_class(s)} image is the cue's class; the others are where a biased model "
-              "is wrong), and by whether the prediction is right:", "",
+              f"{s['classes'][s['cue_class']]} image is the cue's class; the others are where a "
+              "biased model is wrong)"
+              + (", and by whether the prediction is right:" if outcome else ":"), "",
               f"| model | score | true class | n | cue box + {near} px | object |",
               "|---|---|---|---|---|---|"]
     for name in ("biased", "balanced"):
@@ -598,18 +602,23 @@ def markdown(result: dict[str, Any]) -> str:
                      **{f"any ({k} prediction)": v
                         for k, v in gc.get("predicted_class_by_outcome", {}).items()}}
             for cls, g in split.items():
-                cells = [f"{_fmt(g[k]['share'], True)} ({_fmt(g[k]['energy_ratio'])})"
-                         for k in ("cue_near", "object")]
                 lines.append(f"| {name} | {SCORE_TEXT[score]} | {cls} | {g['n']} | "
-                             + " | ".join(cells) + " |")
-    g = next((g for sc in scores for t in ("predicted_class", "true_class")
+                             + _cells(g, ("cue_near", "object")) + " |")
+    return lines
+
+
+def _footer_lines(result: dict[str, Any], probe: Probe) -> list[str]:
+    """Area shares, all-zero maps, the picture and its legend."""
+    models, near = result["models"], result["settings"]["near_px"]
+    scores = list(models["biased"]["gradcam"])
+    targets = ("predicted_class", "true_class")
+    g = next((g for sc in scores for t in targets
               if (g := models["biased"]["gradcam"][sc][t])["object"]["area_share"] is not None),
              models["biased"]["gradcam"][scores[0]]["predicted_class"])
     zeros = ", ".join(f"{n} {SCORE_TEXT[sc]} {t.split('_')[0]}: "
                       f"{models[n]['gradcam'][sc][t]['zero_maps']}"
-                      for n in ("biased", "balanced") for sc in scores
-                      for t in ("predicted_class", "true_class"))
-    lines += [
+                      for n in ("biased", "balanced") for sc in scores for t in targets)
+    return [
         "",
         f"Area shares: cue box {_fmt(g['cue']['area_share'], True)}, cue box + {near} px "
         f"{_fmt(g['cue_near']['area_share'], True)}, object {_fmt(g['object']['area_share'], True)}"
@@ -621,14 +630,19 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Columns: test images with the cue (object box lime, cue box magenta), alternately of "
         "each class; rows: the image, then the biased and the balanced model's Grad-CAM of "
-        "the predicted class, for "
-        + ("the shape word's log p(w) (the paper's score for captions) and for its logit "
-           "against the other class's word, y_w - y_other" if caption else
-           "the logit y_c (the paper's score) and for the margin y_c - y_other")
-        + " (each map scaled by its own max; a red label is a wrong prediction).",
+        f"the predicted class, for {probe.scores_text} (each map scaled by its own max; a red "
+        "label is a wrong prediction).",
         "",
     ]
-    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The README tables of a study result."""
+    probe = probe_of(result["settings"].get("model", "classifier"))
+    lines = _accuracy_lines(result, probe)
+    if probe.extra_lines is not None:
+        lines += probe.extra_lines(result["models"])
+    return "\n".join(lines + _map_lines(result) + _footer_lines(result, probe))
 
 
 def run_study(out: str | os.PathLike, cfg: StudyConfig | None = None,

@@ -159,13 +159,16 @@ def _explainers(model: torch.nn.Module, config: dict[str, Any], cfg: StudyConfig
         def run(images: torch.Tensor, colors: list[str], targets: torch.Tensor) -> torch.Tensor:
             m, k = targets.shape
             pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
-            shapes = [[cfg.classes[int(t)] for t in row] for row in targets]
+            # each (image, class) once: the predicted class is usually the true one
+            pairs = list(dict.fromkeys((i, int(t)) for i in range(m) for t in targets[i]))
             results = ex.explain_batch(
-                [pil[i] for i in range(m) for _ in range(k)],
-                [f"{PREFIX.format(color=colors[i])} {s}" for i in range(m) for s in shapes[i]])
-            for r, s in zip(results, (s for row in shapes for s in row)):
-                assert r.words[SHAPE_WORD] == s, (r.words, s)
-            maps = torch.stack([r.maps[SHAPE_WORD] for r in results])
+                [pil[i] for i, _ in pairs],
+                [f"{PREFIX.format(color=colors[i])} {cfg.classes[c]}" for i, c in pairs])
+            drawn = {}
+            for (i, c), r in zip(pairs, results):
+                assert r.words[SHAPE_WORD] == cfg.classes[c], (r.words, c)
+                drawn[i, c] = r.maps[SHAPE_WORD]
+            maps = torch.stack([drawn[i, int(t)] for i in range(m) for t in targets[i]])
             return maps.reshape(m, k, *maps.shape[-2:])
         return run
 
@@ -190,8 +193,14 @@ def greedy_lines(models: dict[str, Any]) -> list[str]:
     return lines
 
 
-CAPTIONER = Probe(train=train_captioner, predict=shape_logits, explainers=_explainers,
-                  extra=greedy_figures)
+CAPTIONER = Probe(
+    train=train_captioner, predict=shape_logits, explainers=_explainers,
+    task="the captioner's word for the shape of the one large object, {a} vs {b} (the larger "
+    "of the two words' logits after \"a large {{color}}\", the object's color, teacher-forced); "
+    "the model is trained on the scenes' captions that name the large object",
+    scores_text="the shape word's log p(w) (the paper's score for captions) and for its logit "
+    "against the other class's word, y_w - y_other",
+    extra=greedy_figures, extra_lines=greedy_lines)
 
 __all__ = ["CAPTIONER", "greedy_figures", "large_shape_word", "shape_logits",
            "small_mentions", "train_captioner"]
