@@ -165,13 +165,14 @@ class Session:
         return str(path)
 
     def close(self) -> None:
-        """Let go of every result and remove the temporary folder (the session ended)."""
-        self.caption = self.vqa = self.classes = self.compare = None
-        self.scenes.clear()
-        self.written.clear()
+        """Remove the temporary folder, then let go of every result (the session ended): once
+        the results are gone, so are the files (another thread may be watching for it)."""
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
+        self.written.clear()
+        self.caption = self.vqa = self.classes = self.compare = None
+        self.scenes.clear()
 
 
 def close_session(session: Any) -> None:
