@@ -301,7 +301,8 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                                    fill if i < n_deletion else None, scorer,
                                    1000 * i + qi, full=full)
                 for rec in new:
-                    rec.update(task="vqa", scene=i, correct=answer.lower() == truth.lower())
+                    rec.update(task="vqa", scene=i, answer=answer,
+                               correct=answer.lower() == truth.lower())
                 recs += new
     return recs
 

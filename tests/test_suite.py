@@ -3,7 +3,9 @@ and the ground truth by hand, the report files and the CLI."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,7 +53,10 @@ def test_vqa_records_match_the_explainer_and_the_masks():
         k = next(i for i, t in enumerate(scene.question_types) if t == r["kind"]
                  and scene.question_objects[i])
         q = scene.questions[k][0]
-        m = ex.explain(scene.image, q).map
+        res = ex.explain(scene.image, q)
+        assert r["answer"] == res.answer
+        assert r["correct"] == (res.answer.lower() == scene.questions[k][1].lower())
+        m = res.map
         y, x = divmod(int(torch.argmax(m)), m.shape[1])
         mask = np.zeros_like(scene.objects[0].mask)
         for j in scene.question_objects[k]:
@@ -195,3 +200,23 @@ def test_reducible_methods_keep_the_readers_exact_maps(tmp_path):
         m = cam_of(rec["method"])(src.A[None], src.G[1:2])[0]
         want = ev.energy_ratio(e.geometry.to_image(m[None], None)[0], mask)
         assert rec["energy_mask"] == pytest.approx(want, rel=1e-6)
+
+
+def test_deletion_by_answer_table_splits_by_answer():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "deletion_by_answer.py"
+    spec = importlib.util.spec_from_file_location("deletion_by_answer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = module.table
+
+    def rec(kind, answer, drop, rand, hit=True, correct=True):
+        return {"kind": kind, "answer": answer, "deletion_drop": drop, "random_drop": rand,
+                "hit": hit, "correct": correct}
+    recs = [rec("relation", "no", -1.0, 0.0), rec("relation", "no", 2.0, 1.0, hit=False),
+            rec("relation", "yes", 3.0, 0.5), {"kind": "relation", "answer": "yes"}]
+    t = table(recs)["relation"]
+    assert t["no"] == {"n": 2, "deletion_beats_random": 0.5, "map_drop_mean": 0.5,
+                       "random_drop_mean": 0.5, "map_deletion_raises_score": 0.5,
+                       "pointing": 0.5, "correct": 1.0}
+    assert t["yes"]["n"] == 1 and t["yes"]["deletion_beats_random"] == 1.0
+    assert t["(all)"]["n"] == 3 and t["(all)"]["deletion_beats_random"] == 2 / 3
