@@ -198,6 +198,52 @@ def test_hub_id_not_cached_is_one_clear_line(monkeypatch, tmp_path):
         mmcam.load_model("hf:someone/no-such-captioner")
 
 
+def _no_proxy(monkeypatch):
+    from mmcam.adapters.hf import PROXY_VARS
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for v in PROXY_VARS:
+        monkeypatch.delenv(v, raising=False)
+
+
+def test_unreachable_hub_fails_at_once_with_one_line(monkeypatch, tmp_path):
+    import time
+
+    from huggingface_hub import constants
+
+    _no_proxy(monkeypatch)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:1")  # nothing listens there
+    t0 = time.perf_counter()
+    with pytest.raises(MMCamError, match=r"^someone/no-such-captioner is not in the local cache"
+                       r" and 127\.0\.0\.1 cannot be reached \(.+\): run once online or pass"):
+        mmcam.load_model("hf:someone/no-such-captioner")
+    assert time.perf_counter() - t0 < 10  # huggingface_hub's retries take about 25 s
+
+
+def test_hub_probe_reads_the_endpoint_and_skips_proxies(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from mmcam.adapters.hf import _hub_unreachable
+
+    _no_proxy(monkeypatch)
+    calls = []
+
+    def connect(address, timeout=None):
+        calls.append((address, timeout))
+        raise TimeoutError("timed out")
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.example.org")
+    assert _hub_unreachable() == "hub.example.org cannot be reached (timed out)"
+    monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.example.org:8080/")
+    assert "mirror.example.org" in _hub_unreachable(timeout=0.5)
+    assert calls == [(("hub.example.org", 443), 3.0), (("mirror.example.org", 8080), 0.5)]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.org:3128")
+    assert _hub_unreachable() is None and len(calls) == 2  # behind a proxy: not probed
+
+
 def test_cli_explains_a_saved_hf_folder(tmp_path):
     import subprocess
     import sys

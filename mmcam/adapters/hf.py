@@ -872,6 +872,32 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+              "all_proxy")
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub's host (``HF_ENDPOINT``, default huggingface.co) cannot be reached, or
+    None: one name lookup and one TCP connection, at most ``timeout`` seconds, instead of
+    huggingface_hub's retries (about 25 s before an unreachable hub fails). Not probed (None)
+    behind a proxy, where only the proxy can tell."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in PROXY_VARS):
+        return None
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{host} cannot be reached ({e.strerror or e})"
+    return None
+
+
 CUSTOM_CODE = ("{src} runs Python code shipped with the checkpoint (auto_map in its config): "
                "load it with trust_remote_code=True (command line: --trust-remote-code) only "
                "if you trust where it comes from")
@@ -1130,11 +1156,12 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
     (GIT VQA checkpoints share the captioning class); LLaVA, PaliGemma and Florence-2 give an
     :class:`HFPromptedVLM` for either task (``prompt``: the caption instruction).
 
-    A hub id is read from the local cache first; only when that fails and ``HF_HUB_OFFLINE``
-    is not set is the hub asked. The class comes from the config's ``architectures``. A folder
-    or cached checkpoint that cannot be read (no or damaged ``model.safetensors``, a mistyped
-    ``config.json``, no tokenizer) raises one :class:`MMCamError` naming it; transformers'
-    progress bars are off while local files load (and set back as they were).
+    A hub id is read from the local cache first; only when that fails, ``HF_HUB_OFFLINE`` is
+    not set and the hub's host answers (:func:`_hub_unreachable`) is the hub asked. The
+    class comes from the config's ``architectures``. A folder or cached checkpoint that
+    cannot be read (no or damaged ``model.safetensors``, a mistyped ``config.json``, no
+    tokenizer) raises one :class:`MMCamError` naming it; transformers' progress bars are off
+    while local files load (and set back as they were).
     """
     if task not in (None, "caption", "vqa"):  # before any loading
         raise MMCamError(f"unknown task {task!r}: use caption or vqa")
@@ -1158,6 +1185,10 @@ def load_hf(name_or_path: str | os.PathLike, prompt: str | None = None,
             if _offline():
                 raise MMCamError(f"{src} is not in the local cache: run once online or pass a "
                                  "folder") from None
+            why = _hub_unreachable()
+            if why is not None:
+                raise MMCamError(f"{src} is not in the local cache and {why}: run once online "
+                                 "or pass a folder") from None
             try:
                 return fn(src, **kw)
             except OSError:
