@@ -220,3 +220,20 @@ def test_deletion_by_answer_table_splits_by_answer():
                        "pointing": 0.5, "correct": 1.0}
     assert t["yes"]["n"] == 1 and t["yes"]["deletion_beats_random"] == 1.0
     assert t["(all)"]["n"] == 3 and t["(all)"]["deletion_beats_random"] == 2 / 3
+
+
+def test_pointing_ceiling_reachable_uses_each_cells_peak():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pointing_ceiling.py"
+    spec = importlib.util.spec_from_file_location("pointing_ceiling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cells = torch.zeros(2, 8, 8)
+    cells[0, 1, 1] = 1.0  # cell 0 peaks at (x=1, y=1), cell 1 at (6, 6)
+    cells[1, 6, 6] = 1.0
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[3, 3] = True  # Chebyshev distance 2 from cell 0's peak, 3 from cell 1's
+    assert not module.reachable(cells, mask, slack=1)
+    assert module.reachable(cells, mask, slack=2)
+    mask[:] = False
+    mask[6, 6] = True
+    assert module.reachable(cells, mask, slack=0)
