@@ -112,14 +112,17 @@ def _vqa(args: argparse.Namespace) -> int:
     check_words(args.question, "question")
     with _importing():
         from mmcam.images import load_image
-        from mmcam.models.hub import load_model
+        from mmcam.models.hub import is_hf_model, load_model
         from mmcam.vqa import VQAExplainer, check_contrast
 
     image = load_image(args.image)
     if not args.question.strip():
         raise MMCamError("the question is empty: ask something about the image")
     check_contrast(args.answer, args.contrast)
-    explainer = VQAExplainer(load_model(args.model, **_placement(args)), method=args.method,
+    place = _placement(args)
+    if is_hf_model(args.model):  # GIT VQA checkpoints share the captioning class
+        place["task"] = "vqa"
+    explainer = VQAExplainer(load_model(args.model, **place), method=args.method,
                              layer=args.layer, strategy=args.strategy, align=args.align,
                              score=args.score)
     result = explainer.explain(

@@ -70,7 +70,8 @@ class VQAExplainer:
         if not self.generative and not hasattr(adapter, "answers"):
             missing.append("answers")
         if missing:
-            raise MMCamError(f"the model is not a VQA adapter: it lacks {', '.join(missing)}")
+            raise MMCamError(f"the model does not answer questions (a captioner?): its adapter "
+                             f"lacks {', '.join(missing)}")
         self.adapter = adapter
         self.method_name = method
         self.method = get_method(method)

@@ -358,6 +358,27 @@ def test_blip_trainer_is_deterministic_and_saves_a_loadable_checkpoint(tmp_path)
         train_blip_captioner(tmp_path / "x", seed=1_000_000, steps=1)
 
 
+def test_cli_vqa_loads_a_git_folder_as_vqa_and_refuses_a_captioner(tmp_path, capsys):
+    from mmcam.cli import main
+    from mmcam.models.hub import is_hf_model
+    from mmcam.vqa import VQAExplainer
+
+    git, blip = save_git(tmp_path / "git"), save_blip(tmp_path / "blip")
+    img = tmp_path / "img.png"
+    image(4, (40, 40)).save(img)
+    assert is_hf_model(git) and is_hf_model("hf:org/name") and not is_hf_model("shapes-vqa")
+    assert not is_hf_model(tmp_path / "no-such-folder")
+    q = "what color is the circle?"
+    assert main(["vqa", str(img), q, "--model", str(git), "--out", str(tmp_path / "o")]) == 0
+    lib = VQAExplainer(mmcam.load_model(git, task="vqa")).explain(img, q)
+    assert f"answer: {lib.answer}  box = {lib.box}" in capsys.readouterr().out
+    assert main(["vqa", str(img), q, "--model", str(blip), "--out", str(tmp_path / "p")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mmcam vqa: error: BlipForConditionalGeneration does not answer questions: mmcam's VQA "
+        "families are BlipForQuestionAnswering, GIT VQA checkpoints (GitForCausalLM), ViLT, "
+        "LLaVA, PaliGemma and Florence-2")
+
+
 def test_app_sorts_blip_vqa_as_a_vqa_model(tmp_path, monkeypatch):
     pytest.importorskip("gradio")
     from mmcam.app import Models

@@ -61,7 +61,8 @@ def test_errors():
         ex.explain(image(), "  ")
     with pytest.raises(MMCamError, match="'purple' is not an answer"):
         ex.explain(image(), "what color is the circle?", answer="purple")
-    with pytest.raises(MMCamError, match="not a VQA adapter"):
+    with pytest.raises(MMCamError,
+                       match=r"does not answer questions \(a captioner\?\): its adapter lacks"):
         VQAExplainer(object())
 
 

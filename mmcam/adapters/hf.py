@@ -469,7 +469,9 @@ class HFAnswerer(HFCaptioner):
     def __init__(self, model: nn.Module, processor: Any) -> None:
         name = arch(model)
         if name not in ("BlipForQuestionAnswering", "GitForCausalLM"):
-            raise MMCamError(f"{name} is not a generative VQA family mmcam knows")
+            raise MMCamError(f"{name} does not answer questions: mmcam's VQA families are "
+                             "BlipForQuestionAnswering, GIT VQA checkpoints (GitForCausalLM), "
+                             "ViLT, LLaVA, PaliGemma and Florence-2")
         self.git = name == "GitForCausalLM"
         super().__init__(model, processor,
                          family=family_of(model) if self.git else BLIP_FAMILY)

@@ -262,6 +262,18 @@ def hf_folders() -> list[Path]:
     return list(found.values())
 
 
+def is_hf_model(name_or_path: str | os.PathLike) -> bool:
+    """Whether :func:`load_model` would load ``name_or_path`` as a Hugging Face checkpoint:
+    ``"hf:<hub id>"``, or a model folder holding a transformers ``config.json``. False for a
+    name that resolves to no folder (loading it then says why)."""
+    if str(name_or_path).startswith("hf:"):
+        return True
+    try:
+        return _is_hf_folder(resolve(name_or_path))
+    except MMCamError:
+        return False
+
+
 def _is_hf_folder(folder: Path) -> bool:
     try:
         cfg = json.loads((folder / CONFIG).read_text())
