@@ -14,7 +14,9 @@ map is scored with :mod:`mmcam.evaluation` against the object(s) the word names:
 - deletion on the first ``n_deletion`` scenes: the word's log-probability (the answer's for
   VQA) after the map's top 10% of input pixels are replaced (``fill``: by the image's mean
   color, the default, or by a blurred copy, which keeps an object's color), against a
-  random map's and a centre blob's top 10%, and the deletion curve's area;
+  random map's and a centre blob's top 10%, and the deletion curve's area; for the VQA
+  answers "yes" and "no" also each kind split by answer (:func:`yes_no_table`), since
+  removing the evidence need not lower a "no";
 - the cascading randomization sanity check per method and score (layer maps of the first
   ``n_sanity`` scenes' words; stages are the model's top-level children, randomized from the
   output back; a setting passes when its mean Spearman correlation with the trained model's
@@ -390,11 +392,21 @@ def summarize(recs: list[dict]) -> list[dict]:
                                             for r in dels]),
             "deletion_beats_centre": _mean([float(r["deletion_drop"] > r["centre_drop"])
                                             for r in dels]),
+            "deletion_raises_score": _mean([float(r["deletion_drop"] < 0) for r in dels]),
             "deletion_auc": _mean([ev.curve_area(FRACTIONS, r["deletion_curve"])
                                    for r in dels]),
             "random_auc": _mean([ev.curve_area(FRACTIONS, r["random_curve"]) for r in dels]),
         })
     return rows
+
+
+def yes_no_table(recs: list[dict]) -> list[dict]:
+    """:func:`summarize` of the VQA answers "yes" and "no" that have deletion curves, each
+    kind split by answer (``"relation (no)"``): deletion assumes that removing the evidence
+    lowers the answer, which a "no" need not obey (README, "How good are the maps?")."""
+    return summarize([r | {"kind": f"{r['kind']} ({r['answer'].lower()})"} for r in recs
+                      if r.get("task") == "vqa" and "deletion_drop" in r
+                      and str(r.get("answer", "")).lower() in ("yes", "no")])
 
 
 def sanity_key(method: str, score: str, layer: str | None = None,
@@ -447,6 +459,16 @@ def markdown(report: dict) -> str:
             f"{r['n']} | {r['pointing']:.2f} | {r['chance']:.2f} | {r['energy_mask']:.2f} | "
             f"{r['energy_box']:.2f} | {r['localization']:.2f} | "
             f"{r['deletion_beats_random']:.2f} |")
+    if report.get("yes_no_table"):
+        lines += ["", "Deletion on the answers yes and no (removing what the map points at "
+                  "need not lower a \"no\"; raised: the deletion raised the score):", "",
+                  "| task | kind | method | score | align | layer | n | deletion > random "
+                  "| raised |", "|---|---|---|---|---|---|---:|---:|---:|"]
+        for r in report["yes_no_table"]:
+            lines.append(
+                f"| {r['task']} | {r['kind']} | {r['method']} | {r['score']} | {r['align']} "
+                f"| {r.get('layer', '-')} | {r['n_deletion']} | "
+                f"{r['deletion_beats_random']:.2f} | {r['deletion_raises_score']:.2f} |")
     lines += ["", "Sanity check (cascading randomization from the output back, mean Spearman "
               "with the trained model's maps; passes when the value once every stage after "
               f"the explained layer's stage ({report['explained_stage']}) is randomized is < "
@@ -595,7 +617,8 @@ def evaluate_explanations(
         min(n_deletion, n), "deletion_fill": fill, "n_sanity": min(n_sanity, n),
         "methods": list(methods), "default_layer": default,
         "layers": [str(x) for x in layers] if layers else [default],
-        "scores": list(scores), "aligns": list(aligns), "table": table, "sanity": checks,
+        "scores": list(scores), "aligns": list(aligns), "table": table,
+        "yes_no_table": yes_no_table(recs), "sanity": checks,
         "explained_stage": explained_stage(adapter, stages), "sanity_value": values,
         "recommended": recommend(table, values, default),
         "attention_correlation": {k: _mean(v) for k, v in att.items()},

@@ -15,7 +15,14 @@ from mmcam import CaptionExplainer, VQAExplainer, load_model
 from mmcam.cli import main
 from mmcam.evaluation import pointing_hit
 from mmcam.scenes import generate
-from mmcam.suite import _chance, evaluate_explanations, sanity_value, vqa_records, word_kind
+from mmcam.suite import (
+    _chance,
+    evaluate_explanations,
+    sanity_value,
+    vqa_records,
+    word_kind,
+    yes_no_table,
+)
 
 
 def test_word_kinds():
@@ -237,3 +244,40 @@ def test_pointing_ceiling_reachable_uses_each_cells_peak():
     mask[:] = False
     mask[6, 6] = True
     assert module.reachable(cells, mask, slack=0)
+
+
+def test_yes_no_table_splits_yes_and_no_answers_with_deletion():
+    def rec(kind, answer, drop, rand=0.0, task="vqa", **extra):
+        return {"task": task, "kind": kind, "answer": answer, "method": "hirescam",
+                "score": "contrast", "align": "receptive", "hit": True, "chance": 0.1,
+                "energy_mask": 2.0, "energy_box": 2.0, "localized": True,
+                "deletion_drop": drop, "random_drop": rand, "centre_drop": 0.0,
+                "deletion_curve": [0, -drop, 0, 0, 0], "random_curve": [0, -rand, 0, 0, 0],
+                "centre_curve": [0] * 5, **extra}
+    recs = [rec("relation", "no", -0.5), rec("relation", "no", 0.3, 0.1),
+            rec("relation", "no", 0.05, 0.1), rec("relation", "Yes", 2.0),
+            rec("color", "red", 1.0),  # not a yes/no answer
+            rec("relation", "yes", 1.0, task="caption"),  # not VQA
+            {k: v for k, v in rec("exists", "no", 1.0).items() if "drop" not in k}]  # no curve
+    rows = {r["kind"]: r for r in yes_no_table(recs)}
+    assert set(rows) == {"relation (no)", "relation (yes)"}
+    no = rows["relation (no)"]
+    assert no["n_deletion"] == 3
+    assert no["deletion_beats_random"] == pytest.approx(1 / 3)  # only 0.3 > 0.1
+    assert no["deletion_raises_score"] == pytest.approx(1 / 3)  # only -0.5 < 0
+    assert rows["relation (yes)"]["deletion_beats_random"] == 1.0
+
+
+def test_vqa_report_splits_deletion_by_yes_and_no(tmp_path):
+    out = tmp_path / "ev"
+    assert main(["evaluate-explanations", "shapes-vqa", "--n", "4", "--n-deletion", "4",
+                 "--n-sanity", "0", "--methods", "hirescam", "--scores", "contrast",
+                 "--aligns", "receptive", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = report["yes_no_table"]
+    assert rows and all(r["kind"].endswith((" (yes)", " (no)")) for r in rows)
+    whole = {r["kind"]: r["n_deletion"] for r in report["table"]}
+    for kind in ("exists", "relation"):  # answered yes or no only: the split covers them
+        split = sum(r["n_deletion"] for r in rows if r["kind"].startswith(kind + " ("))
+        assert split == whole[kind] > 0
+    assert "Deletion on the answers yes and no" in (out / "report.md").read_text()
