@@ -435,6 +435,23 @@ def recommend(rows: list[dict], values: dict[str, float], default: str | None = 
     return {"method": m, "score": s, "align": a, "layer": layer, "mean_pointing": _mean(v)}
 
 
+def _sanity_lines(report: dict) -> list[str]:
+    """The sanity check's table (none when it was skipped)."""
+    if not report["sanity"]:
+        return []
+    stages = [s for s, _ in next(iter(report["sanity"].values()))]
+    lines = ["", "Sanity check (cascading randomization from the output back, mean Spearman "
+             "with the trained model's maps; passes when the value once every stage after "
+             f"the explained layer's stage ({report['explained_stage']}) is randomized is < "
+             f"{SANITY_MAX}):", "",
+             "| method/score | " + " | ".join(f"after {s}" for s in stages) + " |",
+             "|---|" + "---:|" * len(stages)]
+    for k, v in report["sanity"].items():
+        flag = " (passes)" if report["sanity_value"][k] < SANITY_MAX else " (FAILS)"
+        lines.append(f"| {k}{flag} | " + " | ".join(f"{r:.2f}" for _, r in v) + " |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     """The report's tables as Markdown."""
     lines = [f"# Explanation evaluation: {report['model']}", "",
@@ -469,16 +486,7 @@ def markdown(report: dict) -> str:
                 f"| {r['task']} | {r['kind']} | {r['method']} | {r['score']} | {r['align']} "
                 f"| {r.get('layer', '-')} | {r['n_deletion']} | "
                 f"{r['deletion_beats_random']:.2f} | {r['deletion_raises_score']:.2f} |")
-    lines += ["", "Sanity check (cascading randomization from the output back, mean Spearman "
-              "with the trained model's maps; passes when the value once every stage after "
-              f"the explained layer's stage ({report['explained_stage']}) is randomized is < "
-              f"{SANITY_MAX}):", "",
-              "| method/score | " + " | ".join(f"after {s}" for s, _ in
-                                                next(iter(report["sanity"].values()), [])) + " |",
-              "|---|" + "---:|" * len(next(iter(report["sanity"].values()), []))]
-    for k, v in report["sanity"].items():
-        flag = " (passes)" if report["sanity_value"][k] < SANITY_MAX else " (FAILS)"
-        lines.append(f"| {k}{flag} | " + " | ".join(f"{r:.2f}" for _, r in v) + " |")
+    lines += _sanity_lines(report)
     if report.get("attention_correlation"):
         lines += ["", "Rank correlation of the model's attention with each method's map, per "
                   "word (mean): " + ", ".join(f"{k} {v:.2f}" for k, v in
