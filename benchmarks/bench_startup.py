@@ -6,7 +6,8 @@
 Each command is started ``--runs`` times after one warm-up run that is not counted (it fills
 the disk cache), from a fresh temporary folder holding a generated scene and a 512 px photo
 (scikit-image's astronaut, 512x512): ``mmcam --help``, ``mmcam --version``,
-``python -c "import mmcam"``, ``mmcam caption``, ``mmcam vqa`` and ``mmcam classify``
+``python -c "import mmcam"``, ``python -c "import torch"`` (what every command that
+explains pays first), ``mmcam caption``, ``mmcam vqa`` and ``mmcam classify``
 (shapes-classifier) on the scene, and ``mmcam caption`` on the photo (issue 11's "caption
 with all outputs for a 512 px photo in <= 3 s"), each writing its ``--out`` folder.
 ``--only`` runs the commands whose label contains one of the given strings.
@@ -41,6 +42,7 @@ def commands(mmcam: str) -> dict[str, list[str]]:
         "mmcam --help": [mmcam, "--help"],
         "mmcam --version": [mmcam, "--version"],
         "python -c 'import mmcam'": [sys.executable, "-c", "import mmcam"],
+        "python -c 'import torch'": [sys.executable, "-c", "import torch"],  # the floor
         "mmcam caption scene.png": [mmcam, "caption", "scene.png", "--out", "{out}"],
         "mmcam vqa scene.png 'what color is the circle?'": [
             mmcam, "vqa", "scene.png", "what color is the circle?", "--out", "{out}"],

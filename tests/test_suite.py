@@ -210,11 +210,17 @@ def test_reducible_methods_keep_the_readers_exact_maps(tmp_path):
         assert rec["energy_mask"] == pytest.approx(want, rel=1e-6)
 
 
-def test_deletion_by_answer_table_splits_by_answer():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "deletion_by_answer.py"
-    spec = importlib.util.spec_from_file_location("deletion_by_answer", path)
+def _benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` imported as a module."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_deletion_by_answer_table_splits_by_answer():
+    module = _benchmark("deletion_by_answer")
     table = module.table
 
     def rec(kind, answer, drop, rand, hit=True, correct=True):
@@ -231,10 +237,7 @@ def test_deletion_by_answer_table_splits_by_answer():
 
 
 def test_pointing_ceiling_reachable_uses_each_cells_peak():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pointing_ceiling.py"
-    spec = importlib.util.spec_from_file_location("pointing_ceiling", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _benchmark("pointing_ceiling")
     cells = torch.zeros(2, 8, 8)
     cells[0, 1, 1] = 1.0  # cell 0 peaks at (x=1, y=1), cell 1 at (6, 6)
     cells[1, 6, 6] = 1.0
