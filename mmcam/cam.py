@@ -104,12 +104,30 @@ def gradcam_plus_plus(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     return F.relu((w * A).sum(dim=1))
 
 
+def integrated(D: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """Integrated gradients at the layer (Sundararajan et al. 2017), summed over channels:
+    ``L = ReLU(sum_k D_k * Gbar_k)`` with ``D = A - A0`` the layer's activation minus its
+    activation on the baseline image (every pixel its image's mean color) and ``Gbar`` the
+    mean of ``dy/dA`` at ``A0 + alpha_j D``, ``alpha_j = (j - 1/2) / m``, j = 1..m (midpoint
+    rule, :data:`PATH_STEPS`). The pipeline hands this function ``D`` and ``Gbar`` as
+    ``A`` and ``G`` (:data:`PATH_METHODS`). Before the ReLU the map sums to
+    ``y(A) - y(A0)`` up to the midpoint rule's error (completeness)."""
+    _needs_full(G, "integrated")
+    return F.relu((G * D).sum(dim=1))
+
+
 METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "gradcam": gradcam,
     "gradcam++": gradcam_plus_plus,
     "hirescam": hirescam,
     "counterfactual": counterfactual,
+    "integrated": integrated,
 }
+
+# methods whose A and G are a path's: A - A0 and the mean gradient along the straight path
+# from the baseline's activation A0 to A (:func:`integrated`), in PATH_STEPS gradient passes
+PATH_METHODS = ("integrated",)
+PATH_STEPS = 16
 
 
 # methods computed from :class:`Reduced` gradients (the "readers" strategy)

@@ -30,7 +30,7 @@ from torch import nn
 
 from mmcam import engine
 from mmcam.align import ALIGNS, Cell, receptive_cells, run_to_layer
-from mmcam.cam import REDUCIBLE, Reduced, get_method, gradcam, localize
+from mmcam.cam import PATH_METHODS, PATH_STEPS, REDUCIBLE, Reduced, get_method, gradcam, localize
 from mmcam.errors import MMCamError
 from mmcam.geometry import Geometry
 from mmcam.guided import guided_from_layer, guided_gradcam
@@ -120,8 +120,8 @@ class Explained:
     inputs: Any
     geometry: Geometry
     rows: Rows
-    A: torch.Tensor  # (C,h,w)
-    G: torch.Tensor  # (n,C,h,w)
+    A: torch.Tensor  # (C,h,w); for a path method (integrated) A - A0
+    G: torch.Tensor  # (n,C,h,w); for a path method the mean gradient along the path
     layer_maps: torch.Tensor
     pixels: PixelMaps
     scores: torch.Tensor  # (n,K) each row's scores
@@ -187,6 +187,17 @@ def pixels_of(inputs: Any) -> torch.Tensor | None:
             if isinstance(inputs.get(k), torch.Tensor):
                 return inputs[k]
     return None
+
+
+def baseline_pixels(px: torch.Tensor) -> torch.Tensor:
+    """The path methods' baseline (:data:`mmcam.cam.PATH_METHODS`): every pixel of each
+    image (B,3,H,W) its image's mean color, as the evaluation suite's deletion fills."""
+    return px.float().mean(dim=(-2, -1), keepdim=True).to(px.dtype).expand_as(px).contiguous()
+
+
+def path_alphas(steps: int) -> list[float]:
+    """The midpoint rule's points ``(j - 1/2) / steps``, j = 1..steps."""
+    return [(j + 0.5) / steps for j in range(steps)]
 
 
 def with_pixels(inputs: Any, px: torch.Tensor) -> Any:
@@ -389,6 +400,7 @@ class Pipeline:
         """As :meth:`explain`, for inputs already prepared (``(inputs, geometry)`` each)."""
         cam = cam_of(method)
         strategy = self._choose(self.requested, method, guided)
+        steps = PATH_STEPS if method in PATH_METHODS else 0
         batched = self.split or self.stack_inputs
         groups = self._groups(prepared) if batched else [[i] for i in range(len(images))]
         explain_group = self._explain_split if self.split else self._explain_whole
@@ -396,7 +408,7 @@ class Pipeline:
         with eval_mode(self.module):
             for idx in groups:
                 done = explain_group([images[i] for i in idx], [prepared[i] for i in idx],
-                                     rows_fn, idx, cam, guided, strategy)
+                                     rows_fn, idx, cam, guided, strategy, steps)
                 for i, e in zip(idx, done):
                     out[i] = e
         return out  # type: ignore[return-value]
@@ -460,21 +472,54 @@ class Pipeline:
             scores[at, : g.scores.shape[1]] = g.scores
         return A, _place(parts, N), scores, image
 
-    def _explain_split(self, images, prepared, rows_fn, index, cam, guided, strategy
-                       ) -> list[Explained]:
-        ad = self.adapter
-        pixels = torch.cat([self._to_device(pixels_of(p[0])) for p in prepared])
-        held: dict[str, torch.Tensor] = {}
+    def _encode_at(self, pixels: torch.Tensor, held: dict[str, torch.Tensor],
+                   A0: torch.Tensor | None = None, alpha: float = 1.0) -> torch.Tensor:
+        """``encode(pixels)``; with a layer, its output (moved to ``A0 + alpha (A - A0)``
+        when ``A0`` is given) is kept as the leaf ``held["A"]``. Without one, the features
+        themselves are moved."""
         if self.layer is None:
             with torch.no_grad():
-                feats = ad.encode(pixels)
-        else:
-            def record(a: torch.Tensor) -> torch.Tensor:
-                held["A"] = a.detach().requires_grad_(True)
-                return held["A"].clone()
+                feats = self.adapter.encode(pixels)
+            return feats if A0 is None else A0 + alpha * (feats - A0)
 
-            with tap(self.module, self.layer) as t, t.run(record), torch.enable_grad():
-                feats = ad.encode(pixels)
+        def record(a: torch.Tensor) -> torch.Tensor:
+            x = a.detach() if A0 is None else A0 + alpha * (a.detach() - A0)
+            held["A"] = x.requires_grad_(True)
+            return held["A"].clone()
+
+        with tap(self.module, self.layer) as t, t.run(record), torch.enable_grad():
+            return self.adapter.encode(pixels)
+
+    def _split_path(self, pixels: torch.Tensor, A: torch.Tensor, rows: list[Rows],
+                    strategy: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A - A0, Gbar)``: the mean row gradient at ``A0 + alpha_j (A - A0)`` (encoder
+        rerun from the layer at each point, gradients carried back to it)."""
+        with torch.no_grad():
+            if self.layer is None:
+                A0 = self.adapter.encode(baseline_pixels(pixels))
+            else:
+                A0 = run_to_layer(self._encode_to, baseline_pixels(pixels)).detach()
+        total = None
+        for alpha in path_alphas(steps):
+            held: dict[str, torch.Tensor] = {}
+            feats = self._encode_at(pixels, held, A0, alpha)
+            base = feats.detach()
+
+            def run(feed: engine.Feed, row_ids: torch.Tensor, last=None, base=base
+                    ) -> torch.Tensor:
+                return self._score(feed(base), row_ids.to(base.device), last)
+
+            _, G, _, image = self._row_gradients(run, rows, pixels.shape[0], strategy)
+            if self.layer is not None:
+                G = self._carry_back(feats, held["A"], G, image)
+            total = G if total is None else total + G
+        return A - A0, total / steps
+
+    def _explain_split(self, images, prepared, rows_fn, index, cam, guided, strategy,
+                       steps=0) -> list[Explained]:
+        pixels = torch.cat([self._to_device(pixels_of(p[0])) for p in prepared])
+        held: dict[str, torch.Tensor] = {}
+        feats = self._encode_at(pixels, held)
         base = feats.detach()
         rows = [rows_fn(Context(lambda ids, b=b: self.score_fn(base[b:b + 1].expand(
             ids.shape[0], *base.shape[1:]), ids.to(base.device)),
@@ -488,6 +533,9 @@ class Pipeline:
         if self.layer is not None:
             A_raw = held["A"].detach()
             G_raw = self._carry_back(feats, held["A"], G_raw, image)
+        if steps:
+            A_raw, G_raw = self._split_path(pixels, A_raw if self.layer is not None else base,
+                                            rows, strategy, steps)
         return self._finish(images, prepared, rows, A_raw, G_raw, scores, image, cam,
                             guided, lambda px, feed: self._encode_to(px, feed))
 
@@ -508,8 +556,8 @@ class Pipeline:
             out.append(engine.at_least_float32(g[torch.arange(n), image[sl]]))
         return torch.cat(out)
 
-    def _explain_whole(self, images, prepared, rows_fn, index, cam, guided, strategy
-                       ) -> list[Explained]:
+    def _explain_whole(self, images, prepared, rows_fn, index, cam, guided, strategy,
+                       steps=0) -> list[Explained]:
         """Whole-model path; several images share one pass when ``stack_inputs`` (the
         scorer then takes a batch of pixels), else one image at a time."""
         B = len(images)
@@ -546,8 +594,35 @@ class Pipeline:
                 with t.run(feed):
                     self.score_fn(with_pixels(prepared[0][0], px), rows[0].ids[:1])
 
+            if steps:
+                A_raw, G_raw = self._whole_path(run, to_layer, pixels_of(inputs), A_raw, rows,
+                                                strategy, steps)
             return self._finish(images, prepared, rows, A_raw, G_raw, scores, image, cam,
                                 guided, to_layer)
+
+    def _whole_path(self, run: engine.Run, to_layer: Callable, px: torch.Tensor | None,
+                    A: torch.Tensor, rows: list[Rows], strategy: str, steps: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A - A0, Gbar)``: the mean row gradient with the layer's output moved to
+        ``A0 + alpha_j (A - A0)``, A0 the layer's output on :func:`baseline_pixels`."""
+        if px is None:
+            raise MMCamError("the integrated method needs pixel inputs (its baseline is the "
+                             "image filled with its mean color)")
+        with torch.no_grad():
+            A0 = run_to_layer(to_layer, baseline_pixels(px)).detach()
+        if A0.shape != A.shape:
+            raise MMCamError(f"the layer gave {tuple(A0.shape)} for the baseline image and "
+                             f"{tuple(A.shape)} for the image: the integrated method needs "
+                             "both the same shape")
+        total = None
+        for alpha in path_alphas(steps):
+            def moved(feed: engine.Feed, ids: torch.Tensor, last=None, alpha=alpha
+                      ) -> torch.Tensor:
+                return run(lambda a: feed(A0 + alpha * (a - A0)), ids, last)
+
+            _, G, _, _ = self._row_gradients(moved, rows, A.shape[0], strategy)
+            total = G if total is None else total + G
+        return A - A0, total / steps
 
     def _grid_index(self, A_raw: torch.Tensor, own: Any) -> torch.Tensor:
         """(h,w) the index of the token each grid cell of the layout reads."""

@@ -15,7 +15,7 @@ from typing import Any
 
 # name -> label: every CAM formula of mmcam.cam, in its order
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
-           "counterfactual": "Counterfactual"}
+           "counterfactual": "Counterfactual", "integrated": "Integrated gradients"}
 GUIDED = "guided-gradcam"  # Grad-CAM times guided backprop (captions and classes)
 SCORES = {"logprob": "log p", "logit": "logit", "contrast": "contrast", "versus": "versus"}
 VQA_SCORES = ("logprob", "logit", "contrast")  # "versus" names caption words

@@ -50,7 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmcam import evaluation as ev
-from mmcam.cam import METHODS, REDUCIBLE
+from mmcam.cam import METHODS, PATH_METHODS, REDUCIBLE
 from mmcam.caption import CaptionExplainer
 from mmcam.geometry import Geometry
 from mmcam.pipeline import Explained, cam_of, module_of, pixels_of, with_pixels
@@ -146,17 +146,33 @@ def _deletion(scorer: _Scorer, e: Explained, maps: dict[Setting, torch.Tensor],
     return {k: s[i * n:(i + 1) * n].tolist() for i, k in enumerate(keys)}
 
 
-def _explainer(cls: type, adapter: Any, score: str, methods: Sequence[str],
-               layer: str | None = None) -> tuple[Any, Any | None]:
-    """(explainer, full): the "auto" strategy's explainer, and when that is "readers" and a
-    method needs more than :data:`mmcam.cam.REDUCIBLE` methods read, a "vjp" one for those
-    methods (else None). The reducible methods keep the readers' exact maps: in front of a
-    LayerNorm, HiResCAM from dense float32 gradients is mostly rounding error (README)."""
+def _explainers(cls: type, adapter: Any, score: str, methods: Sequence[str],
+                layer: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """(explainer, per method the explainer whose gradients serve it): the "auto" strategy's
+    explainer serves every method it can; when that is "readers", a "vjp" one serves the
+    methods beyond :data:`mmcam.cam.REDUCIBLE`; each path method (:data:`PATH_METHODS`, its
+    gradients are a path's mean) has its own. The reducible methods keep the readers' exact
+    maps: in front of a LayerNorm, HiResCAM from dense float32 gradients is mostly rounding
+    error (README)."""
     ex = cls(adapter, score=score, layer=layer)
-    full = None
-    if ex.pipeline.strategy == "readers" and any(m not in REDUCIBLE for m in methods):
+    by = {m: ex for m in methods if m not in PATH_METHODS}
+    if ex.pipeline.strategy == "readers" and any(m not in REDUCIBLE for m in by):
         full = cls(adapter, score=score, strategy="vjp", layer=layer)
-    return ex, full
+        by |= {m: full for m in by if m not in REDUCIBLE}
+    return ex, by | {m: cls(adapter, method=m, score=score, layer=layer)
+                     for m in methods if m in PATH_METHODS}
+
+
+def _sources(ex: Any, by: dict[str, Any], e: Explained, explain: Any) -> dict[str, Explained]:
+    """Per method its Explained of the same rows: ``e`` (``ex``'s) or ``explain(other)``,
+    made once per other explainer."""
+    made: dict[int, Explained] = {id(ex): e}
+    out = {}
+    for m, x in by.items():
+        if id(x) not in made:
+            made[id(x)] = explain(x)
+        out[m] = made[id(x)]
+    return out
 
 
 def _score_maps(rec: dict, m: torch.Tensor, mask: np.ndarray, box: tuple, slack: int) -> None:
@@ -169,16 +185,17 @@ def _score_maps(rec: dict, m: torch.Tensor, mask: np.ndarray, box: tuple, slack:
 def _records_for(rows: list[tuple[Explained, int, str, np.ndarray, tuple, float]],
                  score: str, methods: Sequence[str], aligns: Sequence[str], slack: int,
                  deletion: str | None, scorer_of: Any, seed: int, attention: Any = None,
-                 full: Explained | None = None) -> list[dict]:
+                 src: dict[str, Explained] | None = None) -> list[dict]:
     """Records for explained rows ``(explained, row, kind, mask, box, chance)``: one per
     setting (and per alignment of the attention map), plus attention correlations;
-    ``deletion``: the fill of the deletion curves (None: no curves); ``full``: the same rows
-    with full gradients, for the methods the rows' reduced gradients cannot serve."""
+    ``deletion``: the fill of the deletion curves (None: no curves); ``src``: per method
+    the same rows' Explained whose gradients serve it (:func:`_explainers`; default the
+    rows' own)."""
     out = []
     for k, (e, row, kind, mask, box, chance) in enumerate(rows):
         base = {"kind": kind, "chance": chance, "score": score}
-        src = {m: e if full is None or m in REDUCIBLE else full for m in methods}
-        lm = {m: cam_of(m)(src[m].A[None], src[m].G[row: row + 1])[0] for m in methods}
+        got = {m: (src or {}).get(m, e) for m in methods}
+        lm = {m: cam_of(m)(got[m].A[None], got[m].G[row: row + 1])[0] for m in methods}
         if attention is not None:
             lm["attention"] = attention(e, row)
         mine, settings = [], {}
@@ -222,7 +239,7 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
     has_att = callable(getattr(adapter, "attention", None)) and callable(
         getattr(adapter, "encode", None))
     for s_i, score in enumerate(scores):
-        ex, ex_full = _explainer(CaptionExplainer, adapter, score, methods, layer)
+        ex, by = _explainers(CaptionExplainer, adapter, score, methods, layer)
         for i, scene in enumerate(tqdm(scenes, desc=f"captions, score {score}",
                                        disable=not progress)):
             text = captions[i] if s_i > 0 or known else None
@@ -230,8 +247,9 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
             words = e.rows.info[1]
             if text is None:
                 captions.append(" ".join(words))
-            full = None if ex_full is None else ex_full.explained(
-                [scene.image], [e.rows.info[0] or " ".join(words)])[0]
+            text = e.rows.info[0] or " ".join(words)
+            src = _sources(ex, by, e, lambda x, text=text, scene=scene: x.explained(
+                [scene.image], [text])[0])
             rows = []
             for r, w in enumerate(words):
                 kind = word_kind(w)
@@ -258,7 +276,7 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
                     return (e.rows.coefs[row, :T, None, None] * tokens).sum(0)
             new = _records_for(rows, score, methods, aligns, slack,
                                fill if i < n_deletion else None, scorer,
-                               1000 * i, att, full)
+                               1000 * i, att, src)
             for rec in new:
                 rec.update(task="caption", scene=i)
             recs += new
@@ -285,13 +303,14 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
     objects, the model's own answer (see module doc)."""
     recs: list[dict] = []
     for score in scores:
-        ex, ex_full = _explainer(VQAExplainer, adapter, score, methods, layer)
+        ex, by = _explainers(VQAExplainer, adapter, score, methods, layer)
         for i, scene in enumerate(tqdm(scenes, desc=f"VQA, score {score}",
                                        disable=not progress)):
             for qi, q, truth, qtype, objs in vqa_questions(scene):
                 e = ex.explained(scene.image, q)
                 answer = e.rows.info[0]
-                full = None if ex_full is None else ex_full.explained(scene.image, q, answer)
+                src = _sources(ex, by, e, lambda x, scene=scene, q=q, answer=answer:
+                               x.explained(scene.image, q, answer))
                 mask, box = _union([scene.objects[j] for j in objs], scene.image.size)
                 qids = torch.as_tensor(adapter.tokenize_question(q)[0], dtype=torch.long)
 
@@ -301,7 +320,7 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                 new = _records_for([(e, 0, qtype, mask, box, _chance(mask, slack))], score,
                                    methods, aligns, slack,
                                    fill if i < n_deletion else None, scorer,
-                                   1000 * i + qi, full=full)
+                                   1000 * i + qi, src=src)
                 for rec in new:
                     rec.update(task="vqa", scene=i, answer=answer,
                                correct=answer.lower() == truth.lower())
@@ -349,12 +368,14 @@ def sanity(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                 return [(ex.explained(s.image, s.questions[0][0], s.questions[0][1]),
                          slice(0, 1)) for s in scenes]
 
-            ex, full = _explainer(CaptionExplainer if task == "caption" else VQAExplainer,
-                                  ad, score, methods, layer)
-            reduced = rows_of(ex)
-            dense = reduced if full is None else rows_of(full)
+            _, by = _explainers(CaptionExplainer if task == "caption" else VQAExplainer,
+                                ad, score, methods, layer)
+            made: dict[int, list[tuple[Explained, slice]]] = {}
             for meth in methods:
-                for e, sel in (reduced if meth in REDUCIBLE else dense):
+                x = by[meth]
+                if id(x) not in made:
+                    made[id(x)] = rows_of(x)
+                for e, sel in made[id(x)]:
                     G = e.G[sel]
                     got[meth] += list(cam_of(meth)(e.A[None].expand(len(G), -1, -1, -1), G))
             return {meth: torch.stack(got[meth]) for meth in methods}

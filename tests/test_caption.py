@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmcam.cam import METHODS, localize, upsample
+from mmcam.cam import METHODS, PATH_METHODS, PATH_STEPS, localize, upsample
 from mmcam.caption import CaptionExplainer
 from mmcam.errors import MMCamError
 from tests.toys import ToyCaptioner, image
@@ -16,17 +16,33 @@ CAPTION = "a red circle left of the big blue square"
 
 
 def per_word_loop(ad, pil, caption, method):
-    """Reference: encoder + decoder forward and one backward for every word, separately."""
+    """Reference: encoder + decoder forward and one backward for every word, separately;
+    for a path method one per word and path point (the features moved to
+    ``A0 + alpha (A - A0)``, A0 those of the image filled with its mean color per channel)."""
     fn = METHODS[method]
     ids = ad.tokenize(caption)
     idx = ad.word_index(ids)
     maps, lps = [], []
+    px = ad.prepare(pil)
+    A = ad.encode(px).detach()
+    A0 = ad.encode(px.mean(dim=(2, 3), keepdim=True).expand_as(px)).detach()
+    alphas = [(j + 0.5) / PATH_STEPS for j in range(PATH_STEPS)]
     for w in range(max(idx) + 1):
-        feats = ad.encode(ad.prepare(pil)).detach().requires_grad_(True)
-        lp = ad.score_tokens(feats, ids[None])[0]
-        y = sum(lp[t] for t in range(len(idx)) if idx[t] == w)
+        def word(feats, w=w):
+            lp = ad.score_tokens(feats, ids[None])[0]
+            return sum(lp[t] for t in range(len(idx)) if idx[t] == w)
+
+        feats = A.clone().requires_grad_(True)
+        y = word(feats)
         (g,) = torch.autograd.grad(y, feats)
-        maps.append(fn(feats.detach(), g)[0])
+        if method in PATH_METHODS:
+            gs = []
+            for a in alphas:
+                at = (A0 + a * (A - A0)).requires_grad_(True)
+                gs.append(torch.autograd.grad(word(at), at)[0])
+            maps.append(fn(A - A0, torch.stack(gs).mean(0))[0])
+        else:
+            maps.append(fn(A, g)[0])
         lps.append(float(y.detach()))
     W, H = pil.size
     return upsample(torch.stack(maps), (H, W)), lps

@@ -6,6 +6,7 @@ import torchvision
 
 captum_attr = pytest.importorskip("captum.attr")
 
+from mmcam.cam import PATH_STEPS  # noqa: E402
 from mmcam.classify import ClassExplainer  # noqa: E402
 
 
@@ -46,3 +47,27 @@ def test_logprob_score_matches_captum_on_log_softmax():
         x, target=7, relu_attributions=True
     )
     torch.testing.assert_close(r["layer_maps"][:, 0], ref[:, 0], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("name,layer", [("vgg11", "features.19"), ("resnet18", "layer4")])
+def test_integrated_matches_captum_layer_integrated_gradients(name, layer):
+    """method="integrated" is captum's LayerIntegratedGradients from the image filled with
+    its mean color (midpoint rule, PATH_STEPS points), summed over channels, with a ReLU;
+    before the ReLU it sums to y(x) - y(baseline) as captum's convergence delta says."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    target = torch.tensor([3, 500])
+    r = ClassExplainer(model, layer=layer, method="integrated", align="bilinear"
+                       ).explain_pixels(x, target[:, None])
+    base = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    lig = captum_attr.LayerIntegratedGradients(model, model.get_submodule(layer))
+    attr, delta = lig.attribute(x, baselines=base, target=target, n_steps=PATH_STEPS,
+                                method="riemann_middle", return_convergence_delta=True)
+    ref = torch.relu(attr.sum(dim=1))
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(r["layer_maps"][:, 0], ref, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        gap = model(x)[[0, 1], target] - model(base)[[0, 1], target]
+    # captum's delta: sum(attr) - (y(x) - y(base)), the midpoint rule's error
+    torch.testing.assert_close(attr.sum(dim=(1, 2, 3)) - gap, delta, rtol=1e-3, atol=1e-4)

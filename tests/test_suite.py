@@ -182,7 +182,8 @@ def test_evaluate_explanations_refuses_unknown_methods():
 
 def test_reducible_methods_keep_the_readers_exact_maps(tmp_path):
     """In front of BLIP's post_layernorm the suite's Grad-CAM and HiResCAM come from the
-    "readers" strategy (exact), and only Grad-CAM++ from full "vjp" gradients."""
+    "readers" strategy (exact), Grad-CAM++ from full "vjp" gradients, and the integrated
+    method from its own path gradients."""
     from test_hf import save_blip
     from toys import image
 
@@ -192,20 +193,27 @@ def test_reducible_methods_keep_the_readers_exact_maps(tmp_path):
 
     ad = load_model(save_blip(tmp_path / "blip"))
     layer = "vision_model.encoder.layers[-1]"
-    methods = ["gradcam", "hirescam", "gradcam++"]
-    ex, full = suite._explainer(CaptionExplainer, ad, "logprob", methods, layer)
-    assert ex.pipeline.strategy == "readers" and full.pipeline.strategy == "vjp"
-    assert suite._explainer(CaptionExplainer, ad, "logprob", methods[:2], layer)[1] is None
+    methods = ["gradcam", "hirescam", "gradcam++", "integrated"]
+    ex, by = suite._explainers(CaptionExplainer, ad, "logprob", methods, layer)
+    assert ex.pipeline.strategy == "readers" and by["gradcam"] is ex and by["hirescam"] is ex
+    assert by["gradcam++"].pipeline.strategy == "vjp"
+    assert by["integrated"].method_name == "integrated" and by["integrated"] is not ex
+    ex2, by2 = suite._explainers(CaptionExplainer, ad, "logprob", methods[:2], layer)
+    assert set(by2.values()) == {ex2}
     pil, caption = image(3, (40, 40)), "a red circle"
-    e, f = (x.explained([pil], [caption])[0] for x in (ex, full))
+    e = ex.explained([pil], [caption])[0]
+    src = suite._sources(ex, by, e, lambda x: x.explained([pil], [caption])[0])
+    assert src["gradcam"] is e and src["gradcam++"] is not e
     mask = np.zeros((40, 40), dtype=bool)
     mask[4:20, 6:24] = True
     recs = suite._records_for([(e, 1, "color", mask, (6, 4, 24, 20), 0.2)], "logprob",
-                              methods, ["bilinear"], 4, None, None, 0, full=f)
+                              methods, ["bilinear"], 4, None, None, 0, src=src)
     assert sorted(r["method"] for r in recs) == sorted(methods)
+    path = by["integrated"].explained([pil], [caption])[0]
+    full = by["gradcam++"].explained([pil], [caption])[0]
     for rec in recs:
-        src = f if rec["method"] == "gradcam++" else e
-        m = cam_of(rec["method"])(src.A[None], src.G[1:2])[0]
+        got = {"gradcam++": full, "integrated": path}.get(rec["method"], e)
+        m = cam_of(rec["method"])(got.A[None], got.G[1:2])[0]
         want = ev.energy_ratio(e.geometry.to_image(m[None], None)[0], mask)
         assert rec["energy_mask"] == pytest.approx(want, rel=1e-6)
 
