@@ -236,8 +236,10 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
     known = captions is not None
     captions = list(captions or [])
     recs: list[dict] = []
+    # the model's attention is a map on encode's grid: drawn (receptive cells) and compared
+    # cell by cell only where that is the explained layer, the adapter's default
     has_att = callable(getattr(adapter, "attention", None)) and callable(
-        getattr(adapter, "encode", None))
+        getattr(adapter, "encode", None)) and layer in (None, getattr(adapter, "layer", None))
     for s_i, score in enumerate(scores):
         ex, by = _explainers(CaptionExplainer, adapter, score, methods, layer)
         for i, scene in enumerate(tqdm(scenes, desc=f"captions, score {score}",

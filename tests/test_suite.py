@@ -110,8 +110,11 @@ def test_layers_are_compared_with_their_own_maps_and_sanity_checks(tmp_path):
     assert report["layers"] == ["encoder.14", "encoder.5"]  # 16x16 and 32x32 grids
     assert set(report["sanity"]) == {"hirescam/logprob", "hirescam/logprob@encoder.5"}
     assert report["recommended"]["layer"] in ("encoder.14", "encoder.5")
-    # the attention (16x16) is compared cell by cell with the 16x16 layer only
+    # the attention (16x16, encode's grid) is compared cell by cell with the 16x16 layer
+    # only, and drawn and scored only there (at encoder.5 its cells would be misplaced)
     assert "hirescam" in report["attention_correlation"]
+    assert {t["layer"] for t in report["table"] if t["method"] == "attention"} == {
+        "encoder.14"}
     scenes = generate(2, seed=report["seed"])
     for layer in ("encoder.14", "encoder.5"):
         ex = CaptionExplainer(ad, method="hirescam", layer=layer)
