@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcam.errors import MMCamError
+from mmcam.registry import PATH_STEPS  # noqa: F401  (re-exported: the default steps)
 
 Box = tuple[int, int, int, int]
 
@@ -127,7 +128,6 @@ METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 # methods whose A and G are a path's: A - A0 and the mean gradient along the straight path
 # from the baseline's activation A0 to A (:func:`integrated`), in PATH_STEPS gradient passes
 PATH_METHODS = ("integrated",)
-PATH_STEPS = 16
 
 
 # methods computed from :class:`Reduced` gradients (the "readers" strategy)

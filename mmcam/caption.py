@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcam.cam import METHODS
+from mmcam.cam import METHODS, PATH_STEPS
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
@@ -44,7 +44,9 @@ class CaptionExplainer:
     of a word summed); its map is ``method(A, dy_t/dA)`` at ``layer`` (None: the adapter's
     default, the output of ``encode`` for split adapters), carried back onto the image's
     pixels through the preprocessing geometry. ``method``: "gradcam", "gradcam++",
-    "hirescam", "counterfactual" or "guided-gradcam". ``strategy``: "auto", "copies" or
+    "hirescam", "counterfactual", "integrated" (integrated gradients from the image filled
+    with its mean color, ``steps`` points: :func:`mmcam.cam.integrated`) or
+    "guided-gradcam". ``strategy``: "auto", "copies" or
     "vjp" (:mod:`mmcam.engine`); ``chunk_size`` bounds the rows per pass without changing
     any number. ``score``: the explained score per token (:mod:`mmcam.scores`): "logprob",
     "logit", "contrast" against the other words of its kind (``kinds``: lists of words, by
@@ -66,6 +68,7 @@ class CaptionExplainer:
         score: str = "logprob",
         kinds: Sequence[Sequence[str]] | None = None,
         versus: dict[str, str] | None = None,
+        steps: int = PATH_STEPS,
     ) -> None:
         missing = [
             m for m in ("prepare", "score_tokens", "generate", "tokenize", "words")
@@ -98,7 +101,7 @@ class CaptionExplainer:
             adapter, adapter.score_tokens if score == "logprob" else self._scores,
             lambda x, **kw: adapter.generate(x, **kw),
             layer=layer, layout=layout, strategy=strategy, chunk_size=chunk_size, causal=True,
-            align=align, method=method,
+            align=align, method=method, steps=steps,
         )
 
     def _scores(self, x: Any, ids: torch.Tensor, last: torch.Tensor | None = None

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcam.cam import get_method
+from mmcam.cam import PATH_STEPS, get_method
 from mmcam.errors import MMCamError
 from mmcam.geometry import Geometry
 from mmcam.guided import guided_backprop, guided_gradcam
@@ -42,7 +42,8 @@ class ClassExplainer:
     score is the logit (``score="logit"``) or its log-softmax (``"logprob"``). The model is in
     eval mode during a call and its flags are restored afterwards. ``align``: "receptive"
     draws each grid cell at the centre of its receptive field, "bilinear" where plain
-    bilinear upsampling puts it (:mod:`mmcam.align`).
+    bilinear upsampling puts it (:mod:`mmcam.align`). ``steps``: the points of the
+    "integrated" method's path (:func:`mmcam.cam.integrated`).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class ClassExplainer:
         strategy: str = "auto",
         chunk_size: int | None = 64,
         align: str = "receptive",
+        steps: int = PATH_STEPS,
     ) -> None:
         if isinstance(model, nn.Module):
             self.model, self.prepare, self.labels = model, prepare, labels
@@ -77,7 +79,7 @@ class ClassExplainer:
         adapter = _Classifier(self.model, layer, self._prepare)
         self.pipeline = Pipeline(adapter, self._scores, layer=layer, layout=layout,
                                  strategy=strategy, chunk_size=chunk_size, stack_inputs=True,
-                                 align=align)
+                                 align=align, steps=steps)
 
     def _prepare(self, image: Any) -> Any:
         if self.prepare is None:

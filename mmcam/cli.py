@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcam.errors import MMCamError
-from mmcam.registry import cli_methods, cli_scores
+from mmcam.registry import PATH_STEPS, cli_methods, cli_scores
 
 METHOD_CHOICES = cli_methods("classify")  # every CAM formula (mmcam.registry.METHODS)
 
@@ -24,7 +24,7 @@ def _classify(args: argparse.Namespace) -> int:
     if args.cls is not None and args.top is not None:
         raise MMCamError("--class and --top exclude each other: --class explains one class")
     top = 3 if args.top is None else args.top
-    _at_least(1, top=top)  # flags first: a bad one is answered before torch loads
+    _at_least(1, top=top, steps=args.steps)  # flags first: before torch loads
     _check_out(args.out)
     _check_layer(args.layer)
     with _importing():
@@ -49,7 +49,7 @@ def _classify(args: argparse.Namespace) -> int:
         from mmcam.adapters.torchvision import build_classifier
 
         adapter = build_classifier(args.model, weights=args.weights, layer=args.layer)
-    explainer = ClassExplainer(adapter, method=args.method)
+    explainer = ClassExplainer(adapter, method=args.method, steps=args.steps)
     n = len(adapter.labels)
     if args.cls is not None and not 0 <= args.cls < n:
         raise MMCamError(f"--class {args.cls} is out of range: the model has {n} classes")
@@ -69,7 +69,7 @@ def _classify(args: argparse.Namespace) -> int:
 def _caption(args: argparse.Namespace) -> int:
     from mmcam.limits import check_words
 
-    _at_least(1, beam=args.beam)  # flags first: a bad one is answered before torch loads
+    _at_least(1, beam=args.beam, steps=args.steps)  # flags first: before torch loads
     _check_out(args.out)
     _check_layer(args.layer)
     versus = _pairs(args.versus)
@@ -89,7 +89,7 @@ def _caption(args: argparse.Namespace) -> int:
                        **({"prompt": args.prompt} if args.prompt else {}))
     explainer = CaptionExplainer(model, method=args.method, layer=args.layer,
                                  strategy=args.strategy, align=args.align, score=args.score,
-                                 versus=versus)
+                                 versus=versus, steps=args.steps)
     result = explainer.explain(image, caption=args.caption, beam_size=args.beam)
     _save(result, args.out)
     print(f"caption: {result.caption}")
@@ -106,7 +106,7 @@ def _caption(args: argparse.Namespace) -> int:
 def _vqa(args: argparse.Namespace) -> int:
     from mmcam.limits import check_words
 
-    _at_least(1, top=args.top)  # flags first: a bad one is answered before torch loads
+    _at_least(1, top=args.top, steps=args.steps)  # flags first: before torch loads
     _check_out(args.out)
     _check_layer(args.layer)
     check_words(args.question, "question")
@@ -124,7 +124,7 @@ def _vqa(args: argparse.Namespace) -> int:
         place["task"] = "vqa"
     explainer = VQAExplainer(load_model(args.model, **place), method=args.method,
                              layer=args.layer, strategy=args.strategy, align=args.align,
-                             score=args.score)
+                             score=args.score, steps=args.steps)
     result = explainer.explain(
         image, args.question, answer=args.answer, contrast=args.contrast, top_k=args.top
     )
@@ -383,6 +383,13 @@ def _engine_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--align", default="receptive", choices=["receptive", "bilinear"],
                    help="draw grid cells at their receptive fields' centres, or where plain "
                         "bilinear upsampling puts them")
+    _steps_option(c)
+
+
+def _steps_option(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--steps", type=int, default=PATH_STEPS,
+                   help="--method integrated: points on the path from the mean-color image "
+                        "(each one gradient pass)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layer", default=None, help="dotted layer name (default: last conv block)")
     c.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
     c.add_argument("--class", dest="cls", type=int, default=None, help="explain this class id")
+    _steps_option(c)
     c.add_argument("--top", type=int, default=None, help="explain the top classes (default 3)")
     c.add_argument("--out", required=True)
     c.set_defaults(func=_classify)

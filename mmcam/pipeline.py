@@ -227,6 +227,7 @@ class Pipeline:
     (:mod:`mmcam.align`, derived once per model, layer and input size), "bilinear" where
     plain bilinear upsampling puts them (the paper's, captum's and pytorch-grad-cam's).
     ``method``: the CAM method the caller will ask for (lets "auto" pick "readers").
+    ``steps``: the points of the integrated method's path (:data:`mmcam.cam.PATH_STEPS`).
     """
 
     def __init__(
@@ -242,8 +243,11 @@ class Pipeline:
         stack_inputs: bool = False,
         align: str = "receptive",
         method: str | None = None,
+        steps: int = PATH_STEPS,
     ) -> None:
         self.adapter = adapter
+        check_at_least(1, steps=steps)
+        self.steps = steps
         self.method = method
         self.align = check_align(align)
         self.module = module_of(adapter)
@@ -400,7 +404,7 @@ class Pipeline:
         """As :meth:`explain`, for inputs already prepared (``(inputs, geometry)`` each)."""
         cam = cam_of(method)
         strategy = self._choose(self.requested, method, guided)
-        steps = PATH_STEPS if method in PATH_METHODS else 0
+        steps = self.steps if method in PATH_METHODS else 0
         batched = self.split or self.stack_inputs
         groups = self._groups(prepared) if batched else [[i] for i in range(len(images))]
         explain_group = self._explain_split if self.split else self._explain_whole

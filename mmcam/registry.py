@@ -16,6 +16,7 @@ from typing import Any
 # name -> label: every CAM formula of mmcam.cam, in its order
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
            "counterfactual": "Counterfactual", "integrated": "Integrated gradients"}
+PATH_STEPS = 16  # the integrated method's path points by default (mmcam.cam.integrated)
 GUIDED = "guided-gradcam"  # Grad-CAM times guided backprop (captions and classes)
 SCORES = {"logprob": "log p", "logit": "logit", "contrast": "contrast", "versus": "versus"}
 VQA_SCORES = ("logprob", "logit", "contrast")  # "versus" names caption words

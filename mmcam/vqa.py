@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcam.cam import get_method
+from mmcam.cam import PATH_STEPS, get_method
 from mmcam.errors import MMCamError
 from mmcam.images import ImageInput, load_image
 from mmcam.layers import Layout
@@ -47,7 +47,7 @@ class VQAExplainer:
     the model's top other answers; see :mod:`mmcam.scores`); for a contrast "a rather than b"
     (``explain(..., contrast=b)``) it is ``log p(a) - log p(b)``. All maps come from one
     batched pass at ``layer`` (None: the adapter's default); see :class:`mmcam.CaptionExplainer` for
-    ``layout``, ``strategy`` and ``align``.
+    ``layout``, ``strategy``, ``align`` and ``steps``.
     """
 
     def __init__(
@@ -61,6 +61,7 @@ class VQAExplainer:
         align: str = "receptive",
         score: str = "logprob",
         kinds: Sequence[Sequence[str]] | None = None,
+        steps: int = PATH_STEPS,
     ) -> None:
         self.generative = callable(getattr(adapter, "score_answer_tokens", None))
         needs = ("prepare", "tokenize_question") + (
@@ -88,7 +89,8 @@ class VQAExplainer:
                                  getattr(adapter, "word_kinds", {}).values())
         self._index = {a.lower(): i for i, a in enumerate(getattr(adapter, "answers", []))}
         self._options = {"layer": layer, "layout": layout, "strategy": strategy,
-                         "chunk_size": chunk_size, "align": align, "method": method}
+                         "chunk_size": chunk_size, "align": align, "method": method,
+                         "steps": steps}
         self.pipeline = Pipeline(adapter, self._score_fn(), causal=self.generative,
                                  **self._options)
 

@@ -174,6 +174,7 @@ def _same(a, b):
     ["caption", "scene.png", "--caption", " ".join(["red"] * 600), "--out", "o"],
     ["vqa", "scene.png", "what?", "--top", "-1", "--out", "o"],
     ["classify", "scene.png", "--top", "0", "--out", "o"],
+    ["vqa", "scene.png", "what?", "--steps", "0", "--out", "o"],
     ["caption", "scene.png", "--out", "scene.png"],
 ])
 def test_bad_flags_are_answered_before_torch_loads(tmp_path, argv):

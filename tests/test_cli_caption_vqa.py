@@ -101,3 +101,21 @@ def test_caption_cli_bfloat16_and_inner_layer(scene_png, tmp_path):
     assert [w["logprob"] for w in data["words"]] == pytest.approx(ref.logprobs, rel=1e-5)
     fp32 = CaptionExplainer(mmcam.load_model("shapes-captioner")).explain(scene.image, text)
     assert ref.logprobs == pytest.approx(fp32.logprobs, abs=0.1)  # bf16 keeps ~3 digits
+
+
+def test_vqa_cli_integrated_takes_steps(scene_png, tmp_path):
+    """--method integrated --steps N draws what VQAExplainer(method="integrated", steps=N)
+    draws (the answer's map, as saved), and N changes it."""
+    path, scene = scene_png
+    q = scene.questions[0][0]
+    out = tmp_path / "cli"
+    assert main(["vqa", str(path), q, "--method", "integrated", "--steps", "3",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "result.json").read_text())["method"] == "integrated"
+    adapter = mmcam.load_model("shapes-vqa")
+    for steps in (3, 16):
+        VQAExplainer(adapter, method="integrated", steps=steps).explain(
+            scene.image, q).save(tmp_path / f"lib{steps}")
+    png = "answer.png"
+    assert (out / png).read_bytes() == (tmp_path / "lib3" / png).read_bytes()
+    assert (out / png).read_bytes() != (tmp_path / "lib16" / png).read_bytes()
