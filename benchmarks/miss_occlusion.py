@@ -1,11 +1,11 @@
 """Are a VQA model's pointing misses the model's or the map's? An occlusion test.
 
     python benchmarks/miss_occlusion.py MODEL [--n 200] [--seed 2000000] [--fill mean]
-        [--out benchmarks/results/miss_occlusion_MODEL.json]
+        [--method hirescam] [--out benchmarks/results/miss_occlusion_MODEL[_METHOD].json]
 
 For every answer the evaluation suite explains (:func:`mmcam.suite.vqa_questions`: per scene
-the first question of each type that names objects; the model's own answer; HiResCAM +
-contrast, the recommended setting), three regions of equal area ``a`` (the questioned objects'
+the first question of each type that names objects; the model's own answer; the contrast
+score, ``--method`` HiResCAM or another), three regions of equal area ``a`` (the questioned objects'
 visible pixels) are filled with ``--fill`` (the suite's deletion fills) and the answer's log p
 is scored again:
 
@@ -50,15 +50,16 @@ SLACK = 4
 REGIONS = ("objects", "map", "random")
 
 
-def records(model: str, n: int, seed: int, fill: str) -> list[dict]:
+def records(model: str, n: int, seed: int, fill: str, method: str = "hirescam"
+            ) -> list[dict]:
     """One record per explained answer: type, right, hit, and the log p drop per region."""
     adapter = mmcam.load_model(model)
-    ex = VQAExplainer(adapter, score="contrast", method="hirescam")
+    ex = VQAExplainer(adapter, score="contrast", method=method)
     out = []
     for i, scene in enumerate(tqdm(generate(n, seed), desc=f"occluding {model}")):
         for qi, q, truth, qtype, objs in vqa_questions(scene):
             e = ex.explained(scene.image, q)
-            grid = cam_of("hirescam")(e.A[None], e.G[0:1])[0]
+            grid = cam_of(method)(e.A[None], e.G[0:1])[0]
             m = e.geometry.to_image(grid[None], e.cell)[0]
             mask, _ = _union([scene.objects[j] for j in objs], scene.image.size)
             mask_t = torch.as_tensor(mask)
@@ -112,18 +113,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--fill", choices=sorted(ev.FILLS), default="mean")
+    p.add_argument("--method", default="hirescam")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    recs = records(args.model, args.n, args.seed, args.fill)
+    recs = records(args.model, args.n, args.seed, args.fill, args.method)
     res = {"command": " ".join(["python", "benchmarks/miss_occlusion.py",
                                 *(argv if argv is not None else sys.argv[1:])]),
            "model": args.model, "n": args.n, "seed": args.seed, "fill": args.fill,
+           "method": args.method,
            "slack": SLACK, "wall_s": round(time.perf_counter() - t0, 1),
            "by_type": table(recs), "records": recs}
-    out = Path(args.out or ROOT / f"benchmarks/results/miss_occlusion_{Path(args.model).name}"
-               ".json")
+    tag = "" if args.method == "hirescam" else f"_{args.method}"
+    out = Path(args.out or ROOT / "benchmarks/results"
+               / f"miss_occlusion_{Path(args.model).name}{tag}.json")
     out.write_text(json.dumps(res, indent=1))
     for kind, parts in res["by_type"].items():
         for part, v in parts.items():

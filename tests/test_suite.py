@@ -19,6 +19,7 @@ from mmcam.suite import (
     _chance,
     evaluate_explanations,
     sanity_value,
+    vqa_questions,
     vqa_records,
     word_kind,
     yes_no_table,
@@ -296,3 +297,33 @@ def test_vqa_report_splits_deletion_by_yes_and_no(tmp_path):
         split = sum(r["n_deletion"] for r in rows if r["kind"].startswith(kind + " ("))
         assert split == whole[kind] > 0
     assert "Deletion on the answers yes and no" in (out / "report.md").read_text()
+
+
+def test_miss_occlusion_drops_match_the_model_scored_by_hand():
+    """The objects' drop is the model's log p of its answer on the image minus on the image
+    with the questioned objects' pixels set to its mean color, scored here through the
+    adapter's own encode and score_answers; the table counts by hand."""
+    module = _benchmark("miss_occlusion")
+    recs = module.records("shapes-vqa", 1, 2000000, "mean")
+    scene = generate(1, seed=2000000)[0]
+    ad = load_model("shapes-vqa")
+    qs = vqa_questions(scene)
+    assert [r["type"] for r in recs] == [q[3] for q in qs]
+    for r, (_, q, _, _, objs) in zip(recs, qs):
+        px = ad.prepare(scene.image)
+        mask = torch.as_tensor(np.any([scene.objects[j].mask for j in objs], axis=0))
+        absent = torch.where(mask, px.mean(dim=(2, 3), keepdim=True), px)
+        qids = torch.as_tensor(ad.tokenize_question(q)[0])[None]
+        with torch.no_grad():
+            lp = [ad.score_answers(ad.encode(x), qids)[0] for x in (px, absent)]
+        a = ad.answers.index(r["answer"])
+        assert r["area"] == int(mask.sum())
+        assert r["drop_objects"] == pytest.approx(float(lp[0][a] - lp[1][a]), rel=1e-4,
+                                                  abs=1e-5)
+    t = module.table([{"type": "color", "hit": False, "right": True, "drop_objects": 2.0,
+                       "drop_map": 3.0, "drop_random": 0.0},
+                      {"type": "color", "hit": False, "right": False, "drop_objects": 2.0,
+                       "drop_map": 1.0, "drop_random": 1.0}])
+    assert t["color"]["miss"] == {"n": 2, "right": 0.5, "drop_objects_mean": 2.0,
+                                  "drop_map_mean": 2.0, "drop_random_mean": 0.5,
+                                  "map_drop_at_least_objects": 0.5}
