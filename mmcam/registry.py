@@ -25,11 +25,12 @@ CLASS_SCORES = ("logit", "logprob")
 # maps?"): HiResCAM with the contrast score points best and passes the sanity check
 RECOMMENDED = "hirescam:contrast"
 NOTES = {RECOMMENDED: "recommended", "gradcam": "the paper",
-         "gradcam++": "fails the sanity check"}
+         "gradcam++": "fails the sanity check",
+         "integrated:contrast": "best on BLIP models, 16 passes"}
 # (method, score) pairs offered as one choice each, the recommended one first
-PAIRS = (("hirescam", "contrast"), ("gradcam", "logprob"), ("hirescam", "logprob"),
-         ("gradcam", "contrast"), ("gradcam++", "logprob"), ("gradcam++", "contrast"),
-         ("counterfactual", "logprob"))
+PAIRS = (("hirescam", "contrast"), ("integrated", "contrast"), ("gradcam", "logprob"),
+         ("hirescam", "logprob"), ("integrated", "logprob"), ("gradcam", "contrast"),
+         ("gradcam++", "logprob"), ("gradcam++", "contrast"), ("counterfactual", "logprob"))
 
 
 def method_value(method: str, score: str = "logprob") -> str:
