@@ -465,7 +465,8 @@ def _add_model_commands(sub: Any) -> None:
     c.add_argument("model", help="shipped name, a model folder, or hf:<hub id>")
     c.add_argument("--n", type=int, default=500, help="fresh scenes")
     c.add_argument("--seed", type=_seed, default=2_000_000)
-    c.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "hirescam"],
+    c.add_argument("--methods", nargs="+",
+                   default=["gradcam", "gradcam++", "hirescam", "integrated"],
                    choices=METHOD_CHOICES)
     c.add_argument("--scores", nargs="+", default=["logprob", "contrast"],
                    choices=cli_scores("vqa"))

@@ -596,7 +596,7 @@ def json_safe(value: Any) -> Any:
 
 def evaluate_explanations(
     adapter: Any, model_name: str, n: int = 500, seed: int = SEED,
-    methods: Sequence[str] = ("gradcam", "gradcam++", "hirescam"),
+    methods: Sequence[str] = ("gradcam", "gradcam++", "hirescam", "integrated"),
     scores: Sequence[str] = ("logprob", "contrast"),
     aligns: Sequence[str] = ("receptive", "bilinear"), slack: int = 4,
     n_deletion: int = 50, n_sanity: int = 10, out: str | Path | None = None,

@@ -400,6 +400,20 @@ def cosine(a, b) -> float:
     return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
 
 
+def test_integrated_choice_equals_the_library(app, models, scene_png, tmp_path):
+    """The "Integrated gradients, contrast" choice draws the library's maps for
+    method="integrated", score="contrast"."""
+    c = client(app, tmp_path)
+    status, words, word0, info, sentence, *_ = caption_call(c, app, scene_png,
+                                                          method="integrated:contrast")
+    lib = CaptionExplainer(models["captioner"], method="integrated", score="contrast").explain(
+        load_image(scene_png))
+    assert [label for label, _ in words["choices"]] == lib.words
+    expected = lib.overlays(0.5)
+    np.testing.assert_array_equal(pixels(word0), np.asarray(expected[0]))
+    np.testing.assert_array_equal(pixels(sentence), np.asarray(expected[-1]))
+
+
 def test_side_by_side_methods_layers_and_models(app, models, scene_png, tmp_path):
     """The selected word under A (the caption shown) and B (another method and layer, then
     another model): each map is the library's for that setting and the same caption."""
