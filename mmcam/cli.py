@@ -215,6 +215,7 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise MMCamError("--n must be at least 1")
+    _at_least(1, steps=args.steps)
     for flag in ("n_deletion", "n_sanity", "slack"):
         if getattr(args, flag) < 0:
             raise MMCamError(f"--{flag.replace('_', '-')} must be 0 or more")
@@ -223,7 +224,7 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
         load_model(args.model, **_placement(args)), args.model, n=args.n, seed=args.seed,
         methods=args.methods, scores=args.scores, aligns=args.aligns, slack=args.slack,
         n_deletion=args.n_deletion, n_sanity=args.n_sanity, out=args.out,
-        fill=args.deletion_fill, layers=args.layers)
+        fill=args.deletion_fill, layers=args.layers, steps=args.steps)
     rec = report["recommended"]
     if rec:
         print(f"recommended: method {rec['method']}, score {rec['score']}, align "
@@ -480,6 +481,7 @@ def _add_model_commands(sub: Any) -> None:
                    help="what removed pixels become: the image's mean color or a blurred copy")
     c.add_argument("--n-sanity", type=int, default=10,
                    help="scenes for the sanity check (0: skip it, and the recommendation)")
+    _steps_option(c)
     c.add_argument("--trust-remote-code", action="store_true",
                    help="let a Hugging Face checkpoint run the Python code it ships")
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

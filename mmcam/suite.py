@@ -50,7 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmcam import evaluation as ev
-from mmcam.cam import METHODS, PATH_METHODS, REDUCIBLE
+from mmcam.cam import METHODS, PATH_METHODS, PATH_STEPS, REDUCIBLE
 from mmcam.caption import CaptionExplainer
 from mmcam.geometry import Geometry
 from mmcam.pipeline import Explained, cam_of, module_of, pixels_of, with_pixels
@@ -147,19 +147,20 @@ def _deletion(scorer: _Scorer, e: Explained, maps: dict[Setting, torch.Tensor],
 
 
 def _explainers(cls: type, adapter: Any, score: str, methods: Sequence[str],
-                layer: str | None = None) -> tuple[Any, dict[str, Any]]:
+                layer: str | None = None, steps: int = PATH_STEPS
+                ) -> tuple[Any, dict[str, Any]]:
     """(explainer, per method the explainer whose gradients serve it): the "auto" strategy's
     explainer serves every method it can; when that is "readers", a "vjp" one serves the
     methods beyond :data:`mmcam.cam.REDUCIBLE`; each path method (:data:`PATH_METHODS`, its
-    gradients are a path's mean) has its own. The reducible methods keep the readers' exact
-    maps: in front of a LayerNorm, HiResCAM from dense float32 gradients is mostly rounding
-    error (README)."""
+    gradients are a path's mean, ``steps`` points) has its own. The reducible methods keep
+    the readers' exact maps: in front of a LayerNorm, HiResCAM from dense float32 gradients
+    is mostly rounding error (README)."""
     ex = cls(adapter, score=score, layer=layer)
     by = {m: ex for m in methods if m not in PATH_METHODS}
     if ex.pipeline.strategy == "readers" and any(m not in REDUCIBLE for m in by):
         full = cls(adapter, score=score, strategy="vjp", layer=layer)
         by |= {m: full for m in by if m not in REDUCIBLE}
-    return ex, by | {m: cls(adapter, method=m, score=score, layer=layer)
+    return ex, by | {m: cls(adapter, method=m, score=score, layer=layer, steps=steps)
                      for m in methods if m in PATH_METHODS}
 
 
@@ -228,8 +229,8 @@ def _records_for(rows: list[tuple[Explained, int, str, np.ndarray, tuple, float]
 def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                     scores: Sequence[str], aligns: Sequence[str], slack: int = 4,
                     n_deletion: int = 50, progress: bool = True, fill: str = "mean",
-                    layer: str | None = None, captions: Sequence[str] | None = None
-                    ) -> tuple[list[dict], list[str]]:
+                    layer: str | None = None, captions: Sequence[str] | None = None,
+                    steps: int = PATH_STEPS) -> tuple[list[dict], list[str]]:
     """Per-word records for the model's own captions (see module doc), and the captions
     (``captions``: the model's captions of ``scenes`` when already known, not generated
     again)."""
@@ -241,7 +242,7 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
     has_att = callable(getattr(adapter, "attention", None)) and callable(
         getattr(adapter, "encode", None)) and layer in (None, getattr(adapter, "layer", None))
     for s_i, score in enumerate(scores):
-        ex, by = _explainers(CaptionExplainer, adapter, score, methods, layer)
+        ex, by = _explainers(CaptionExplainer, adapter, score, methods, layer, steps)
         for i, scene in enumerate(tqdm(scenes, desc=f"captions, score {score}",
                                        disable=not progress)):
             text = captions[i] if s_i > 0 or known else None
@@ -300,12 +301,12 @@ def vqa_questions(scene: Scene) -> list[tuple[int, str, str, str, tuple[int, ...
 def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                 scores: Sequence[str], aligns: Sequence[str], slack: int = 4,
                 n_deletion: int = 50, progress: bool = True, fill: str = "mean",
-                layer: str | None = None) -> list[dict]:
+                layer: str | None = None, steps: int = PATH_STEPS) -> list[dict]:
     """Per-answer records: per scene the first question of each type that refers to
     objects, the model's own answer (see module doc)."""
     recs: list[dict] = []
     for score in scores:
-        ex, by = _explainers(VQAExplainer, adapter, score, methods, layer)
+        ex, by = _explainers(VQAExplainer, adapter, score, methods, layer, steps)
         for i, scene in enumerate(tqdm(scenes, desc=f"VQA, score {score}",
                                        disable=not progress)):
             for qi, q, truth, qtype, objs in vqa_questions(scene):
@@ -350,7 +351,7 @@ def sanity_value(curve: list[tuple[str, float]], stage: str | None) -> float:
 
 def sanity(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
            scores: Sequence[str], task: str, captions: Sequence[str] | None = None,
-           progress: bool = True, layer: str | None = None
+           progress: bool = True, layer: str | None = None, steps: int = PATH_STEPS
            ) -> dict[str, list[tuple[str, float]]]:
     """Cascading randomization per (method, score): ``"method/score" -> [(stage, rho)]``,
     stages randomized from the output back, one more per step."""
@@ -371,7 +372,7 @@ def sanity(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
                          slice(0, 1)) for s in scenes]
 
             _, by = _explainers(CaptionExplainer if task == "caption" else VQAExplainer,
-                                ad, score, methods, layer)
+                                ad, score, methods, layer, steps)
             made: dict[int, list[tuple[Explained, slice]]] = {}
             for meth in methods:
                 x = by[meth]
@@ -480,7 +481,9 @@ def markdown(report: dict) -> str:
     lines = [f"# Explanation evaluation: {report['model']}", "",
              f"{report['n']} fresh scenes (seed {report['seed']}), slack {report['slack']} px, "
              f"deletion on {report['n_deletion']} scenes (removed pixels: "
-             f"{FILL_TEXT[report.get('deletion_fill', 'blur')]}); {report['wall_s']:.0f} s.", ""]
+             f"{FILL_TEXT[report.get('deletion_fill', 'blur')]}); {report['wall_s']:.0f} s."
+             + (f" The integrated method with {report['steps']} path points."
+                if "integrated" in report.get("methods", []) and "steps" in report else ""), ""]
     rec = report.get("recommended")
     if rec:
         lines += [f"Recommended: **{rec['method']}**, score **{rec['score']}**, align "
@@ -601,6 +604,7 @@ def evaluate_explanations(
     aligns: Sequence[str] = ("receptive", "bilinear"), slack: int = 4,
     n_deletion: int = 50, n_sanity: int = 10, out: str | Path | None = None,
     progress: bool = True, fill: str = "mean", layers: Sequence[str] | None = None,
+    steps: int = PATH_STEPS,
 ) -> dict:
     """Run the suite (module doc) on ``n`` fresh scenes, at the model's default layer or at
     each of ``layers``; write ``report.json``, ``report.md`` and ``report.html`` to ``out``
@@ -624,15 +628,15 @@ def evaluate_explanations(
         label = str(layer or default)
         if is_vqa:
             new = vqa_records(adapter, scenes, methods, scores, aligns, slack, n_deletion,
-                              progress, fill, layer)
+                              progress, fill, layer, steps)
             got = sanity(adapter, scenes[:n_sanity], methods, scores, "vqa",
-                         progress=progress, layer=layer) if n_sanity > 0 else {}
+                         progress=progress, layer=layer, steps=steps) if n_sanity > 0 else {}
         else:
             new, captions = caption_records(adapter, scenes, methods, scores, aligns, slack,
                                             n_deletion, progress, fill, layer,
-                                            captions or None)
+                                            captions or None, steps)
             got = sanity(adapter, scenes[:n_sanity], methods, scores, "caption",
-                         captions[:n_sanity], progress, layer) if n_sanity > 0 else {}
+                         captions[:n_sanity], progress, layer, steps) if n_sanity > 0 else {}
         recs += [r | {"layer": label} for r in new]
         stage = explained_stage(adapter, stages, layer)
         for k, curve in got.items():
@@ -645,7 +649,7 @@ def evaluate_explanations(
             att[r["method"]].append(r["vs_attention"])
     report = {
         "model": model_name, "n": n, "seed": seed, "slack": slack, "n_deletion":
-        min(n_deletion, n), "deletion_fill": fill, "n_sanity": min(n_sanity, n),
+        min(n_deletion, n), "deletion_fill": fill, "n_sanity": min(n_sanity, n), "steps": steps,
         "methods": list(methods), "default_layer": default,
         "layers": [str(x) for x in layers] if layers else [default],
         "scores": list(scores), "aligns": list(aligns), "table": table,

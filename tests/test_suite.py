@@ -327,3 +327,27 @@ def test_miss_occlusion_drops_match_the_model_scored_by_hand():
     assert t["color"]["miss"] == {"n": 2, "right": 0.5, "drop_objects_mean": 2.0,
                                   "drop_map_mean": 2.0, "drop_random_mean": 0.5,
                                   "map_drop_at_least_objects": 0.5}
+
+
+def test_steps_reach_the_integrated_method(tmp_path):
+    """``--steps`` is the integrated method's path points in the suite: its records are the
+    maps of VQAExplainer(method="integrated", steps=2), and the report says so."""
+    out = tmp_path / "ev"
+    assert main(["evaluate-explanations", "shapes-vqa", "--n", "2", "--n-deletion", "0",
+                 "--n-sanity", "0", "--methods", "integrated", "--scores", "contrast",
+                 "--aligns", "receptive", "--steps", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 2
+    assert "The integrated method with 2 path points." in (out / "report.md").read_text()
+    ad = load_model("shapes-vqa")
+    ex = VQAExplainer(ad, method="integrated", score="contrast", steps=2)
+    hits = []
+    for sc in generate(2, seed=report["seed"]):
+        for _, q, _, qtype, objs in vqa_questions(sc):
+            mask = np.any([sc.objects[j].mask for j in objs], axis=0)
+            e = ex.explained(sc.image, q)
+            m = e.geometry.to_image(e.layer_maps[0:1], e.cell)[0]
+            hits.append((qtype, pointing_hit(m, mask, 4)))
+    for row in report["table"]:
+        mine = [h for k, h in hits if k == row["kind"]]
+        assert row["n"] == len(mine) and row["pointing"] == pytest.approx(np.mean(mine))
