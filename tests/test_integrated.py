@@ -137,3 +137,16 @@ def test_model_left_as_it_was():
     assert all(torch.equal(v, before[k]) for k, v in ad.state_dict().items())
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                for m in ad.modules()) == 0
+
+
+@pytest.mark.parametrize("layer", [None, "encoder.2"])
+def test_a_batch_of_images_equals_each_alone(layer):
+    """Several images in one pass (each its own baseline and path) give each image's maps."""
+    ad = ToyCaptioner(seed=4).eval()
+    ex = CaptionExplainer(ad, method="integrated", layer=layer, align="bilinear")
+    pils, caps = [image(5), image(6)], ["a red circle", "the big blue square"]
+    batch = ex.explain_batch(pils, caps)
+    for pil, cap, got in zip(pils, caps, batch):
+        alone = ex.explain(pil, cap)
+        assert alone.maps.abs().max() > 0
+        torch.testing.assert_close(got.maps, alone.maps, rtol=1e-5, atol=1e-7)
