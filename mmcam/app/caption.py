@@ -16,10 +16,12 @@ from mmcam.errors import MMCamError
 from mmcam.registry import method_choices, method_score
 
 SANITY_NOTE = (
-    "Sanity check (decoder re-initialized, Adebayo et al. 2018): Grad-CAM and HiResCAM maps "
-    "change (they depend on what the model learned); Grad-CAM++ maps barely change, so they "
-    "show the image more than the model. Contrast: the word's logit minus the mean of the "
-    "other words of its kind (or the model's top 5 alternatives).")
+    "Sanity check (decoder re-initialized, Adebayo et al. 2018): Grad-CAM, HiResCAM and "
+    "integrated-gradients maps change (they depend on what the model learned); Grad-CAM++ maps "
+    "barely change, so they show the image more than the model. Integrated gradients point "
+    "best on the BLIP models and at encoder.2 of shapes-captioner, at 16 gradient passes. "
+    "Contrast: the word's logit minus the mean of the other words of its kind (or the model's "
+    "top 5 alternatives).")
 
 
 class CaptionTab(Tab):
