@@ -29,7 +29,8 @@ import mmcam  # noqa: E402
 from benchmarks import bench_engine  # noqa: E402
 from benchmarks.bench_hf import blip_base, timed  # noqa: E402
 from mmcam.caption import CaptionExplainer  # noqa: E402
-from mmcam.pipeline import baseline_pixels, pixels_of  # noqa: E402
+from mmcam.evaluation import mean_fill  # noqa: E402
+from mmcam.pipeline import pixels_of  # noqa: E402
 from mmcam.scenes import generate  # noqa: E402
 from mmcam.vqa import VQAExplainer  # noqa: E402
 
@@ -69,7 +70,7 @@ def completeness(points: list[int]) -> dict:
         out["sums"][m] = (e.A[None] * e.G).sum(dim=(1, 2, 3)).tolist()
     px = pixels_of(e.inputs)
     with torch.no_grad():
-        lp = cap.score_tokens(cap.encode(torch.cat([px, baseline_pixels(px)])),
+        lp = cap.score_tokens(cap.encode(torch.cat([px, mean_fill(px)])),
                               e.rows.ids[:1].expand(2, -1))
     y = lp @ e.rows.coefs.T  # (2 images, words)
     out["gap"] = (y[0] - y[1]).tolist()

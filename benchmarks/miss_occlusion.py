@@ -41,7 +41,7 @@ from tqdm import tqdm  # noqa: E402
 
 import mmcam  # noqa: E402
 from mmcam import evaluation as ev  # noqa: E402
-from mmcam.pipeline import cam_of, pixels_of  # noqa: E402
+from mmcam.pipeline import pixels_of  # noqa: E402
 from mmcam.scenes import generate  # noqa: E402
 from mmcam.suite import SEED, _Scorer, _union, vqa_questions  # noqa: E402
 from mmcam.vqa import VQAExplainer  # noqa: E402
@@ -59,8 +59,7 @@ def records(model: str, n: int, seed: int, fill: str, method: str = "hirescam"
     for i, scene in enumerate(tqdm(generate(n, seed), desc=f"occluding {model}")):
         for qi, q, truth, qtype, objs in vqa_questions(scene):
             e = ex.explained(scene.image, q)
-            grid = cam_of(method)(e.A[None], e.G[0:1])[0]
-            m = e.geometry.to_image(grid[None], e.cell)[0]
+            m = e.geometry.to_image(e.layer_maps[0:1], e.cell)[0]
             mask, _ = _union([scene.objects[j] for j in objs], scene.image.size)
             mask_t = torch.as_tensor(mask)
             px = pixels_of(e.inputs)[0].detach().float().cpu()

@@ -148,10 +148,13 @@ def blurred(pixels: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch
 
 
 def mean_fill(pixels: torch.Tensor) -> torch.Tensor:
-    """The image's mean color at every pixel of pixels (3,H,W): the "absent" image of a
-    deletion that removes color as well as shape (a blur keeps an object's color)."""
+    """The image's mean color at every pixel of pixels (3,H,W) or of each image of a batch
+    (B,3,H,W), the mean taken in float32 or better: the "absent" image of a deletion that
+    removes color as well as shape (a blur keeps an object's color), and the integrated
+    method's baseline (:func:`mmcam.cam.integrated`)."""
     pixels = _float_pixels(pixels)
-    return pixels.mean(dim=(1, 2), keepdim=True).expand_as(pixels).clone()
+    wide = pixels.to(torch.promote_types(pixels.dtype, torch.float32))
+    return wide.mean(dim=(-2, -1), keepdim=True).to(pixels.dtype).expand_as(pixels).clone()
 
 
 FILLS = {"mean": mean_fill, "blur": blurred}

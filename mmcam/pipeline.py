@@ -32,6 +32,7 @@ from mmcam import engine
 from mmcam.align import ALIGNS, Cell, receptive_cells, run_to_layer
 from mmcam.cam import PATH_METHODS, PATH_STEPS, REDUCIBLE, Reduced, get_method, gradcam, localize
 from mmcam.errors import MMCamError
+from mmcam.evaluation import mean_fill
 from mmcam.geometry import Geometry
 from mmcam.guided import guided_from_layer, guided_gradcam
 from mmcam.layers import (
@@ -189,15 +190,14 @@ def pixels_of(inputs: Any) -> torch.Tensor | None:
     return None
 
 
-def baseline_pixels(px: torch.Tensor) -> torch.Tensor:
-    """The path methods' baseline (:data:`mmcam.cam.PATH_METHODS`): every pixel of each
-    image (B,3,H,W) its image's mean color, as the evaluation suite's deletion fills."""
-    return px.float().mean(dim=(-2, -1), keepdim=True).to(px.dtype).expand_as(px).contiguous()
-
-
-def path_alphas(steps: int) -> list[float]:
-    """The midpoint rule's points ``(j - 1/2) / steps``, j = 1..steps."""
-    return [(j + 0.5) / steps for j in range(steps)]
+def path_mean(grad_at: Callable[[float], torch.Tensor], steps: int) -> torch.Tensor:
+    """``mean_j grad_at(alpha_j)`` over the midpoint rule's points ``alpha_j = (j - 1/2) /
+    steps``, j = 1..steps: a path method's mean gradient (:data:`mmcam.cam.PATH_METHODS`)."""
+    total = None
+    for j in range(steps):
+        g = grad_at((j + 0.5) / steps)
+        total = g if total is None else total + g
+    return total / steps
 
 
 def with_pixels(inputs: Any, px: torch.Tensor) -> Any:
@@ -479,12 +479,10 @@ class Pipeline:
     def _encode_at(self, pixels: torch.Tensor, held: dict[str, torch.Tensor],
                    A0: torch.Tensor | None = None, alpha: float = 1.0) -> torch.Tensor:
         """``encode(pixels)``; with a layer, its output (moved to ``A0 + alpha (A - A0)``
-        when ``A0`` is given) is kept as the leaf ``held["A"]``. Without one, the features
-        themselves are moved."""
+        when ``A0`` is given) is kept as the leaf ``held["A"]``."""
         if self.layer is None:
             with torch.no_grad():
-                feats = self.adapter.encode(pixels)
-            return feats if A0 is None else A0 + alpha * (feats - A0)
+                return self.adapter.encode(pixels)
 
         def record(a: torch.Tensor) -> torch.Tensor:
             x = a.detach() if A0 is None else A0 + alpha * (a.detach() - A0)
@@ -496,28 +494,30 @@ class Pipeline:
 
     def _split_path(self, pixels: torch.Tensor, A: torch.Tensor, rows: list[Rows],
                     strategy: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A - A0, Gbar)``: the mean row gradient at ``A0 + alpha_j (A - A0)`` (encoder
-        rerun from the layer at each point, gradients carried back to it)."""
+        """``(A - A0, Gbar)``: the mean row gradient at ``A0 + alpha_j (A - A0)``; for a
+        layer inside the encoder the encoder's rest runs from each point and the gradients
+        are carried back to it (at ``encode``'s output the features are moved directly)."""
         with torch.no_grad():
             if self.layer is None:
-                A0 = self.adapter.encode(baseline_pixels(pixels))
+                A0 = self.adapter.encode(mean_fill(pixels))
             else:
-                A0 = run_to_layer(self._encode_to, baseline_pixels(pixels)).detach()
-        total = None
-        for alpha in path_alphas(steps):
+                A0 = run_to_layer(self._encode_to, mean_fill(pixels)).detach()
+
+        def grad_at(alpha: float) -> torch.Tensor:
             held: dict[str, torch.Tensor] = {}
-            feats = self._encode_at(pixels, held, A0, alpha)
+            if self.layer is None:
+                feats = A0 + alpha * (A - A0)
+            else:
+                feats = self._encode_at(pixels, held, A0, alpha)
             base = feats.detach()
 
-            def run(feed: engine.Feed, row_ids: torch.Tensor, last=None, base=base
-                    ) -> torch.Tensor:
+            def run(feed: engine.Feed, row_ids: torch.Tensor, last=None) -> torch.Tensor:
                 return self._score(feed(base), row_ids.to(base.device), last)
 
             _, G, _, image = self._row_gradients(run, rows, pixels.shape[0], strategy)
-            if self.layer is not None:
-                G = self._carry_back(feats, held["A"], G, image)
-            total = G if total is None else total + G
-        return A - A0, total / steps
+            return G if self.layer is None else self._carry_back(feats, held["A"], G, image)
+
+        return A - A0, path_mean(grad_at, steps)
 
     def _explain_split(self, images, prepared, rows_fn, index, cam, guided, strategy,
                        steps=0) -> list[Explained]:
@@ -538,8 +538,7 @@ class Pipeline:
             A_raw = held["A"].detach()
             G_raw = self._carry_back(feats, held["A"], G_raw, image)
         if steps:
-            A_raw, G_raw = self._split_path(pixels, A_raw if self.layer is not None else base,
-                                            rows, strategy, steps)
+            A_raw, G_raw = self._split_path(pixels, A_raw, rows, strategy, steps)
         return self._finish(images, prepared, rows, A_raw, G_raw, scores, image, cam,
                             guided, lambda px, feed: self._encode_to(px, feed))
 
@@ -608,25 +607,25 @@ class Pipeline:
                     A: torch.Tensor, rows: list[Rows], strategy: str, steps: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A - A0, Gbar)``: the mean row gradient with the layer's output moved to
-        ``A0 + alpha_j (A - A0)``, A0 the layer's output on :func:`baseline_pixels`."""
+        ``A0 + alpha_j (A - A0)``, A0 the layer's output on the mean-color image
+        (:func:`mmcam.evaluation.mean_fill`)."""
         if px is None:
             raise MMCamError("the integrated method needs pixel inputs (its baseline is the "
                              "image filled with its mean color)")
         with torch.no_grad():
-            A0 = run_to_layer(to_layer, baseline_pixels(px)).detach()
+            A0 = run_to_layer(to_layer, mean_fill(px)).detach()
         if A0.shape != A.shape:
             raise MMCamError(f"the layer gave {tuple(A0.shape)} for the baseline image and "
                              f"{tuple(A.shape)} for the image: the integrated method needs "
                              "both the same shape")
-        total = None
-        for alpha in path_alphas(steps):
-            def moved(feed: engine.Feed, ids: torch.Tensor, last=None, alpha=alpha
-                      ) -> torch.Tensor:
+
+        def grad_at(alpha: float) -> torch.Tensor:
+            def moved(feed: engine.Feed, ids: torch.Tensor, last=None) -> torch.Tensor:
                 return run(lambda a: feed(A0 + alpha * (a - A0)), ids, last)
 
-            _, G, _, _ = self._row_gradients(moved, rows, A.shape[0], strategy)
-            total = G if total is None else total + G
-        return A - A0, total / steps
+            return self._row_gradients(moved, rows, A.shape[0], strategy)[1]
+
+        return A - A0, path_mean(grad_at, steps)
 
     def _grid_index(self, A_raw: torch.Tensor, own: Any) -> torch.Tensor:
         """(h,w) the index of the token each grid cell of the layout reads."""

@@ -41,7 +41,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,10 +164,11 @@ def _explainers(cls: type, adapter: Any, score: str, methods: Sequence[str],
                      for m in methods if m in PATH_METHODS}
 
 
-def _sources(ex: Any, by: dict[str, Any], e: Explained, explain: Any) -> dict[str, Explained]:
-    """Per method its Explained of the same rows: ``e`` (``ex``'s) or ``explain(other)``,
-    made once per other explainer."""
-    made: dict[int, Explained] = {id(ex): e}
+def _sources(by: dict[str, Any], explain: Callable[[Any], Any],
+             known: dict[int, Any] | None = None) -> dict[str, Any]:
+    """Per method of ``by`` what ``explain(its explainer)`` gives, made once per distinct
+    explainer; ``known``: results already made, by ``id(explainer)``."""
+    made = dict(known or {})
     out = {}
     for m, x in by.items():
         if id(x) not in made:
@@ -251,8 +252,8 @@ def caption_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str
             if text is None:
                 captions.append(" ".join(words))
             text = e.rows.info[0] or " ".join(words)
-            src = _sources(ex, by, e, lambda x, text=text, scene=scene: x.explained(
-                [scene.image], [text])[0])
+            src = _sources(by, lambda x, text=text, scene=scene: x.explained(
+                [scene.image], [text])[0], {id(ex): e})
             rows = []
             for r, w in enumerate(words):
                 kind = word_kind(w)
@@ -312,8 +313,8 @@ def vqa_records(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
             for qi, q, truth, qtype, objs in vqa_questions(scene):
                 e = ex.explained(scene.image, q)
                 answer = e.rows.info[0]
-                src = _sources(ex, by, e, lambda x, scene=scene, q=q, answer=answer:
-                               x.explained(scene.image, q, answer))
+                src = _sources(by, lambda x, scene=scene, q=q, answer=answer:
+                               x.explained(scene.image, q, answer), {id(ex): e})
                 mask, box = _union([scene.objects[j] for j in objs], scene.image.size)
                 qids = torch.as_tensor(adapter.tokenize_question(q)[0], dtype=torch.long)
 
@@ -373,12 +374,9 @@ def sanity(adapter: Any, scenes: Sequence[Scene], methods: Sequence[str],
 
             _, by = _explainers(CaptionExplainer if task == "caption" else VQAExplainer,
                                 ad, score, methods, layer, steps)
-            made: dict[int, list[tuple[Explained, slice]]] = {}
+            rows = _sources(by, rows_of)
             for meth in methods:
-                x = by[meth]
-                if id(x) not in made:
-                    made[id(x)] = rows_of(x)
-                for e, sel in made[id(x)]:
+                for e, sel in rows[meth]:
                     G = e.G[sel]
                     got[meth] += list(cam_of(meth)(e.A[None].expand(len(G), -1, -1, -1), G))
             return {meth: torch.stack(got[meth]) for meth in methods}

@@ -206,7 +206,7 @@ def test_reducible_methods_keep_the_readers_exact_maps(tmp_path):
     assert set(by2.values()) == {ex2}
     pil, caption = image(3, (40, 40)), "a red circle"
     e = ex.explained([pil], [caption])[0]
-    src = suite._sources(ex, by, e, lambda x: x.explained([pil], [caption])[0])
+    src = suite._sources(by, lambda x: x.explained([pil], [caption])[0], {id(ex): e})
     assert src["gradcam"] is e and src["gradcam++"] is not e
     mask = np.zeros((40, 40), dtype=bool)
     mask[4:20, 6:24] = True
