@@ -211,7 +211,8 @@ def _bias_study(args: argparse.Namespace) -> int:
 
 def _evaluate_explanations(args: argparse.Namespace) -> int:
     from mmcam.models.hub import load_model
-    from mmcam.suite import SANITY_MAX, evaluate_explanations
+    from mmcam.registry import RECOMMENDATION_FILE
+    from mmcam.suite import SANITY_MAX, evaluate_explanations, save_recommendation
 
     if args.n < 1:
         raise MMCamError("--n must be at least 1")
@@ -219,9 +220,16 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
     for flag in ("n_deletion", "n_sanity", "slack"):
         if getattr(args, flag) < 0:
             raise MMCamError(f"--{flag.replace('_', '-')} must be 0 or more")
+    if args.save_recommended and args.n_sanity == 0:
+        raise MMCamError("--save-recommended needs the sanity check (--n-sanity 1 or more): "
+                         "only settings that pass it are recommended")
     _check_out(args.out)
+    adapter = load_model(args.model, **_placement(args))
+    if args.save_recommended and getattr(adapter, "folder", None) is None:
+        raise MMCamError(f"--save-recommended writes into the model's folder, and {args.model} "
+                         "was not loaded from one: pass the checkpoint's folder")
     report = evaluate_explanations(
-        load_model(args.model, **_placement(args)), args.model, n=args.n, seed=args.seed,
+        adapter, args.model, n=args.n, seed=args.seed,
         methods=args.methods, scores=args.scores, aligns=args.aligns, slack=args.slack,
         n_deletion=args.n_deletion, n_sanity=args.n_sanity, out=args.out,
         fill=args.deletion_fill, layers=args.layers, steps=args.steps)
@@ -229,11 +237,35 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
     if rec:
         print(f"recommended: method {rec['method']}, score {rec['score']}, align "
               f"{rec['align']}, layer {rec['layer']} (mean pointing {rec['mean_pointing']:.2f})")
+    if args.save_recommended:
+        if not rec:
+            print("nothing recommended (no setting passed the sanity check): no "
+                  f"{RECOMMENDATION_FILE} written", file=sys.stderr)
+        else:
+            try:
+                path = save_recommendation(report, adapter.folder, _suite_command(args))
+            except OSError as e:
+                raise MMCamError(f"cannot write {RECOMMENDATION_FILE} into {adapter.folder}: "
+                                 f"{e.strerror or e}") from None
+            print(f"wrote {path} (the app offers this setting first for this model)")
     for k, v in report["sanity"].items():
         verdict = "passes" if report["sanity_value"][k] < SANITY_MAX else "FAILS"
         print(f"sanity check {k}: {' -> '.join(f'{r:.2f}' for _, r in v)} ({verdict})")
     print(f"wrote report.json, report.md and report.html to {args.out}")
     return 0
+
+
+def _suite_command(args: argparse.Namespace) -> str:
+    """The ``evaluate-explanations`` command line that measured ``args``' report (the
+    options that change its numbers)."""
+    parts = ["mmcam evaluate-explanations", args.model, f"--n {args.n}", f"--seed {args.seed}",
+             "--methods " + " ".join(args.methods), "--scores " + " ".join(args.scores),
+             "--aligns " + " ".join(args.aligns), f"--slack {args.slack}",
+             f"--n-deletion {args.n_deletion}", f"--n-sanity {args.n_sanity}",
+             f"--steps {args.steps}"]
+    if args.layers:
+        parts.append("--layers " + " ".join(args.layers))
+    return " ".join(parts)
 
 
 _program = False  # set by main() when it runs as the program (see _importing)
@@ -482,6 +514,9 @@ def _add_model_commands(sub: Any) -> None:
     c.add_argument("--n-sanity", type=int, default=10,
                    help="scenes for the sanity check (0: skip it, and the recommendation)")
     _steps_option(c)
+    c.add_argument("--save-recommended", action="store_true",
+                   help="write the recommended setting into the model's folder "
+                        "(mmcam_recommended.json), where the app finds it")
     c.add_argument("--trust-remote-code", action="store_true",
                    help="let a Hugging Face checkpoint run the Python code it ships")
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -8,6 +8,7 @@ Light on purpose (no torch at import): the CLI reads it to build its parser. A t
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -44,19 +45,26 @@ def method_score(value: str | None) -> tuple[str, str]:
     return method, score or "logprob"
 
 
-def method_label(value: str) -> str:
-    """A readable label: ``"hirescam:contrast"`` -> ``"HiResCAM, contrast (recommended)"``."""
+def method_label(value: str, first: str | None = None) -> str:
+    """A readable label: ``"hirescam:contrast"`` -> ``"HiResCAM, contrast (recommended)"``.
+    ``first``: the model's own measured best choice (see :func:`read_recommendation`), labelled
+    "recommended for this model"; the general recommendation is then labelled only when it is
+    that choice."""
     if value == GUIDED:
         return "Guided Grad-CAM"
     method, score = method_score(value)
     label = f"{METHODS.get(method, method)}, {SCORES.get(score, score)}"
-    return label + (f" ({NOTES[value]})" if value in NOTES else "")
+    if first is not None and value == first:
+        return label + " (recommended for this model)"
+    note = NOTES.get(value) if first is None or value != RECOMMENDED else "one pass"
+    return label + (f" ({note})" if note else "")
 
 
-def method_choices(task: str) -> list[tuple[str, str]]:
+def method_choices(task: str, first: str | None = None) -> list[tuple[str, str]]:
     """(label, value) choices for ``task`` ("caption", "vqa" or "classify"): captions and
     answers take every pair of :data:`PAIRS` (captions also Guided Grad-CAM); classes take
-    each method alone (their score is the logit)."""
+    each method alone (their score is the logit). ``first`` (a choice value, the model's
+    recommendation, any method with a score other than versus) is put first and labelled so."""
     if task == "classify":
         return [(label, m) for m, label in METHODS.items()]
     if task not in ("caption", "vqa"):
@@ -65,7 +73,45 @@ def method_choices(task: str) -> list[tuple[str, str]]:
     values += [m for m in METHODS if m not in values]  # every method at least as log p
     if task == "caption":
         values.append(GUIDED)
-    return [(method_label(v), v) for v in values]
+    if first is not None:
+        values = [first] + [v for v in values if v != first]
+    return [(method_label(v, first), v) for v in values]
+
+
+# ----------------------------------------------------------------------------- recommendation
+
+
+# a model folder's measured best setting, written by `mmcam evaluate-explanations
+# --save-recommended` (mmcam.suite.save_recommendation) and read by the app
+RECOMMENDATION_FILE = "mmcam_recommended.json"
+
+
+def read_recommendation(folder: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The setting ``folder/``:data:`RECOMMENDATION_FILE` recommends, as {"method", "score",
+    "layer" (None: the model's default), "value" (the choice value ``method[:score]``)} plus
+    what the file says about how it was measured; None when there is no such file. A file
+    that is not a JSON object naming a known method and score raises :class:`MMCamError`."""
+    from mmcam.errors import MMCamError
+
+    if folder is None:
+        return None
+    path = Path(folder) / RECOMMENDATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise MMCamError(f"{path}: not readable JSON ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(data, dict):
+        raise MMCamError(f"{path}: not a JSON object")
+    method, score, layer = data.get("method"), data.get("score"), data.get("layer")
+    if method not in METHODS or score not in VQA_SCORES:
+        raise MMCamError(f"{path}: method {method!r} / score {score!r} is not one mmcam "
+                         f"offers (methods: {', '.join(METHODS)}; scores: "
+                         f"{', '.join(VQA_SCORES)})")
+    if layer is not None and (not isinstance(layer, str) or not layer.strip()):
+        raise MMCamError(f"{path}: layer must be a dotted path or null, not {layer!r}")
+    return {**data, "value": method_value(method, score)}
 
 
 def cli_methods(task: str) -> list[str]:
@@ -201,5 +247,5 @@ def _split_last_index(path: str) -> tuple[str, int | None, bool]:
         return path, None, False
 
 
-__all__ = ["METHODS", "RECOMMENDED", "SCORES", "kinds_of", "layer_choices", "method_choices",
-           "method_score", "model_roots"]
+__all__ = ["METHODS", "RECOMMENDATION_FILE", "RECOMMENDED", "SCORES", "kinds_of", "layer_choices",
+           "method_choices", "method_score", "model_roots", "read_recommendation"]

@@ -457,6 +457,34 @@ def recommend(rows: list[dict], values: dict[str, float], default: str | None = 
     return {"method": m, "score": s, "align": a, "layer": layer, "mean_pointing": _mean(v)}
 
 
+def save_recommendation(report: dict, folder: str | Path, command: str | None = None) -> Path:
+    """Write ``report``'s recommended setting to ``folder``/``mmcam_recommended.json``
+    (:data:`mmcam.registry.RECOMMENDATION_FILE`, which the app reads to offer it first):
+    method, score, layer (None: the model's default), align and the integrated method's steps,
+    with its mean pointing, sanity value and how it was measured. Raises ValueError when the
+    report recommends nothing (no sanity check, or no setting passed it)."""
+    from mmcam.registry import RECOMMENDATION_FILE
+
+    rec = report.get("recommended")
+    if not rec:
+        raise ValueError("the report recommends nothing (the sanity check was skipped or no "
+                         "setting passed it)")
+    layer = None if rec["layer"] in (report["default_layer"], "-") else rec["layer"]
+    key = sanity_key(rec["method"], rec["score"], rec["layer"], report["default_layer"])
+    data = {"method": rec["method"], "score": rec["score"], "layer": layer,
+            "align": rec["align"], "mean_pointing": rec["mean_pointing"],
+            "sanity_value": report["sanity_value"].get(key),
+            "measured": {k: report[k] for k in ("model", "n", "seed", "slack", "methods",
+                                                "scores", "aligns", "layers") if k in report}}
+    if rec["method"] == "integrated":  # reports before "steps" was recorded ran the default
+        data["steps"] = report.get("steps", PATH_STEPS)
+    if command:
+        data["measured"]["command"] = command
+    path = Path(folder) / RECOMMENDATION_FILE
+    path.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
+    return path
+
+
 def _sanity_lines(report: dict) -> list[str]:
     """The sanity check's table (none when it was skipped)."""
     if not report["sanity"]:

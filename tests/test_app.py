@@ -50,7 +50,7 @@ def models():
 @pytest.fixture(scope="module")
 def app(models):
     with served(models) as (url, names, _):
-        yield url, names
+        yield url, {**names, "cap_layer": models["captioner"].layer}
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,12 @@ def pixels(path: str | Path) -> np.ndarray:
 
 def caption_call(c: Client, app, image: Path, text: str = "", method: str = "gradcam",
                  alpha: float = 0.5, box: bool = False, gt: bool = False, own: bool = False,
-                 **layer: str):
+                 layer: str | None = None):
+    """The /caption endpoint at ``layer`` (None: the captioner's default layer, by name;
+    "" is the model's recommended layer where its folder names one)."""
+    layer = app[1]["cap_layer"] if layer is None else layer
     return c.predict(handle_file(str(image)), text, app[1]["cap_model"], method, alpha, box,
-                     gt, own, *layer.values(), api_name="/caption")
+                     gt, own, layer, api_name="/caption")
 
 
 def test_endpoints_are_named(app, tmp_path):
@@ -171,7 +174,7 @@ def test_own_caption_and_method_switch(app, models, scene_png, tmp_path):
 
     # switching the method re-explains the same words; Guided Grad-CAM adds guided images
     out = c.predict("guided-gradcam", 0.5, False, False, False, app[1]["cap_model"],
-                    api_name="/caption_method")
+                    app[1]["cap_layer"], api_name="/caption_method")
     lib = CaptionExplainer(models["captioner"], method="guided-gradcam").explain(
         load_image(scene_png), caption=OWN_CAPTION)
     np.testing.assert_array_equal(pixels(out[2]), np.asarray(lib.overlays(0.5)[0]))

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from mmcam.app import render
-from mmcam.app.common import DRAW, PRIVATE, Tab, explainer_layer, layer_options, map_output, on
+from mmcam.app.common import DRAW, PRIVATE, Tab, map_output, on
 from mmcam.app.render import Display
 from mmcam.app.state import CaptionView, Compare, Session
 from mmcam.errors import MMCamError
@@ -72,9 +72,8 @@ class CaptionTab(Tab):
                                               label="B's method and score",
                                               elem_id="cmp_method")
                 self.cmp_layer = gr.Dropdown(
-                    layer_options(self.models.layers(self.cmp_model.value, self.kind)),
-                    value="", label="B's layer", elem_id="cmp_layer",
-                    allow_custom_value=True)
+                    **self.pickers_for(self.cmp_model.value)["layer"], label="B's layer",
+                    elem_id="cmp_layer", allow_custom_value=True)
                 self.cmp_run = gr.Button("Compare", elem_id="cmp_run")
             with gr.Row():
                 self.cmp_a = map_output("A: as explained above", "cmp_a")
@@ -96,12 +95,11 @@ class CaptionTab(Tab):
               scene: Any) -> CaptionView:
         from mmcam.caption import CaptionExplainer
 
-        adapter = self.models.get(model, self.kind)
+        adapter, kw, layer = self.explainer_kw(model, layer)
         m, score = method_score(method)
-        explainer = CaptionExplainer(adapter, method=m, score=score,
-                                     **explainer_layer(adapter, layer))
+        explainer = CaptionExplainer(adapter, method=m, score=score, **kw)
         view = render.caption_view(explainer.explain(image, caption=caption), scene)
-        view.model, view.layer = model or self.models.names(self.kind)[0], layer or ""
+        view.model, view.layer = model or self.models.names(self.kind)[0], layer
         return view
 
     def rerun(self, method: str, alpha: float, box: bool, truth: bool, own: bool, model: str,

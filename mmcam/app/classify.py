@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from mmcam.app import render
-from mmcam.app.common import PRIVATE, Tab, explainer_layer, map_output, on
+from mmcam.app.common import PRIVATE, Tab, map_output, on
 from mmcam.app.render import Display
 from mmcam.app.state import ClassView, Session
 
@@ -49,10 +49,9 @@ class ClassifyTab(Tab):
         from mmcam.classify import ClassExplainer
 
         image, scene = self.image_and_truth(image_path, session)
-        adapter = self.models.get(model, self.kind)
+        adapter, kw, _ = self.explainer_kw(model, layer)
         top = min(TOP_CLASSES, len(adapter.labels))
-        result = ClassExplainer(adapter, method=method or "gradcam",
-                                **explainer_layer(adapter, layer)).explain(
+        result = ClassExplainer(adapter, method=method or "gradcam", **kw).explain(
             image, top=top, guided=True)
         view = session.classes = render.class_view(result, scene)
         return {self.status: render.class_status(view),

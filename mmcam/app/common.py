@@ -79,11 +79,16 @@ def map_output(label: str, elem_id: str, visible: bool = True) -> gr.Image:
                     visible=visible, elem_id=elem_id, elem_classes="mmcam-map")
 
 
-def layer_options(layers: Sequence[str]) -> list[tuple[str, str]]:
-    """Layer dropdown choices: the default as "" (the model's own), then the others."""
+def layer_options(layers: Sequence[str], recommended: str | None = None
+                  ) -> list[tuple[str, str]]:
+    """Layer dropdown choices: "" first, which is the ``recommended`` layer when there is one
+    (then the default by name) or else the model's default; then the others."""
     if not layers:
         return [("the model's default", "")]
-    return [(f"{layers[0]} (default)", "")] + [(x, x) for x in layers[1:]]
+    if not recommended or recommended == layers[0]:
+        return [(f"{layers[0]} (default)", "")] + [(x, x) for x in layers[1:]]
+    return [(f"{recommended} (recommended)", ""), (f"{layers[0]} (default)", layers[0])] + [
+        (x, x) for x in layers[1:] if x != recommended]
 
 
 def explainer_layer(adapter: Any, layer: str | None) -> dict[str, Any]:
@@ -189,16 +194,29 @@ class Tab:
 
     def model_pickers(self, method_default: str | None = RECOMMENDED,
                       method_label: str = "Method and explained score") -> None:
-        """Model dropdown, layer picker and method radio."""
+        """Model dropdown, layer picker and method radio, set to the first model's
+        recommended setting when it has one (see :meth:`pickers_for`)."""
         p, names = self.prefix, self.models.names(self.kind)
+        self.method_default = method_default
         self.model = gr.Dropdown(names, value=names[0] if names else None, label="Model",
                                  elem_id=f"{p}_model")
-        self.layer = gr.Dropdown(
-            layer_options(self.models.layers(self.model.value, self.kind)), value="",
-            label="Layer (the model's default, or an earlier one)", elem_id=f"{p}_layer",
-            allow_custom_value=True)
-        self.method = gr.Radio(method_choices(self.task), value=method_default,
-                               label=method_label, elem_id=f"{p}_method")
+        start = self.pickers_for(self.model.value, self.method_default)
+        self.layer = gr.Dropdown(**start["layer"], label="Layer (the model's default, or an "
+                                 "earlier one)", elem_id=f"{p}_layer", allow_custom_value=True)
+        self.method = gr.Radio(**start["method"], label=method_label, elem_id=f"{p}_method")
+
+    def pickers_for(self, model: str | None, method: str | None = None
+                    ) -> dict[str, dict[str, Any]]:
+        """The layer and method pickers' choices and values for ``model``: the setting its
+        folder recommends (``mmcam evaluate-explanations --save-recommended``) selected and
+        listed first; else the model's default layer and ``method`` (None: the method
+        picker keeps its value)."""
+        rec = self.models.recommendation(model, self.kind)
+        first = rec["value"] if rec else None
+        chosen = {"value": first or method} if first or method else {}
+        return {"layer": {"choices": layer_options(self.models.layers(model, self.kind),
+                                                   (rec or {}).get("layer")), "value": ""},
+                "method": {"choices": method_choices(self.task, first), **chosen}}
 
     def display_row(self, box: bool = False, truth: bool = False) -> None:
         """Opacity, localization box, (ground truth), own color scale."""
@@ -311,11 +329,17 @@ class Tab:
         """What the download saves."""
         return view.result
 
+    def explainer_kw(self, model: str | None, layer: str | None) -> tuple[Any, dict, str]:
+        """The adapter of ``model``, its explainer's layer keywords and the layer the picker
+        value ``layer`` means ("": the model's recommended layer, else its default)."""
+        adapter = self.models.get(model, self.kind)
+        layer = self.models.layer_of(model, self.kind, layer)
+        return adapter, explainer_layer(adapter, layer), layer
+
     def layers_for(self, model: str) -> dict:
-        """The layer picker for ``model``: its layers, the default selected."""
-        return {self.layer: gr.update(choices=layer_options(self.models.layers(model,
-                                                                               self.kind)),
-                                      value="")}
+        """The layer and method pickers for ``model`` (:meth:`pickers_for`)."""
+        new = self.pickers_for(model)
+        return {self.layer: gr.update(**new["layer"]), self.method: gr.update(**new["method"])}
 
     # ---- shared wiring
 
@@ -339,8 +363,8 @@ class Tab:
                **DRAW)
         on(self.save.click, self.download, [s], [self.file, self.status], self.status,
            session=s, api_name=api["download"], **FILES)
-        on(self.model.change, self.layers_for, [self.model], [self.layer], queue=False,
-           **PRIVATE)
+        on(self.model.change, self.layers_for, [self.model], [self.layer, self.method],
+           queue=False, **PRIVATE)
 
     def scene_outputs(self) -> list[Any]:
         """The components :meth:`on_scene` sets, in API order."""

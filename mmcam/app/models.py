@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcam.errors import MMCamError
-from mmcam.registry import kinds_of, layer_choices, model_roots
+from mmcam.registry import kinds_of, layer_choices, model_roots, read_recommendation
 
 _log = logging.getLogger(__name__)
 KINDS = ("captioner", "vqa", "classifier")
@@ -67,14 +67,34 @@ class Models:
     def __init__(self, policy: FolderPolicy | None = None) -> None:
         self.adapters: dict[str, Any] = {}
         self.kinds: dict[str, tuple[str, ...]] = {}
+        self.recommended: dict[str, dict[str, Any] | None] = {}
         self.policy = policy or FolderPolicy()
 
     def add(self, name: str, adapter: Any) -> str:
-        """Register ``adapter`` under ``name``; return its (first) kind."""
+        """Register ``adapter`` under ``name``, with the setting its folder recommends (a
+        file that cannot be read is logged and ignored); return its (first) kind."""
         kind = kind_of(adapter)
+        try:
+            rec = read_recommendation(getattr(adapter, "folder", None))
+        except MMCamError as e:
+            _log.warning("recommendation ignored: %s", e)
+            rec = None
         self.adapters[name] = adapter
         self.kinds[name] = kinds_of(adapter)
+        self.recommended[name] = rec
         return kind
+
+    def recommendation(self, name: str | None, kind: str) -> dict[str, Any] | None:
+        """The measured best setting of model ``name`` (the first of ``kind`` if None) for
+        captions and answers (see :func:`mmcam.registry.read_recommendation`); None for
+        classifiers and for models without one."""
+        try:
+            self.get(name, kind)
+        except MMCamError:
+            return None
+        if kind == "classifier":
+            return None
+        return self.recommended.get(name or self.names(kind)[0])
 
     def names(self, kind: str) -> list[str]:
         """Names of the loaded models that explain ``kind``, in loading order."""
@@ -98,6 +118,12 @@ class Models:
             return layer_choices(self.get(name, kind))
         except MMCamError:
             return []
+
+    def layer_of(self, name: str | None, kind: str, layer: str | None) -> str:
+        """The layer a picker value means: ``layer`` itself, or for "" (and None) the
+        model's recommended layer, or "" (its default) when it has none."""
+        layer = (layer or "").strip()
+        return layer or (self.recommendation(name, kind) or {}).get("layer") or ""
 
     def add_hf_folders(self) -> list[str]:
         """Load the Hugging Face model folders under ``$MMCAM_MODELS`` and ``models/`` (named

@@ -8,7 +8,7 @@ import gradio as gr
 
 from mmcam.app import render
 from mmcam.app.caption import SANITY_NOTE
-from mmcam.app.common import PRIVATE, Tab, explainer_layer, map_output, on
+from mmcam.app.common import PRIVATE, Tab, map_output, on
 from mmcam.app.render import Display
 from mmcam.app.state import Session, VQAView
 from mmcam.errors import MMCamError
@@ -64,13 +64,12 @@ class VQATab(Tab):
         if not isinstance(question, str) or not question.strip():
             raise MMCamError("the question is empty: ask something about the image")
         image, scene = self.image_and_truth(image_path, session)
-        adapter = self.models.get(model, self.kind)
+        adapter, kw, layer = self.explainer_kw(model, layer)
         m, score = method_score(method)
-        result = VQAExplainer(adapter, method=m, score=score,
-                              **explainer_layer(adapter, layer)).explain(
+        result = VQAExplainer(adapter, method=m, score=score, **kw).explain(
             image, question.strip(), top_k=TOP_ANSWERS)
         view = session.vqa = render.vqa_view(result, scene)
-        view.model, view.layer = model or self.models.names(self.kind)[0], layer or ""
+        view.model, view.layer = model or self.models.names(self.kind)[0], layer
         second = next((a for a, _ in result.top_probabilities if a != result.answer), None)
         answers = getattr(adapter, "answers", None) or [a for a, _ in result.top_probabilities]
         return {self.status: render.vqa_status(view),
@@ -100,9 +99,8 @@ class VQATab(Tab):
             raise MMCamError("pick an answer B to compare with")
         check_contrast(a, other)  # the message the library and the CLI give
         r = view.result
-        adapter = self.models.get(model, self.kind)
-        c = VQAExplainer(adapter, method=method_score(method)[0],
-                         **explainer_layer(adapter, view.layer)).explain(
+        adapter, kw, _ = self.explainer_kw(model, view.layer)
+        c = VQAExplainer(adapter, method=method_score(method)[0], **kw).explain(
             r.image, r.question, answer=a, contrast=other, top_k=TOP_ANSWERS)
         view.contrast, view.contrast_heat = c, c.heatmap(-1)
         return {self.cmap: session.png(render.contrast_image(view, alpha, box), "contrast"),

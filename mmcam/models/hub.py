@@ -180,7 +180,8 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
     ``architectures``) loads a Hugging Face checkpoint (:func:`mmcam.adapters.hf.load_hf`,
     which takes ``prompt``, ``device``, ``dtype``, ``trust_remote_code``). Otherwise a shipped
     reference model by name (shapes-captioner, shapes-vqa, shapes-classifier) or a folder of
-    one (see :func:`resolve`); ``device`` and ``dtype`` move any model there.
+    one (see :func:`resolve`); ``device`` and ``dtype`` move any model there. An adapter
+    loaded from a folder remembers it as ``adapter.folder``.
     """
     name = str(name_or_path)
     if name.startswith("hf:"):
@@ -191,7 +192,7 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
     if _is_hf_folder(folder):
         from mmcam.adapters.hf import load_hf
 
-        return load_hf(folder, **hf)
+        return _from_folder(load_hf(folder, **hf), folder)
     device, dtype = hf.pop("device", None), hf.pop("dtype", None)
     if any(v is not None for v in hf.values()):
         given = [k for k, v in hf.items() if v is not None]
@@ -215,7 +216,14 @@ def load_model(name_or_path: str | os.PathLike, **hf: Any) -> Any:
     model.eval()
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
-    return wrap(model, config)
+    return _from_folder(wrap(model, config), folder)
+
+
+def _from_folder(adapter: Any, folder: Path) -> Any:
+    """``adapter`` with ``adapter.folder`` set to the folder it was loaded from (where the app
+    looks for its measured recommendation, :func:`mmcam.registry.read_recommendation`)."""
+    adapter.folder = Path(folder)
+    return adapter
 
 
 def read_weights(folder: Path, load: bool = True) -> dict[str, Any] | None:
