@@ -285,3 +285,62 @@ def test_written_answers_the_model_cannot_read_are_refused():
             ex.explain(img, question)
     r = ex.explain(img, q, answer="Blue", top_k=1)
     assert r.answer == "blue" and 0 < r.probability < 1
+
+
+def test_relation_terms_by_hand():
+    """The training-only relation terms (off by default): targets from the centres and the
+    scene's margin, the geometry loss and the answer loss computed by hand."""
+    import torch.nn.functional as F
+
+    from mmcam.models.train_blip import (
+        VQA_DEFAULTS,
+        _relation_answer_loss,
+        _relation_geometry_loss,
+        _relation_heads,
+        _relation_target,
+    )
+
+    assert VQA_DEFAULTS["relpos"] == 0 and VQA_DEFAULTS["relans"] == 0
+    centres = torch.tensor([[0.2, 0.5], [0.6, 0.55], [0.9, 0.1]])
+    t = _relation_target(centres, (0, 1))  # 0.4 apart in x (clear), 0.05 in y (< 12/128)
+    assert torch.allclose(t, torch.tensor([0.2, 0.5, 0.6, 0.55, 1.0, 1.0, 1.0, 0.0]))
+    t2 = _relation_target(centres, (2, 0))
+    assert torch.allclose(t2, torch.tensor([0.9, 0.1, 0.2, 0.5, 0.0, 1.0, 1.0, 1.0]))
+
+    torch.manual_seed(0)
+    heads = _relation_heads(2)
+    states = tuple(torch.randn(3, 4, 128) for _ in range(2))
+    got = _relation_geometry_loss(heads, states, [t, None, t2])
+    want = 0.0
+    tgt = torch.stack([t, t2])
+    for head, h in zip(heads, states):
+        out = head(h[[0, 2], 0])
+        mse = ((out[:, :4] - tgt[:, :4]) ** 2).mean()
+        bce = -(tgt[:, 4:6] * torch.log(torch.sigmoid(out[:, 4:6])) + (1 - tgt[:, 4:6])
+                * torch.log(1 - torch.sigmoid(out[:, 4:6])))
+        want = want + 10 * mse + (bce * tgt[:, 6:8]).sum() / 3  # 3 clear orders of 4
+    assert torch.allclose(got, want / 2, atol=1e-6)
+    assert _relation_geometry_loss(heads, states, [None, None, None]).item() == 0.0
+
+    head = torch.nn.Linear(128, 2)
+    cls = torch.randn(3, 128)
+    got = _relation_answer_loss(head, cls, [1, None, 0])
+    logits = head(cls[[0, 2]])
+    want = -(F.log_softmax(logits, -1)[0, 1] + F.log_softmax(logits, -1)[1, 0]) / 2
+    assert torch.allclose(got, want, atol=1e-6)
+    assert _relation_answer_loss(head, cls, [None] * 3).item() == 0.0
+
+
+def test_trainer_with_the_relation_terms_saves_a_plain_model(tmp_path):
+    from safetensors.torch import load_file
+
+    from mmcam.models.train_blip import train_blip_vqa
+
+    hp = {"batch": 2, "per_image": 4, "vision_steps": 1, "vision_batch": 2, "relpos": 1.0,
+          "relans": 1.0}
+    run = train_blip_vqa(tmp_path / "m", seed=5, steps=2, n_train=6, progress=False,
+                         n_eval=1, hp=hp)
+    assert run["relpos"] == 1.0 and run["relans"] == 1.0
+    assert all(np.isfinite(run["loss_history"]))
+    plain = transformers.BlipForQuestionAnswering.from_pretrained(tmp_path / "m")
+    assert set(load_file(str(tmp_path / "m" / "model.safetensors"))) <= set(plain.state_dict())
