@@ -178,7 +178,7 @@ class CaptionTab(Tab):
 
     def compare_layers(self, model: str) -> dict:
         """B's layer picker for B's model."""
-        return {self.cmp_layer: self.layers_for(model)[self.layer]}
+        return {self.cmp_layer: gr.update(**self.pickers_for(model)["layer"])}
 
     # ---- wiring
 

@@ -521,16 +521,15 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
     def pick(n: int) -> int:
         return int(torch.randint(n, (1,), generator=gen))
 
-    rel_weight = float(hp.get("relpos", 0.0)) if task == "vqa" else 0.0
+    rel_weight, ans_weight = ((float(hp.get("relpos", 0.0)), float(hp.get("relans", 0.0)))
+                              if task == "vqa" else (0.0, 0.0))
     rel_heads = (_relation_heads(model.config.text_config.num_hidden_layers)
                  if rel_weight else None)
-    params = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])
-    params += list(rel_heads.parameters()) if rel_heads is not None else []
-    ans_weight = float(hp.get("relans", 0.0)) if task == "vqa" else 0.0
     ans_head = torch.nn.Linear(ARCH["text"]["hidden_size"], 2) if ans_weight else None
-    params += list(ans_head.parameters()) if ans_head is not None else []
-    yes_ids = tok("yes", add_special_tokens=False)["input_ids"]
-    no_ids = tok("no", add_special_tokens=False)["input_ids"]
+    params = list(model.parameters())
+    for extra in (heads, rel_heads, ans_head):
+        params += list(extra.parameters()) if extra is not None else []
+    yes_no = [tok(w, add_special_tokens=False)["input_ids"] for w in ("yes", "no")]
     opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
     model.train()
     losses = []
@@ -548,26 +547,10 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
             loss = _decoder_loss(logits, tgt, mask)
             if heads is not None:
                 loss = loss + aux_weight * _attribute_loss(heads, img[:, 1:], idx, cells, texts)
-        else:  # k questions per scene: a uniformly drawn type, then a question of that type
-            qs, ans, att, rel, yes = [], [], [], [], []
-            for i in idx:
-                types = sorted(qas[i])
-                for _ in range(k):
-                    t = types[pick(len(types))]
-                    pool = qas[i][t]
-                    q, a, refs = pool[pick(len(pool))]
-                    qs.append([tok.cls_token_id] + q + [sep])
-                    ans.append([dec] + a + [sep])
-                    if att_weight:
-                        att.append(_attention_target(texts[i][2], refs, t,
-                                                     int(hp["att_heads"])))
-                    if rel_weight:
-                        rel.append(_relation_target(texts[i][4], refs)
-                                   if t == "relation" else None)
-                    if ans_weight:
-                        if t == "relation" and a not in (yes_ids, no_ids):
-                            raise MMCamError(f"relation answer {a} is not yes or no")
-                        yes.append(int(a == yes_ids) if t == "relation" else None)
+        else:
+            qs, ans, att, rel, yes = _vqa_batch(
+                idx, qas, texts, k, pick, (tok.cls_token_id, dec, sep), hp, yes_no,
+                (att_weight, rel_weight, ans_weight))
             loss = _vqa_loss(model, pixels, _pad(qs, pad), _pad(ans, pad), k,
                              (aux_weight, heads, idx, cells, texts, float(hp["position"])),
                              (att_weight, att, bool(hp["att_tokens"])),
@@ -585,6 +568,36 @@ def _train(task: str, out: Path, seed: int, steps: int, n_train: int, progress: 
                                    "train_seconds": round(time.time() - t0),
                                    "data_seconds": round(t_data)})
     return _evaluate_and_card(out, facts, n_eval, progress) | {"loss_history": losses}
+
+
+def _vqa_batch(idx: list[int], qas: list, texts: list, k: int, pick: Any,
+               specials: tuple[int, int, int], hp: dict[str, Any], yes_no: list[list[int]],
+               weights: tuple[float, float, float]) -> tuple[list, ...]:
+    """One VQA step's questions: ``k`` per scene of ``idx``, each a uniformly drawn type, then
+    a question of that type (``pick(n)``: the trainer's seeded draw in range(n)). Returns the
+    question ids (``[CLS] q [SEP]``), answer ids (``[DEC] a [SEP]``) and, for each term whose
+    weight (attention, relpos, relans) is not 0, its per-question targets (None: not a
+    relation question)."""
+    cls, dec, sep = specials
+    att_weight, rel_weight, ans_weight = weights
+    qs, ans, att, rel, yes = [], [], [], [], []
+    for i in idx:
+        types = sorted(qas[i])
+        for _ in range(k):
+            t = types[pick(len(types))]
+            pool = qas[i][t]
+            q, a, refs = pool[pick(len(pool))]
+            qs.append([cls] + q + [sep])
+            ans.append([dec] + a + [sep])
+            if att_weight:
+                att.append(_attention_target(texts[i][2], refs, t, int(hp["att_heads"])))
+            if rel_weight:
+                rel.append(_relation_target(texts[i][4], refs) if t == "relation" else None)
+            if ans_weight:
+                if t == "relation" and a not in yes_no:
+                    raise MMCamError(f"relation answer {a} is not yes or no")
+                yes.append(int(a == yes_no[0]) if t == "relation" else None)
+    return qs, ans, att, rel, yes
 
 
 def _evaluate_and_card(out: Path, facts: dict[str, Any], n_eval: int, progress: bool
