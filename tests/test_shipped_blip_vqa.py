@@ -6,6 +6,7 @@ second training run of the same seed; the app is checked against the library cal
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -336,11 +337,28 @@ def test_trainer_with_the_relation_terms_saves_a_plain_model(tmp_path):
 
     from mmcam.models.train_blip import train_blip_vqa
 
-    hp = {"batch": 2, "per_image": 4, "vision_steps": 1, "vision_batch": 2, "relpos": 1.0,
-          "relans": 1.0}
+    # stage 1 without the terms, stage 2 continues it with both (the shipped recipe's shape)
+    base = {"batch": 2, "per_image": 4, "vision_steps": 1, "vision_batch": 2}
+    first = train_blip_vqa(tmp_path / "a", seed=5, steps=1, n_train=6, progress=False,
+                           n_eval=1, hp=base)
+    assert first["relpos"] == 0.0 and "init_facts" not in first
+    hp = {**base, "vision_steps": 0, "relpos": 1.0, "relans": 1.0}
     run = train_blip_vqa(tmp_path / "m", seed=5, steps=2, n_train=6, progress=False,
-                         n_eval=1, hp=hp)
+                         n_eval=1, init_from=tmp_path / "a", hp=hp)
     assert run["relpos"] == 1.0 and run["relans"] == 1.0
     assert all(np.isfinite(run["loss_history"]))
     plain = transformers.BlipForQuestionAnswering.from_pretrained(tmp_path / "m")
     assert set(load_file(str(tmp_path / "m" / "model.safetensors"))) <= set(plain.state_dict())
+    # provenance: the run records the facts of the run it continued, and its card lists both
+    saved = json.loads((tmp_path / "m" / "mmcam_training.json").read_text())
+    assert saved["init_facts"] == json.loads((tmp_path / "a" / "mmcam_training.json").read_text())
+    card = (tmp_path / "m" / "README.md").read_text()
+    sets = " --set batch=2 --set per_image=4"
+    assert ("1. `mmcam train blip-vqa --out stage1 --seed 5 --steps 1" + sets
+            + " --set vision_batch=2 --set vision_steps=1`: 1 steps") in card
+    assert ("2. `mmcam train blip-vqa --out models/shapes-blip-vqa --seed 5 --init-from stage1 "
+            "--steps 2" + sets + " --set relans=1.0 --set relpos=1.0 --set vision_batch=2 "
+            "--set vision_steps=0`: 2 steps") in card
+    assert "trained in 2 stages" in card and str(tmp_path) not in card
+    assert "Relation geometry term during training (weight 1.0" in card
+    assert "Relation answer term during training (weight 1.0" in card

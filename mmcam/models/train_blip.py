@@ -488,6 +488,9 @@ def _facts(task: str, steps: int, n_train: int, seed: int, hp: dict[str, Any], k
         facts.update(per_image=k, attention=att_weight, att_heads=int(hp["att_heads"]),
                      att_tokens=int(hp["att_tokens"]), relpos=float(hp.get("relpos", 0.0)),
                      relans=float(hp.get("relans", 0.0)))
+    parent = Path(hp["init_from"]) / "mmcam_training.json" if hp.get("init_from") else None
+    if parent is not None and parent.is_file():  # the run this one continues, and its own
+        facts["init_facts"] = json.loads(parent.read_text())
     return facts
 
 
@@ -736,6 +739,20 @@ def _vqa_card_text(metrics: dict[str, Any], facts: dict[str, Any], command: str,
                 + ("The other heads are free." if every else
                    "The other heads and tokens are free.")
                 + " So the model is grounded partly by construction.")
+    if facts.get("relpos"):
+        aux += (f"\n- Relation geometry term during training (weight {facts['relpos']}; "
+                "relation questions only): after every text-encoder layer a linear head on "
+                "the question's `[CLS]` state predicts the subject's and the reference's "
+                "centres (squared error) and whether the subject is left of / above the "
+                "reference (binary cross-entropy, where their centres are at least "
+                f"{RELATION_MARGIN} px apart).")
+    if facts.get("relans"):
+        aux += (f"\n- Relation answer term during training (weight {facts['relans']}; "
+                "relation questions only): a linear head on the text encoder's final `[CLS]` "
+                "state predicts the answer yes/no (cross-entropy); linear, so that the "
+                "encoder's own layers compute the answer into the states the decoder reads.")
+    if facts.get("relpos") or facts.get("relans"):
+        aux += " These heads are discarded too."
     recipe = (
         f"Trained with `{command}`:\n\n"
         f"- Data: `mmcam.scenes.generate({facts['n_train']}, seed={facts['seed']})`."
@@ -755,10 +772,54 @@ def _vqa_card_text(metrics: dict[str, Any], facts: dict[str, Any], command: str,
         + (" (answer loss plus the training-only terms above)."
            if facts.get("aux") or facts.get("attention") else "."))
     if facts.get("init_from"):
-        recipe += (f"\n- Every tensor started from {_init_name(facts)}'s of the same name and "
+        recipe += (f"\n- Every tensor started from {_start_name(facts)}'s of the same name and "
                    "shape (same world, same architecture; a captioner's decoder blocks start "
                    "the text encoder); the others at random.")
     return result, recipe
+
+
+def _stages(facts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs that made a model, first to last: ``facts`` and the ``init_facts`` it holds
+    (the training facts of the ``--init-from`` folder, recorded when it had them)."""
+    chain = [facts]
+    while chain[-1].get("init_facts"):
+        chain.append(chain[-1]["init_facts"])
+    return chain[::-1]
+
+
+def _command(facts: dict[str, Any], out: str, start: str | None) -> str:
+    """The ``mmcam train`` command line of one run (``out``, ``--init-from start``)."""
+    caption = facts["task"] == "caption"
+    kind = "blip-captioner" if caption else "blip-vqa"
+    command = f"mmcam train {kind} --out {out} --seed {facts['seed']}"
+    command += f" --init-from {start}" if start else ""
+    if facts["steps"] != (DEFAULTS if caption else VQA_DEFAULTS)["steps"]:
+        command += f" --steps {facts['steps']}"
+    return command + "".join(f" --set {k}={v}" for k, v in sorted(facts.get("set", {}).items()))
+
+
+def _stages_text(facts: dict[str, Any], name: str) -> str:
+    """The card's list of stages when the model continues earlier recorded runs ("" if not)."""
+    chain = _stages(facts)
+    if len(chain) == 1:
+        return ""
+    lines = []
+    for n, f in enumerate(chain, 1):
+        out = f"models/{name}" if n == len(chain) else f"stage{n}"
+        start = f"stage{n - 1}" if n > 1 else _init_name(f)
+        lines.append(f"{n}. `{_command(f, out, start)}`: {f['steps']} steps, lr {f['lr']}, "
+                     f"{f['train_seconds']} s, final training loss {f['final_loss']:.3f}")
+    return (f"Trained in {len(chain)} stages, each run starting from the weights the one "
+            "before saved (`--init-from`); the settings of each are in "
+            "`mmcam_training.json` (`init_facts`, nested):\n\n" + "\n".join(lines)
+            + "\n\nThe last stage in detail. ")
+
+
+def _start_name(facts: dict[str, Any]) -> str | None:
+    """What the card calls the run's ``--init-from`` folder: ``stageN`` when it continues a
+    recorded run (:func:`_stages_text`), else :func:`_init_name`."""
+    n = len(_stages(facts))
+    return f"stage{n - 1}" if n > 1 else _init_name(facts)
 
 
 def _init_name(facts: dict[str, Any]) -> str | None:
@@ -776,13 +837,9 @@ def write_card(out: Path, metrics: dict[str, Any], facts: dict[str, Any]) -> Non
     caption = facts["task"] == "caption"
     name = "shapes-blip" if caption else "shapes-blip-vqa"
     cls = "BlipForConditionalGeneration" if caption else "BlipForQuestionAnswering"
-    kind = "blip-captioner" if caption else "blip-vqa"
-    start = _init_name(facts)
-    init = f" --init-from {start}" if start else ""
-    command = f"mmcam train {kind} --out models/{name} --seed {facts['seed']}{init}"
-    if facts["steps"] != (DEFAULTS if caption else VQA_DEFAULTS)["steps"]:
-        command += f" --steps {facts['steps']}"
-    command += "".join(f" --set {k}={v}" for k, v in sorted(facts.get("set", {}).items()))
+    chain = _stages(facts)
+    start = _start_name(facts)
+    command = _command(facts, f"models/{name}", start)
     if caption:
         ex = "\n".join(f"- {e}" for e in metrics["examples"])
         result = (f"BLEU-4 **{metrics['bleu4']:.3f}**, exact match {metrics['exact']:.3f} "
@@ -803,7 +860,9 @@ def write_card(out: Path, metrics: dict[str, Any], facts: dict[str, Any]) -> Non
     if caption and start:
         result += (f"\n\nThe vision tower and text blocks started from {start}'s weights "
                    "(same world, same architecture); vocabulary-sized layers started at random.")
-    origin = f"from {start}'s weights" if start else "from scratch"
+    origin = (f"from {start}'s weights" if start and len(chain) == 1 else
+              f"in {len(chain)} stages" if len(chain) > 1 else "from scratch")
+    recipe = _stages_text(facts, name) + recipe
     (out / "README.md").write_text(f"""---
 library_name: transformers
 pipeline_tag: {"image-to-text" if caption else "visual-question-answering"}
