@@ -179,10 +179,10 @@ def test_app_default_maps_are_the_librarys_at_the_recommended_setting(served_app
 
     # shapes-blip-vqa: its layer picker value "" is its default (its file names no layer)
     q, _ = scene.questions[0]
-    out = c.predict(handle_file(str(path)), q, "shapes-blip-vqa", "integrated", 0.5, False,
-                    False, "", api_name="/vqa")
-    lib = VQAExplainer(load_model("shapes-blip-vqa"), method="integrated").explain(
-        scene.image, q, top_k=5)
+    out = c.predict(handle_file(str(path)), q, "shapes-blip-vqa", "integrated:contrast", 0.5,
+                    False, False, "", api_name="/vqa")
+    lib = VQAExplainer(load_model("shapes-blip-vqa"), method="integrated",
+                       score="contrast").explain(scene.image, q, top_k=5)
     np.testing.assert_array_equal(pixels(out[2]), np.asarray(lib.overlays(0.5)[1]))
 
 
@@ -198,7 +198,7 @@ def test_switching_models_sets_their_recommendation(served_app, tmp_path):
     tab = Tab.__new__(Tab)
     tab.models, tab.kind, tab.task, tab.method_default = models, "vqa", "vqa", None
     got = tab.pickers_for("shapes-blip-vqa")
-    assert got["method"]["value"] == "integrated"
+    assert got["method"]["value"] == "integrated:contrast"
     assert got["layer"] == {"choices": got["layer"]["choices"], "value": ""}
     got = tab.pickers_for("plain")
     assert "value" not in got["method"]  # the user's choice stays
